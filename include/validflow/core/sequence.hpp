@@ -1,0 +1,154 @@
+#pragma once
+// Composition of flow layers.
+//  * FlowSequence<Layers...>: compile-time composition; e.g. a ValidFlow block is
+//    FlowSequence<ActNorm, ChannelShuffle, ParallelAffineCoupling<SubnetR1>>. Built from the layers' options.
+//  * FlowStack: run-time composition of any flow modules (e.g. "n blocks of type A then B").
+// Both run layers in order for `forward`, in reverse order for `inverse`, and sum the log-dets.
+#include <validflow/core/flow.hpp>
+#include <validflow/core/subnet.hpp>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace validflow {
+
+template <typename... Layers>
+struct FlowSequenceOptions {
+  /* implicit */ FlowSequenceOptions(typename Layers::Impl::Options... layer_options)
+      : layers(std::move(layer_options)...) {}
+  std::tuple<typename Layers::Impl::Options...> layers;
+};
+
+template <typename... Layers>
+class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
+  static_assert(sizeof...(Layers) >= 1, "FlowSequence needs at least one layer");
+  static_assert((is_flow_layer_v<Layers> && ...),
+                "FlowSequence<Layers...>: every layer must be a module holder whose Impl derives "
+                "validflow::FlowModule (FlowResult forward/inverse(const TensorList&)) and is constructible "
+                "from `Impl::Options`");
+
+ public:
+  using Options = FlowSequenceOptions<Layers...>;
+
+  explicit FlowSequenceImpl(Options options) : options(std::move(options)) { FlowSequenceImpl::reset(); }
+  explicit FlowSequenceImpl(typename Layers::Impl::Options... layer_options)
+      : FlowSequenceImpl(Options(std::move(layer_options)...)) {}
+
+  void reset() override { register_layers(std::index_sequence_for<Layers...>{}); }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "validflow::FlowSequence(" << sizeof...(Layers) << " layers)";
+  }
+
+  FlowResult forward(const TensorList& x) override {
+    FlowResult result{x, zero_log_det(x)};
+    std::apply([&](auto&... layer) { (chain(result, layer->forward(result.tensors)), ...); }, layers);
+    return result;
+  }
+
+  FlowResult inverse(const TensorList& z) override {
+    FlowResult result{z, zero_log_det(z)};
+    inverse_from<sizeof...(Layers)>(result);
+    return result;
+  }
+
+  /// The I-th layer (module holder).
+  template <size_t I>
+  auto& get() {
+    return std::get<I>(layers);
+  }
+
+  Options options;
+  std::tuple<Layers...> layers{Layers(nullptr)...};
+
+ private:
+  template <size_t... I>
+  void register_layers(std::index_sequence<I...>) {
+    ((std::get<I>(layers) = this->register_module(std::to_string(I), Layers(std::get<I>(options.layers)))), ...);
+  }
+
+  template <size_t N>
+  void inverse_from(FlowResult& result) {
+    if constexpr (N > 0) {
+      chain(result, std::get<N - 1>(layers)->inverse(result.tensors));
+      inverse_from<N - 1>(result);
+    }
+  }
+};
+
+/// Module holder of FlowSequenceImpl<Layers...>.
+template <typename... Layers>
+class FlowSequence : public torch::nn::ModuleHolder<FlowSequenceImpl<Layers...>> {
+ public:
+  using torch::nn::ModuleHolder<FlowSequenceImpl<Layers...>>::ModuleHolder;
+  using Impl = FlowSequenceImpl<Layers...>;
+};
+
+/// A run-time stack of flow modules of any type. Layers are registered as "0", "1", ...
+class FlowStackImpl : public FlowLayer<FlowStackImpl> {
+ public:
+  FlowStackImpl() = default;
+
+  /// Layers are added with push_back; there is nothing to build from options.
+  void reset() override {}
+
+  /// Appends a flow layer (a module holder or shared_ptr of a FlowModule).
+  template <typename Layer>
+  void push_back(Layer layer) {
+    std::shared_ptr<FlowModule> flow;
+    if constexpr (std::is_convertible_v<Layer, std::shared_ptr<FlowModule>>) {
+      flow = layer;
+    } else {
+      static_assert(std::is_base_of_v<FlowModule, typename Layer::Impl>,
+                    "FlowStack::push_back: the layer must derive validflow::FlowModule");
+      flow = layer.ptr();
+    }
+    TORCH_CHECK(flow != nullptr, "FlowStack::push_back: empty module holder");
+    layers.push_back(register_module(std::to_string(layers.size()), flow));
+  }
+
+  size_t size() const { return layers.size(); }
+  const std::shared_ptr<FlowModule>& operator[](size_t i) const { return layers.at(i); }
+
+  std::shared_ptr<torch::nn::Module> clone(
+      const torch::optional<torch::Device>& device = torch::nullopt) const override {
+    auto copy = std::make_shared<FlowStackImpl>();
+    for (const auto& layer : layers) {
+      auto cloned = std::dynamic_pointer_cast<FlowModule>(layer->clone(device));
+      TORCH_CHECK(cloned != nullptr, "FlowStack::clone: a layer's clone is not a FlowModule");
+      copy->push_back(cloned);
+    }
+    return copy;
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "validflow::FlowStack(" << layers.size() << " layers)";
+  }
+
+  FlowResult forward(const TensorList& x) override {
+    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
+    FlowResult result{x, zero_log_det(x)};
+    for (const auto& layer : layers) {
+      chain(result, layer->forward(result.tensors));
+    }
+    return result;
+  }
+
+  FlowResult inverse(const TensorList& z) override {
+    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
+    FlowResult result{z, zero_log_det(z)};
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+      chain(result, (*it)->inverse(result.tensors));
+    }
+    return result;
+  }
+
+  std::vector<std::shared_ptr<FlowModule>> layers;
+};
+
+TORCH_MODULE(FlowStack);
+
+}  // namespace validflow

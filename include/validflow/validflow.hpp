@@ -1,0 +1,6 @@
+#pragma once
+// Umbrella header of validflow: everything the library offers.
+#include <validflow/version.hpp>
+#include <validflow/compat.hpp>
+#include <validflow/core.hpp>
+#include <validflow/subnets/conv_subnet.hpp>

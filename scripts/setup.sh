@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every build/test dependency of validflow from Debian 12 packages. Idempotent: packages that are
+# already installed are skipped. Run as root (or with sudo available).
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libtorch-dev libopenblas0-pthread   # LibTorch 1.13 (CPU); OpenBLAS instead of the slow reference BLAS
+  catch2 libbenchmark-dev             # tests and benchmarks
+  libopencv-dev libcli11-dev nlohmann-json3-dev  # the validflow program (image I/O, CLI, JSON)
+  python3-skimage                     # real sample photographs/textures used by tests and the demo
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "setup: done"
