@@ -3,4 +3,4 @@
 #include <validflow/version.hpp>
 #include <validflow/compat.hpp>
 #include <validflow/core.hpp>
-#include <validflow/subnets/conv_subnet.hpp>
+#include <validflow/models.hpp>

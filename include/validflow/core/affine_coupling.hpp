@@ -36,7 +36,8 @@ class ParallelAffineCouplingImpl : public FlowLayer<ParallelAffineCouplingImpl<S
   static_assert(is_subnet_v<Subnet>,
                 "ParallelAffineCoupling<Subnet>: Subnet must be a module holder whose Impl has "
                 "`using Options = ...` with in_channels(std::vector<int64_t>) / out_channels(std::vector<int64_t>) "
-                "setters and `TensorList forward(const TensorList&)` (see validflow/core/subnet.hpp)");
+                "setters, `TensorList forward(const TensorList&)` and `double macs(const MapSizes&) const` "
+                "(see validflow/core/subnet.hpp)");
 
  public:
   using SubnetOptions = typename Subnet::Impl::Options;
@@ -116,6 +117,8 @@ class ParallelAffineCouplingImpl : public FlowLayer<ParallelAffineCouplingImpl<S
     }
     return result;
   }
+
+  double forward_macs(const MapSizes& sizes) const override { return s1->macs(sizes) + s2->macs(sizes); }
 
   Options options;
   Subnet s1{nullptr};

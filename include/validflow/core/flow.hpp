@@ -12,6 +12,7 @@
 //    spatial sizes it needs, and NaN/Inf while `finite_checks()` is on) and throws FlowInputError.
 #include <torch/torch.h>
 
+#include <array>
 #include <atomic>
 #include <sstream>
 #include <stdexcept>
@@ -21,6 +22,9 @@
 namespace validflow {
 
 using TensorList = std::vector<torch::Tensor>;
+
+/// Spatial size {H, W} of each scale; used for the analytic cost of a module.
+using MapSizes = std::vector<std::array<int64_t, 2>>;
 
 /// What every flow module returns: the transformed tensors and the per-sample log|det J| ([batch]).
 struct FlowResult {
@@ -50,7 +54,18 @@ class FlowModule : public virtual torch::nn::Module {
  public:
   virtual FlowResult forward(const TensorList& x) = 0;
   virtual FlowResult inverse(const TensorList& z) = 0;
+  /// Multiply-accumulates of one sample's forward at these map sizes, counting convolutions and linear
+  /// layers (thop's convention; element-wise work is not counted). Parameter-free layers return 0.
+  virtual double forward_macs(const MapSizes& /*sizes*/) const { return 0; }
 };
+
+/// Multiply-accumulates of a 2-D convolution producing an out_h x out_w map.
+inline double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t out_h, int64_t out_w) {
+  const auto& o = conv.options;
+  const auto& k = o.kernel_size();
+  return static_cast<double>(out_h) * out_w * o.out_channels() * (o.in_channels() / o.groups()) * k->at(0) *
+         k->at(1);
+}
 
 /// Base of the library's flow layers: Cloneable<Derived> + FlowModule, with Python's `Module.to(dtype)`
 /// semantics: a dtype change casts floating-point parameters and buffers only. (LibTorch casts every buffer,

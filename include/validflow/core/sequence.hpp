@@ -55,6 +55,10 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
     return result;
   }
 
+  double forward_macs(const MapSizes& sizes) const override {
+    return std::apply([&](const auto&... layer) { return (0.0 + ... + layer->forward_macs(sizes)); }, layers);
+  }
+
   /// The I-th layer (module holder).
   template <size_t I>
   auto& get() {
@@ -126,6 +130,12 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
 
   void pretty_print(std::ostream& stream) const override {
     stream << "validflow::FlowStack(" << layers.size() << " layers)";
+  }
+
+  double forward_macs(const MapSizes& sizes) const override {
+    double total = 0;
+    for (const auto& layer : layers) total += layer->forward_macs(sizes);
+    return total;
   }
 
   FlowResult forward(const TensorList& x) override {

@@ -6,7 +6,8 @@
 //     the coupling sets both, the user sets everything else (widths, kernel sizes, ...);
 //   * `S::Impl` is constructible from its Options and has `TensorList forward(const TensorList&)` that
 //     returns, per scale, `out_channels[s]` channels at the input's spatial size. For a coupling, the
-//     first half of the output channels is the log-scale s, the second half the shift t.
+//     first half of the output channels is the log-scale s, the second half the shift t;
+//   * `S::Impl` has `double macs(const MapSizes&) const`: multiply-accumulates of one sample's forward.
 #include <validflow/core/flow.hpp>
 
 #include <type_traits>
@@ -23,7 +24,8 @@ struct is_subnet<
     S, std::void_t<typename S::Impl::Options,
                    decltype(std::declval<typename S::Impl::Options&>().in_channels(std::vector<int64_t>{})),
                    decltype(std::declval<typename S::Impl::Options&>().out_channels(std::vector<int64_t>{})),
-                   decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>()))>>
+                   decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())),
+                   decltype(std::declval<const typename S::Impl&>().macs(std::declval<const MapSizes&>()))>>
     : std::is_same<decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())),
                    TensorList> {};
 

@@ -66,6 +66,14 @@ class ConvSubnetImpl : public torch::nn::Cloneable<ConvSubnetImpl> {
     return out;
   }
 
+  double macs(const MapSizes& sizes) const {
+    double total = 0;
+    for (size_t s = 0; s < hidden.size(); ++s) {
+      total += conv_macs(*hidden[s], sizes[s][0], sizes[s][1]) + conv_macs(*output[s], sizes[s][0], sizes[s][1]);
+    }
+    return total;
+  }
+
   ConvSubnetOptions options;
   std::vector<torch::nn::Conv2d> hidden;
   std::vector<torch::nn::Conv2d> output;
