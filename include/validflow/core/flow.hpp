@@ -59,6 +59,15 @@ class FlowModule : public virtual torch::nn::Module {
   virtual double forward_macs(const MapSizes& /*sizes*/) const { return 0; }
 };
 
+/// Number of trainable parameters (requires_grad) of a module and its children.
+inline int64_t trainable_parameter_count(const torch::nn::Module& module) {
+  int64_t total = 0;
+  for (const auto& p : module.parameters()) {
+    if (p.requires_grad()) total += p.numel();
+  }
+  return total;
+}
+
 /// Multiply-accumulates of a 2-D convolution producing an out_h x out_w map.
 inline double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t out_h, int64_t out_w) {
   const auto& o = conv.options;
@@ -67,12 +76,104 @@ inline double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t out_h, int64_
          k->at(1);
 }
 
-/// Base of the library's flow layers: Cloneable<Derived> + FlowModule, with Python's `Module.to(dtype)`
+}  // namespace validflow
+
+namespace validflow::detail {
+/// Tag for the accessor below.
+struct ModuleStateAccess;
+}  // namespace validflow::detail
+
+namespace torch::nn {
+/// Accessor to torch::nn::Module's private state (parameters_, buffers_, children_, clone_), which Module grants
+/// to every specialisation of torch::nn::Cloneable. Used only by validflow::Cloneable (see there).
+template <>
+class Cloneable<validflow::detail::ModuleStateAccess> {
+ public:
+  static void clear(Module& m) {
+    m.parameters_.clear();
+    m.buffers_.clear();
+    m.children_.clear();
+  }
+  static size_t parameter_count(const Module& m) { return m.parameters_.size(); }
+  static size_t buffer_count(const Module& m) { return m.buffers_.size(); }
+  static size_t child_count(const Module& m) { return m.children_.size(); }
+  static torch::Tensor& parameter(Module& m, const std::string& key) { return m.parameters_[key]; }
+  static torch::Tensor& buffer(Module& m, const std::string& key) { return m.buffers_[key]; }
+  static const OrderedDict<std::string, std::shared_ptr<Module>>& children(const Module& m) { return m.children_; }
+  static void clone_into(Module& target, Module& source, const torch::optional<Device>& device) {
+    target.clone_(source, device);
+  }
+};
+}  // namespace torch::nn
+
+namespace validflow {
+
+/// torch::nn::Cloneable<Derived> with a *virtual* torch::nn::Module base, so that a module can also derive
+/// validflow::FlowModule (itself a virtual Module). LibTorch 1.x's Cloneable inherits Module virtually; LibTorch
+/// 2.x's does not, which makes `Cloneable<D>, FlowModule` an ambiguous double Module there. The clone()
+/// semantics are exactly LibTorch's (copy-construct, reset(), deep-copy parameters, buffers and children).
+template <typename Derived>
+class Cloneable : public virtual torch::nn::Module {
+  using Access = torch::nn::Cloneable<detail::ModuleStateAccess>;
+
+ public:
+  using torch::nn::Module::Module;
+
+  /// Must (re)create every parameter, buffer and submodule (register_* calls), like LibTorch's Cloneable.
+  virtual void reset() = 0;
+
+  std::shared_ptr<torch::nn::Module> clone(
+      const torch::optional<torch::Device>& device = torch::nullopt) const override {
+    torch::NoGradGuard no_grad;
+    const auto& self = static_cast<const Derived&>(*this);
+    auto copy = std::make_shared<Derived>(self);
+    Access::clear(*copy);
+    copy->reset();
+    TORCH_CHECK(Access::parameter_count(*copy) == Access::parameter_count(*this),
+                "The cloned module does not have the same number of parameters as the original module after "
+                "calling reset(). Are you sure you called register_parameter() inside reset() and not the "
+                "constructor?");
+    for (const auto& parameter : named_parameters(/*recurse=*/false)) {
+      const auto& tensor = parameter.value();
+      auto data = device && tensor.device() != *device ? tensor.to(*device) : tensor.clone();
+      Access::parameter(*copy, parameter.key()).set_data(data);
+    }
+    TORCH_CHECK(Access::buffer_count(*copy) == Access::buffer_count(*this),
+                "The cloned module does not have the same number of buffers as the original module after "
+                "calling reset(). Are you sure you called register_buffer() inside reset() and not the "
+                "constructor?");
+    for (const auto& buffer : named_buffers(/*recurse=*/false)) {
+      const auto& tensor = buffer.value();
+      auto data = device && tensor.device() != *device ? tensor.to(*device) : tensor.clone();
+      Access::buffer(*copy, buffer.key()).set_data(data);
+    }
+    TORCH_CHECK(Access::child_count(*copy) == Access::child_count(*this),
+                "The cloned module does not have the same number of child modules as the original module after "
+                "calling reset(). Are you sure you called register_module() inside reset() and not the "
+                "constructor?");
+    const auto& copy_children = Access::children(*copy);
+    for (const auto& child : Access::children(*this)) {
+      Access::clone_into(*copy_children[child.key()], *child.value(), device);
+    }
+    return copy;
+  }
+
+ private:
+  void clone_(torch::nn::Module& other, const torch::optional<torch::Device>& device) final {
+    auto clone = std::dynamic_pointer_cast<Derived>(other.clone(device));
+    TORCH_CHECK(clone != nullptr,
+                "Attempted to clone submodule, but it is of a different type than the submodule it was to be "
+                "cloned into");
+    static_cast<Derived&>(*this) = *clone;
+  }
+};
+
+/// Base of the library's flow layers: validflow::Cloneable<Derived> + FlowModule, with Python's `Module.to(dtype)`
 /// semantics: a dtype change casts floating-point parameters and buffers only. (LibTorch casts every buffer,
 /// which would turn permutation indices into lossy floats and bool flags into floats that a later
 /// torch::load reinterprets bit by bit.)
 template <typename Derived>
-class FlowLayer : public torch::nn::Cloneable<Derived>, public FlowModule {
+class FlowLayer : public Cloneable<Derived>, public FlowModule {
  public:
   using torch::nn::Module::to;
   void to(torch::Dtype dtype, bool non_blocking = false) override { cast(torch::nullopt, dtype, non_blocking); }

@@ -13,13 +13,7 @@ class StackedFlowModel : public FlowLayer<Derived> {
   double forward_macs(const MapSizes& sizes) const override { return flow->forward_macs(sizes); }
 
   /// Number of trainable parameters.
-  int64_t parameter_count() const {
-    int64_t total = 0;
-    for (const auto& p : this->parameters()) {
-      if (p.requires_grad()) total += p.numel();
-    }
-    return total;
-  }
+  int64_t parameter_count() const { return trainable_parameter_count(*this); }
 
   FlowStack flow{nullptr};
 
