@@ -20,6 +20,8 @@ Sub-commands (see `--help` of each):
                                mobilenet_v3_large/small) for validflow::features::TorchScriptBackbone
   image PNG OUT                decodes a photo to an uint8 [H, W, 3] tensor file (key "image") for the C++
                                classification test
+  parity-fixture               a random efficientnet_pytorch B5 (block <= 35), an input and its CS-Flow
+                               features at 3 scales, for the C++ parity test (needs efficientnet_pytorch)
   test-assets                  everything the C++ tests look for: Lite0 weights and two photos
 
 Default output directory: $VALIDFLOW_WEIGHTS_DIR, else ~/.cache/validflow/weights (the C++ function
@@ -199,6 +201,60 @@ def cmd_torchscript(a):
           % (out, channels, stride, stride, out, stride, channels))
 
 
+def cmd_parity_fixture(a):
+    """Random efficientnet_pytorch B5 (official CS-Flow code path) + input + its block-35 features at 3 scales."""
+    torch = need_torch()
+    try:
+        from efficientnet_pytorch import EfficientNet
+    except ImportError:
+        sys.exit("needs the efficientnet_pytorch package (pure Python): pip install --no-deps efficientnet_pytorch")
+    torch.manual_seed(0)
+    model = EfficientNet.from_name("efficientnet-b5").eval()  # static same padding for 456 px, like from_pretrained
+    # Calibrate the BatchNorm statistics on random images (cumulative averages in train mode), so that the
+    # signal neither vanishes nor explodes through the 36 blocks and the features depend on the input.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.momentum = None
+                m.reset_running_stats()
+        model.train()
+        model._global_params = model._global_params._replace(drop_connect_rate=0.0)
+        for _ in range(3):
+            model.extract_features(torch.randn(4, 3, a.image_size, a.image_size))
+        model.eval()
+
+    def eff_ext(x, use_layer=35):  # CS-Flow model.py eff_ext: stem, blocks 0..35, output of block 35
+        x = model._swish(model._bn0(model._conv_stem(x)))
+        for idx, block in enumerate(model._blocks):
+            drop_connect_rate = model._global_params.drop_connect_rate
+            if drop_connect_rate:
+                drop_connect_rate *= float(idx) / len(model._blocks)
+            x = block(x, drop_connect_rate=drop_connect_rate)
+            if idx == use_layer:
+                return x
+
+    size = a.image_size
+    image = torch.rand(2, 3, size, size)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    out = collections.OrderedDict()
+    with torch.no_grad():
+        for s in range(3):
+            xs = x if s == 0 else torch.nn.functional.interpolate(x, size=(size // 2 ** s, size // 2 ** s))
+            out["fixture.features%d" % s] = eff_ext(xs)
+    keep = collections.OrderedDict((k, v) for k, v in model.state_dict().items()
+                                   if not k.startswith("_blocks.") or int(k.split(".")[1]) <= 35)
+    keep = collections.OrderedDict((k, v) for k, v in keep.items()
+                                   if not k.startswith(("_conv_head", "_bn1", "_fc")))
+    keep["fixture.image"] = image
+    keep.update(out)
+    out_path = a.output or os.path.join(a.out_dir or default_dir(), "efficientnet_pytorch-b5-parity.pt")
+    save_state_dict(keep, out_path)
+
+
 def cmd_image(a):
     torch = need_torch()
     try:
@@ -282,6 +338,11 @@ def main(argv=None):
     c.add_argument("--random", action="store_true", help="random weights (no download; for testing)")
     outputs(c)
     c.set_defaults(fn=cmd_torchscript)
+
+    c = sub.add_parser("parity-fixture", help="random efficientnet_pytorch B5 and its CS-Flow features (for tests)")
+    c.add_argument("--image-size", type=int, default=128)
+    outputs(c)
+    c.set_defaults(fn=cmd_parity_fixture)
 
     c = sub.add_parser("image", help="decode a photo into a uint8 [H, W, 3] tensor file")
     c.add_argument("input")

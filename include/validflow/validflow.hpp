@@ -4,3 +4,5 @@
 #include <validflow/compat.hpp>
 #include <validflow/core.hpp>
 #include <validflow/models.hpp>
+#include <validflow/features.hpp>
+#include <validflow/eval/metrics.hpp>

