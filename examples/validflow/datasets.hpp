@@ -248,39 +248,34 @@ inline std::vector<DagmRow> read_dagm_labels(const fs::path& file) {
 
 }  // namespace detail
 
-/// One MVTec AD category (all defective test images must have masks).
-inline Dataset load_mvtec(const std::string& root_path) {
+namespace detail {
+/// The train/good + test/<type> (+ ground_truth/<type>) layout shared by MVTec AD and plain folders.
+inline Dataset load_good_and_test_folders(const std::string& root_path, const std::string& kind, bool masks_required) {
   namespace fs = std::filesystem;
   const fs::path root(root_path);
-  detail::require_dir(root, "mvtec dataset");
+  require_dir(root, kind + " dataset");
   Dataset d;
-  d.kind = "mvtec";
+  d.kind = kind;
   d.root = root.string();
   const fs::path train = root / "train" / "good";
-  detail::require_dir(train, "mvtec dataset");
-  for (const auto& p : detail::list_images(train)) d.train.push_back({p.string(), 0, "good", ""});
-  detail::require_train(d, train);
-  detail::read_test_folders(d, root, /*masks_required=*/true);
-  detail::require_test(d, root / "test");
+  require_dir(train, kind + " dataset");
+  for (const auto& p : list_images(train)) d.train.push_back({p.string(), 0, "good", ""});
+  require_train(d, train);
+  read_test_folders(d, root, masks_required);
+  require_test(d, root / "test");
   return d;
+}
+}  // namespace detail
+
+/// One MVTec AD category (all defective test images must have masks).
+inline Dataset load_mvtec(const std::string& root_path) {
+  return detail::load_good_and_test_folders(root_path, "mvtec", /*masks_required=*/true);
 }
 
 /// Plain folder layout; ground_truth/<type>/ is optional per defect type, but where it exists every image
 /// of that type needs a mask.
 inline Dataset load_folder(const std::string& root_path) {
-  namespace fs = std::filesystem;
-  const fs::path root(root_path);
-  detail::require_dir(root, "folder dataset");
-  Dataset d;
-  d.kind = "folder";
-  d.root = root.string();
-  const fs::path train = root / "train" / "good";
-  detail::require_dir(train, "folder dataset");
-  for (const auto& p : detail::list_images(train)) d.train.push_back({p.string(), 0, "good", ""});
-  detail::require_train(d, train);
-  detail::read_test_folders(d, root, /*masks_required=*/false);
-  detail::require_test(d, root / "test");
-  return d;
+  return detail::load_good_and_test_folders(root_path, "folder", /*masks_required=*/false);
 }
 
 /// Magnetic Tile Defect dataset with the paper's protocol (seeded split of MT_Free). Types are the folder

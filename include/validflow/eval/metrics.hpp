@@ -129,6 +129,22 @@ inline std::vector<std::size_t> order_descending(const std::vector<double>& scor
   return idx;
 }
 
+/// Calls visit(threshold, true positives, false positives) for each distinct score, highest first, with the
+/// counts of samples whose score is >= threshold (tied scores enter together).
+template <typename Visit>
+void sweep_thresholds(const std::vector<double>& scores, const std::vector<int>& labels, Visit visit) {
+  const auto idx = order_descending(scores);
+  std::size_t tp = 0, fp = 0, k = 0;
+  while (k < idx.size()) {
+    const double t = scores[idx[k]];
+    while (k < idx.size() && scores[idx[k]] == t) {
+      (labels[idx[k]] == 1 ? tp : fp) += 1;
+      ++k;
+    }
+    visit(t, tp, fp);
+  }
+}
+
 }  // namespace detail
 
 /// Area under the ROC curve. Ties count one half (exactly the Mann-Whitney U / (n_pos * n_neg)).
@@ -150,22 +166,15 @@ inline double auroc(const std::vector<double>& scores, const std::vector<int>& l
 inline RocCurve roc_curve(const std::vector<double>& scores, const std::vector<int>& labels) {
   std::size_t n_pos = 0, n_neg = 0;
   detail::check_scores_labels("roc_curve", scores, labels, n_pos, n_neg);
-  const auto idx = detail::order_descending(scores);
   RocCurve roc;
   roc.fpr.push_back(0.0);
   roc.tpr.push_back(0.0);
   roc.thresholds.push_back(std::numeric_limits<double>::infinity());
-  std::size_t tp = 0, fp = 0, k = 0;
-  while (k < idx.size()) {
-    const double t = scores[idx[k]];
-    while (k < idx.size() && scores[idx[k]] == t) {
-      (labels[idx[k]] == 1 ? tp : fp) += 1;
-      ++k;
-    }
+  detail::sweep_thresholds(scores, labels, [&](double t, std::size_t tp, std::size_t fp) {
     roc.fpr.push_back(static_cast<double>(fp) / static_cast<double>(n_neg));
     roc.tpr.push_back(static_cast<double>(tp) / static_cast<double>(n_pos));
     roc.thresholds.push_back(t);
-  }
+  });
   return roc;
 }
 
@@ -174,16 +183,9 @@ inline RocCurve roc_curve(const std::vector<double>& scores, const std::vector<i
 inline ThresholdResult f1_optimal_threshold(const std::vector<double>& scores, const std::vector<int>& labels) {
   std::size_t n_pos = 0, n_neg = 0;
   detail::check_scores_labels("f1_optimal_threshold", scores, labels, n_pos, n_neg);
-  const auto idx = detail::order_descending(scores);
   ThresholdResult best;
   best.f1 = -1.0;
-  std::size_t tp = 0, fp = 0, k = 0;
-  while (k < idx.size()) {
-    const double t = scores[idx[k]];
-    while (k < idx.size() && scores[idx[k]] == t) {
-      (labels[idx[k]] == 1 ? tp : fp) += 1;
-      ++k;
-    }
+  detail::sweep_thresholds(scores, labels, [&](double t, std::size_t tp, std::size_t fp) {
     const std::size_t fn = n_pos - tp;
     const double f1 = 2.0 * tp / static_cast<double>(2 * tp + fp + fn);
     if (f1 > best.f1) {
@@ -195,7 +197,7 @@ inline ThresholdResult f1_optimal_threshold(const std::vector<double>& scores, c
       best.false_positives = fp;
       best.false_negatives = fn;
     }
-  }
+  });
   return best;
 }
 
