@@ -28,6 +28,12 @@ if [[ -x "$CUDA_HOME/bin/nvcc" ]]; then
   export PATH="$CUDA_HOME/bin:$PATH"
   export CUDACXX="${CUDACXX:-$CUDA_HOME/bin/nvcc}"
 fi
+# The pip wheel loads its CUDA libraries (cuDNN, NCCL, ...) from site-packages/nvidia/*/lib through its RPATH;
+# tell the linker too, or it may resolve them to older copies registered with ldconfig (seen: an old NCCL in
+# /usr/local/cuda/lib -> "undefined reference to ncclCommMemStats").
+linker_flags=""
+nvidia_dirs="$(ls -d "$torch_root"/../nvidia/*/lib 2>/dev/null | paste -sd: || true)"
+[[ -n "$nvidia_dirs" ]] && linker_flags="-Wl,-rpath-link,$nvidia_dirs"
 generator=()
 command -v ninja > /dev/null && generator=(-G Ninja)
 
@@ -37,7 +43,8 @@ cmake -S "$here" -B "$BUILD_DIR" "${generator[@]}" \
   -DCMAKE_BUILD_TYPE=Release \
   "-DCMAKE_PREFIX_PATH=$cmake_prefix;$torch_root" \
   -DVALIDFLOW_BUILD_TESTS=OFF -DVALIDFLOW_BUILD_EXAMPLES=OFF -DVALIDFLOW_BUILD_BENCHMARKS=ON \
-  -DVALIDFLOW_BUILD_CUDA_BENCHMARKS=ON
+  -DVALIDFLOW_BUILD_CUDA_BENCHMARKS=ON \
+  "-DCMAKE_EXE_LINKER_FLAGS=$linker_flags"
 cmake --build "$BUILD_DIR" --target bench_cuda -j "$(nproc)"
 [[ $build_only == 1 ]] && { echo "built $BUILD_DIR/benchmarks/cuda/bench_cuda"; exit 0; }
 

@@ -81,7 +81,7 @@ inline torch::Tensor autograd_log_abs_det(FlowModule& module, const TensorList& 
     rows.push_back(torch::cat(flat_grad, 1));
   }
   const auto jacobian = torch::stack(rows, 1);  // [batch, D_out, D_in]
-  return std::get<1>(torch::linalg::slogdet(jacobian));
+  return std::get<1>(torch::linalg_slogdet(jacobian));
 }
 
 /// Measured errors, printed for the record (the closing notes quote them).

@@ -174,3 +174,21 @@ TEST_CASE("FlowStack of mixed blocks passes the flow harness", "[core][stack]") 
   vft::check_flow("FlowStack_mixed", make, three_scales());
   CHECK_THROWS_WITH(FlowStack()->forward({torch::randn({1, 2, 2, 2})}), Catch::Contains("empty"));
 }
+
+TEST_CASE("NaN/Inf inputs are checked once, at the outermost module", "[core][checks]") {
+  ActNorm norm(ActNormOptions({2}));
+  norm->eval();  // no data-dependent initialisation (it would reject the non-finite channel itself)
+  TensorList bad{torch::full({1, 2, 2, 2}, std::numeric_limits<float>::infinity())};
+  CHECK_THROWS_WITH(norm->forward(bad), Catch::Contains("ActNorm: scale 0 contains NaN or Inf"));
+  {
+    NestedFlowCall nested;  // inside a composite that already checked its input
+    CHECK_NOTHROW(norm->forward(bad));
+  }
+  CHECK_THROWS_AS(norm->forward(bad), FlowInputError);  // the scope ended
+  set_finite_checks(false);
+  CHECK_NOTHROW(norm->forward(bad));
+  set_finite_checks(true);
+  FlowStack stack;
+  stack->push_back(Block(ActNormOptions({2}), ChannelShuffleOptions({2}), coupling_options({2})));
+  CHECK_THROWS_WITH(stack->forward(bad), Catch::Contains("FlowStack: scale 0 contains NaN or Inf"));
+}

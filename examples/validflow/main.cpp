@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <thread>
 
 namespace fs = std::filesystem;
 using namespace validflow;
@@ -289,6 +290,7 @@ int cmd_check_csflow(const std::string& file, double tolerance) {
 int main(int argc, char** argv) {
   CLI::App app{"validflow: unsupervised defect detection with normalizing flows (ValidFlow, CS-Flow)"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--threads) may follow the subcommand
   app.set_version_flag("--version", std::string("validflow ") + version_string);
 
   ModelConfig config;
@@ -339,8 +341,17 @@ int main(int argc, char** argv) {
   int64_t demo_epochs = 40;
   demo->add_option("--epochs", demo_epochs, "Training epochs")->capture_default_str();
 
+  int64_t threads = 0;
+  app.add_option("--threads", threads, "CPU threads (default: $OMP_NUM_THREADS, else every core)");
+
   CLI11_PARSE(app, argc, argv);
   config = with_defaults(config);
+  // Debian's LibTorch starts with one intra-op thread unless OMP_NUM_THREADS is set.
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+  } else if (!std::getenv("OMP_NUM_THREADS")) {
+    torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  }
 
   try {
     if (*info) return cmd_info(config, map_size, backbone, layer, image_size, json);

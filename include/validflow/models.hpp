@@ -9,3 +9,4 @@
 #include <validflow/models/validflow_model.hpp>
 #include <validflow/models/csflow_import.hpp>
 #include <validflow/models/csflow_golden.hpp>
+#include <validflow/models/precision.hpp>

@@ -76,6 +76,7 @@ class ParallelAffineCouplingImpl : public FlowLayer<ParallelAffineCouplingImpl<S
 
   FlowResult forward(const TensorList& x) override {
     check_flow_input(x, options.channels(), "ParallelAffineCoupling", detail::reference_tensor(*this));
+    NestedFlowCall nested;
     TensorList x1, x2;
     split(x, x1, x2);
     FlowResult result{{}, zero_log_det(x)};
@@ -98,6 +99,7 @@ class ParallelAffineCouplingImpl : public FlowLayer<ParallelAffineCouplingImpl<S
 
   FlowResult inverse(const TensorList& z) override {
     check_flow_input(z, options.channels(), "ParallelAffineCoupling", detail::reference_tensor(*this));
+    NestedFlowCall nested;
     TensorList y1, y2;
     split(z, y1, y2);
     FlowResult result{{}, zero_log_det(z)};

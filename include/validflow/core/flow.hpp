@@ -224,6 +224,33 @@ inline torch::Tensor reference_tensor(const torch::nn::Module& module) {
 
 }  // namespace detail
 
+namespace detail {
+inline int& nested_flow_depth() {
+  thread_local int depth = 0;
+  return depth;
+}
+}  // namespace detail
+
+/// Scope of a composite module (sequence, stack, coupling) calling its parts: their inputs derive from an input
+/// already checked for NaN/Inf, so the parts skip that check (one reduction per top-level call, not per layer).
+class NestedFlowCall {
+ public:
+  NestedFlowCall() { ++detail::nested_flow_depth(); }
+  ~NestedFlowCall() { --detail::nested_flow_depth(); }
+  NestedFlowCall(const NestedFlowCall&) = delete;
+  NestedFlowCall& operator=(const NestedFlowCall&) = delete;
+};
+
+/// Throws FlowInputError if a scale holds NaN or Inf, while finite_checks() is on and outside a NestedFlowCall.
+inline void check_finite(const TensorList& x, const std::string& module) {
+  if (!finite_checks() || detail::nested_flow_depth() > 0) return;
+  for (size_t s = 0; s < x.size(); ++s) {
+    if (x[s].defined() && !torch::isfinite(x[s]).all().item<bool>()) {
+      detail::throw_input_error(module, "scale ", s, " contains NaN or Inf values");
+    }
+  }
+}
+
 /// Validates a multi-scale input against the channels a module was built for. `reference` (a parameter of
 /// the module, may be undefined) fixes the dtype and device. Throws FlowInputError naming the problem.
 inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& channels,
@@ -270,13 +297,7 @@ inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& ch
                                 reference.device(), "; call module->to(device)");
     }
   }
-  if (finite_checks()) {
-    for (size_t s = 0; s < x.size(); ++s) {
-      if (!torch::isfinite(x[s]).all().item<bool>()) {
-        detail::throw_input_error(module, "scale ", s, " contains NaN or Inf values");
-      }
-    }
-  }
+  check_finite(x, module);
 }
 
 /// Per-sample zero log-det with the input's dtype and device.

@@ -45,12 +45,16 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
 
   FlowResult forward(const TensorList& x) override {
     FlowResult result{x, zero_log_det(x)};
+    check_finite(x, "FlowSequence");
+    NestedFlowCall nested;
     std::apply([&](auto&... layer) { (chain(result, layer->forward(result.tensors)), ...); }, layers);
     return result;
   }
 
   FlowResult inverse(const TensorList& z) override {
     FlowResult result{z, zero_log_det(z)};
+    check_finite(z, "FlowSequence");
+    NestedFlowCall nested;
     inverse_from<sizeof...(Layers)>(result);
     return result;
   }
@@ -141,6 +145,8 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
   FlowResult forward(const TensorList& x) override {
     TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
     FlowResult result{x, zero_log_det(x)};
+    check_finite(x, "FlowStack");
+    NestedFlowCall nested;
     for (const auto& layer : layers) {
       chain(result, layer->forward(result.tensors));
     }
@@ -150,6 +156,8 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
   FlowResult inverse(const TensorList& z) override {
     TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
     FlowResult result{z, zero_log_det(z)};
+    check_finite(z, "FlowStack");
+    NestedFlowCall nested;
     for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
       chain(result, (*it)->inverse(result.tensors));
     }

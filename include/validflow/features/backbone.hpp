@@ -5,6 +5,8 @@
 //  * `features(x)` maps a normalised image batch [N, 3, H, W] to one feature map [N, C, H/s, W/s], where s is
 //    `feature_stride()`. Backbones are frozen feature extractors: they are used in eval mode.
 //  * Combine with torch::nn::Cloneable<Derived>, like the flow modules do with FlowModule.
+#include <validflow/core/flow.hpp>
+
 #include <torch/torch.h>
 
 #include <cstdint>

@@ -479,7 +479,8 @@ inline int64_t efficientnet_parameter_count(const EfficientNetOptions& o) {
   return count;
 }
 
-class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public FeatureBackbone {
+// validflow::Cloneable: a virtual Module base, needed next to FeatureBackbone on LibTorch 2.x (see core/flow.hpp).
+class EfficientNetImpl : public validflow::Cloneable<EfficientNetImpl>, public FeatureBackbone {
  public:
   explicit EfficientNetImpl(const EfficientNetOptions& options_ = EfficientNetOptions()) : options(options_) {
     EfficientNetImpl::reset();

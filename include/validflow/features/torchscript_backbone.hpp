@@ -35,7 +35,8 @@ struct TorchScriptBackboneOptions {
   TORCH_ARG(std::string, name) = "torchscript";
 };
 
-class TorchScriptBackboneImpl : public torch::nn::Cloneable<TorchScriptBackboneImpl>, public FeatureBackbone {
+// validflow::Cloneable: a virtual Module base, needed next to FeatureBackbone on LibTorch 2.x (see core/flow.hpp).
+class TorchScriptBackboneImpl : public validflow::Cloneable<TorchScriptBackboneImpl>, public FeatureBackbone {
  public:
   explicit TorchScriptBackboneImpl(const TorchScriptBackboneOptions& options_) : options(options_) {
     TorchScriptBackboneImpl::reset();
