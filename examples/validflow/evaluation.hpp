@@ -18,6 +18,7 @@ namespace validflow::app {
 
 struct EvalOptions {
   int64_t batch_size = 16;
+  Precision precision = Precision::Float32;  ///< inference precision of the flow (bf16: autocast on CPU/CUDA)
   int heatmaps_per_group = 6;  ///< most and least anomalous images rendered
   int pixel_size = 256;        ///< resolution at which maps are compared with masks (and heatmaps drawn)
   bool quiet = false;
@@ -28,8 +29,9 @@ struct Scored {
   torch::Tensor maps;    ///< [N, H0, W0]
 };
 
-/// Scores and anomaly maps of `features` in eval mode, batched.
-inline Scored score_features(FlowModule& model, const TensorList& features, int64_t batch_size) {
+/// Scores and anomaly maps of `features` in eval mode, batched, at the given inference precision.
+inline Scored score_features(FlowModule& model, const TensorList& features, int64_t batch_size,
+                             Precision precision = Precision::Float32) {
   model.eval();
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> scores, maps;
@@ -37,7 +39,7 @@ inline Scored score_features(FlowModule& model, const TensorList& features, int6
   for (int64_t start = 0; start < n; start += batch_size) {
     TensorList batch;
     for (const auto& f : features) batch.push_back(f.slice(0, start, std::min(n, start + batch_size)));
-    const auto z = model.forward(batch).tensors;
+    const auto z = forward_at_precision(model, batch, precision).tensors;
     scores.push_back(image_scores(z));
     maps.push_back(anomaly_maps(z));
   }
@@ -61,7 +63,7 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
   namespace fs = std::filesystem;
   fs::create_directories(fs::path(out_dir) / "heatmaps");
   const auto start = std::chrono::steady_clock::now();
-  const auto scored = score_features(model, cache.test, options.batch_size);
+  const auto scored = score_features(model, cache.test, options.batch_size, options.precision);
   const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto& samples = cache.test_samples;
   std::vector<double> scores(samples.size());
@@ -101,6 +103,7 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
     m.aupro = pixels.aupro(0.3);
   }
   m.extra = extra_info;
+  m.extra["precision"] = to_string(options.precision);
   m.extra["scoring_seconds"] = seconds;
   m.extra["scoring_images_per_second"] = static_cast<double>(samples.size()) / seconds;
 

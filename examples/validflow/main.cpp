@@ -98,7 +98,10 @@ std::string resolve_weights(const ExtractArgs& e) {
 
 std::string features_path(const std::string& out) { return (fs::path(out) / "features.pt").string(); }
 std::string checkpoint_path(const std::string& out) { return (fs::path(out) / "checkpoint.pt").string(); }
-std::string report_dir(const std::string& out) { return (fs::path(out) / "report").string(); }
+/// OUT/report for fp32 scoring, OUT/report-bf16 (-fp16) for reduced precision, so both can be compared.
+std::string report_dir(const std::string& out, Precision precision = Precision::Float32) {
+  return (fs::path(out) / (precision == Precision::Float32 ? "report" : "report-" + to_string(precision))).string();
+}
 
 FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   fs::create_directories(out);
@@ -193,13 +196,13 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
                                {"image_size", cache.meta.value("image_size", 0)},
                                {"model", to_json(checkpoint.config)},
                                {"epochs", checkpoint.epoch}};
-  const auto m = evaluate(*checkpoint.model, cache, report_dir(out), options, info);
+  const auto m = evaluate(*checkpoint.model, cache, report_dir(out, options.precision), options, info);
   std::cout << std::fixed << std::setprecision(4) << "image AUROC   " << m.image_auroc << "  (" << m.n_test
             << " test images, " << m.n_defective << " defective)\n";
   for (const auto& [type, value] : m.image_auroc_per_type) std::cout << "  " << std::setw(12) << type << "  " << value << "\n";
   if (m.pixel_auroc) std::cout << "pixel AUROC   " << *m.pixel_auroc << "\nAUPRO@30%     " << *m.aupro << "\n";
   std::cout << "threshold     " << m.threshold << " (F1 " << m.f1 << ")\n";
-  std::cout << "report        " << (fs::path(report_dir(out)) / "index.html").string() << "\n";
+  std::cout << "report        " << (fs::path(report_dir(out, options.precision)) / "index.html").string() << "\n";
   return m;
 }
 
@@ -328,6 +331,10 @@ int main(int argc, char** argv) {
   auto* evl = app.add_subcommand("eval", "Score the test set; writes OUT/report/ (metrics, plots, heatmaps)");
   evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")->capture_default_str();
   evl->add_option("--heatmaps", eval_options.heatmaps_per_group, "Heatmaps of the most and of the least anomalous images")->capture_default_str();
+  std::string precision_name = "fp32";
+  evl->add_option("--precision", precision_name, "Flow inference precision: fp32, bf16 (CPU/CUDA; report in OUT/report-bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
 
   auto* run = app.add_subcommand("run", "extract + train + eval");
   add_extract_options(*run, extract, true);
@@ -346,6 +353,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   config = with_defaults(config);
+  eval_options.precision = parse_precision(precision_name);
   // Debian's LibTorch starts with one intra-op thread unless OMP_NUM_THREADS is set.
   if (threads > 0) {
     torch::set_num_threads(static_cast<int>(threads));
