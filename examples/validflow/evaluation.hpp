@@ -103,7 +103,7 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
     m.aupro = pixels.aupro(0.3);
   }
   m.extra = extra_info;
-  m.extra["precision"] = to_string(options.precision);
+  m.extra["inference_precision"] = to_string(options.precision);
   m.extra["scoring_seconds"] = seconds;
   m.extra["scoring_images_per_second"] = static_cast<double>(samples.size()) / seconds;
 
