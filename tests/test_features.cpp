@@ -506,3 +506,28 @@ TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[feature
   CHECK(feats[0].sizes() == torch::IntArrayRef({1, 192, 8, 8}));
   CHECK(torch::isfinite(feats[2]).all().item<bool>());
 }
+
+TEST_CASE("BatchNorm calibration gives a random backbone non-constant features", "[features][extractor]") {
+  torch::manual_seed(0);
+  const auto options = vf::EfficientNetOptions::from_name("efficientnet-lite0");
+  auto net = vf::make_efficientnet("efficientnet-lite0", vf::default_feature_block(options));
+  vf::MultiScaleExtractor extractor(vf::MultiScaleExtractorOptions(net).image_size(128));
+  const auto images = torch::rand({6, 3, 128, 128});
+  auto channel_std = [&] {
+    const auto f = extractor->forward(images)[0];
+    return f.transpose(0, 1).reshape({f.size(1), -1}).std(1);
+  };
+  const double before = channel_std().min().item<double>();
+  extractor->calibrate_batchnorm({images.slice(0, 0, 3), images.slice(0, 3, 6)});
+  const double after = channel_std().min().item<double>();
+  INFO("smallest channel std before " << before << ", after " << after);
+  CHECK(after > 1e-3);
+  CHECK(after > 10 * before);
+  for (const auto& module : extractor->backbone->modules(false)) {
+    if (auto* bn = module->as<torch::nn::BatchNorm2dImpl>()) {
+      CHECK(bn->options.momentum().has_value());  // restored after calibration
+      CHECK_FALSE(bn->is_training());
+    }
+  }
+  CHECK_THROWS_AS(extractor->calibrate_batchnorm({}), vf::FeatureError);
+}

@@ -155,6 +155,29 @@ inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
                                                                : features::ImageNormalization::imagenet()));
 }
 
+/// Images [end - start, 3, S, S] (RGB in [0, 1]) of samples[start, end).
+inline torch::Tensor load_image_batch(const std::vector<Sample>& samples, size_t start, size_t end, int64_t image_size) {
+  std::vector<torch::Tensor> images;
+  for (size_t i = start; i < end; ++i) {
+    auto chw = image_to_chw(load_image(samples[i].path, static_cast<int>(image_size)));
+    images.push_back(torch::from_blob(chw.data(), {3, image_size, image_size}, torch::kFloat32).clone());
+  }
+  return torch::stack(images);
+}
+
+/// For a backbone without pretrained weights: BatchNorm statistics from (up to `max_images`) training images,
+/// so that random features do not fade into constant channels. Returns the number of images used.
+inline size_t calibrate_random_backbone(features::MultiScaleExtractorImpl& extractor, const std::vector<Sample>& train,
+                                        int64_t image_size, int64_t batch_size, size_t max_images = 64) {
+  std::vector<torch::Tensor> batches;
+  const size_t n = std::min(train.size(), max_images);
+  for (size_t start = 0; start < n; start += static_cast<size_t>(batch_size)) {
+    batches.push_back(load_image_batch(train, start, std::min(n, start + static_cast<size_t>(batch_size)), image_size));
+  }
+  extractor.calibrate_batchnorm(batches);
+  return n;
+}
+
 /// Extracts the features of `samples` in batches, with a progress bar.
 inline TensorList extract_features(features::MultiScaleExtractorImpl& extractor, const std::vector<Sample>& samples,
                                    int64_t image_size, int64_t batch_size, bool fp16, const std::string& label) {
@@ -163,12 +186,7 @@ inline TensorList extract_features(features::MultiScaleExtractorImpl& extractor,
   torch::NoGradGuard no_grad;
   for (size_t start = 0; start < samples.size(); start += static_cast<size_t>(batch_size)) {
     const size_t end = std::min(samples.size(), start + static_cast<size_t>(batch_size));
-    std::vector<torch::Tensor> images;
-    for (size_t i = start; i < end; ++i) {
-      auto chw = image_to_chw(load_image(samples[i].path, static_cast<int>(image_size)));
-      images.push_back(torch::from_blob(chw.data(), {3, image_size, image_size}, torch::kFloat32).clone());
-    }
-    auto features = extractor.forward(torch::stack(images));
+    auto features = extractor.forward(load_image_batch(samples, start, end, image_size));
     if (fp16) {
       for (auto& f : features) f = f.to(torch::kHalf);
     }

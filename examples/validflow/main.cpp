@@ -132,6 +132,10 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   std::cerr << "features  " << path << ": " << reason << "; extracting\n";
   auto extractor = make_extractor(e.backbone);
   const auto start = std::chrono::steady_clock::now();
+  if (e.backbone.weights.empty()) {
+    const auto used = calibrate_random_backbone(*extractor, dataset.train, e.backbone.image_size, e.batch_size);
+    std::cerr << "backbone  random weights: BatchNorm statistics calibrated on " << used << " training images\n";
+  }
   FeatureCache cache;
   cache.train = extract_features(*extractor, dataset.train, e.backbone.image_size, e.batch_size, e.fp16, "extract train");
   cache.test = extract_features(*extractor, dataset.test, e.backbone.image_size, e.batch_size, e.fp16, "extract test");

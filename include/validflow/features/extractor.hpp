@@ -144,6 +144,27 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
     return out;
   }
 
+  /// Re-estimates the running mean and variance of every BatchNorm in the backbone from `image_batches`
+  /// (same input as forward(), every scale; cumulative average over the batches), then returns the backbone
+  /// to eval mode. For backbones WITHOUT pretrained weights: with random weights and the default statistics
+  /// (mean 0, variance 1) the signal fades from block to block and feature channels end up constant.
+  /// Do not use it on pretrained backbones: it replaces their ImageNet statistics.
+  void calibrate_batchnorm(const std::vector<torch::Tensor>& image_batches) {
+    if (image_batches.empty()) throw FeatureError("calibrate_batchnorm: no images");
+    std::vector<std::pair<torch::nn::BatchNorm2dImpl*, torch::optional<double>>> norms;
+    for (const auto& module : backbone->modules(/*include_self=*/false)) {
+      if (auto* bn = module->as<torch::nn::BatchNorm2dImpl>()) {
+        norms.emplace_back(bn, bn->options.momentum());
+        bn->reset_running_stats();
+        bn->options.momentum(torch::nullopt);  // cumulative average over all calibration batches
+      }
+    }
+    backbone->train();
+    for (const auto& images : image_batches) forward(images);
+    backbone->eval();
+    for (auto& [bn, momentum] : norms) bn->options.momentum(momentum);
+  }
+
   /// Keeps a frozen backbone in eval mode whatever the extractor's mode.
   void train(bool on = true) override {
     torch::nn::Module::train(on);
