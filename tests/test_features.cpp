@@ -168,7 +168,7 @@ TEST_CASE("multi-scale extractor: B5 block 35 shapes at small sizes and the anal
   CHECK(one->forward(torch::rand({1, 3, 64, 96}))[0].sizes() == torch::IntArrayRef({1, 304, 2, 3}));
 }
 
-TEST_CASE("multi-scale extractor: Lite0 and B0 channels; the CS-Flow protocol", "[features][extractor]") {
+TEST_CASE("multi-scale extractor: Lite0 and B0 channels and the CS-Flow protocol", "[features][extractor]") {
   torch::manual_seed(1);
   for (const char* name : {"lite0", "b0"}) {
     INFO(name);
