@@ -58,6 +58,13 @@ struct BadImage {
   std::string reason;
 };
 
+/// True when there is a defective sample and every defective sample has a mask (pixel metrics are possible).
+inline bool has_masks(const std::vector<Sample>& samples) {
+  const bool any_defective = std::any_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 1; });
+  return any_defective &&
+         std::all_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); });
+}
+
 struct Dataset {
   std::string kind;  // mvtec, mtd, dagm, folder
   std::string root;
@@ -70,10 +77,7 @@ struct Dataset {
   }
   std::size_t n_good_test() const { return test.size() - n_defective(); }
   /// True when every defective test sample has a mask (pixel metrics are possible).
-  bool has_masks() const {
-    if (n_defective() == 0) return false;
-    return std::all_of(test.begin(), test.end(), [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); });
-  }
+  bool has_masks() const { return app::has_masks(test); }
   /// Distinct defect types of the test set, sorted.
   std::vector<std::string> defect_types() const {
     std::set<std::string> t;
@@ -368,17 +372,25 @@ inline Dataset load_dagm(const std::string& root_path) {
   return d;
 }
 
+namespace detail {
+/// cv::imread with errors that name the file (`what`: "image" or "mask").
+inline cv::Mat read_file(const std::string& path, int flags, const std::string& what) {
+  if (!file_exists(path)) throw DatasetError(what + " not found: " + path);
+  cv::Mat m;
+  try {
+    m = cv::imread(path, flags);
+  } catch (const cv::Exception& e) {
+    throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path + ": " + e.what());
+  }
+  if (m.empty()) throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path);
+  return m;
+}
+}  // namespace detail
+
 /// Reads an image as RGB float [0,1], CV_32FC3; gray is replicated to 3 channels. size > 0: resized to
 /// size x size (bilinear); size <= 0: original size. Throws DatasetError naming the path.
 inline cv::Mat load_image(const std::string& path, int size) {
-  if (!detail::file_exists(path)) throw DatasetError("image not found: " + path);
-  cv::Mat raw;
-  try {
-    raw = cv::imread(path, cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception& e) {
-    throw DatasetError("cannot decode image (corrupt or unsupported): " + path + ": " + e.what());
-  }
-  if (raw.empty()) throw DatasetError("cannot decode image (corrupt or unsupported): " + path);
+  const cv::Mat raw = detail::read_file(path, cv::IMREAD_UNCHANGED, "image");
   double scale;
   switch (raw.depth()) {
     case CV_8U: scale = 1.0 / 255.0; break;
@@ -425,14 +437,7 @@ inline cv::Mat load_mask(const std::string& path, int size, int threshold = 128)
     if (size <= 0) throw std::invalid_argument("load_mask: an empty mask path needs a size > 0");
     return cv::Mat::zeros(size, size, CV_8UC1);
   }
-  if (!detail::file_exists(path)) throw DatasetError("mask not found: " + path);
-  cv::Mat m;
-  try {
-    m = cv::imread(path, cv::IMREAD_GRAYSCALE);
-  } catch (const cv::Exception& e) {
-    throw DatasetError("cannot decode mask (corrupt or unsupported): " + path + ": " + e.what());
-  }
-  if (m.empty()) throw DatasetError("cannot decode mask (corrupt or unsupported): " + path);
+  cv::Mat m = detail::read_file(path, cv::IMREAD_GRAYSCALE, "mask");
   if (size > 0 && (m.rows != size || m.cols != size)) cv::resize(m, m, cv::Size(size, size), 0, 0, cv::INTER_NEAREST);
   cv::Mat out;
   cv::threshold(m, out, threshold - 1, 1, cv::THRESH_BINARY);  // > threshold-1  <=>  >= threshold

@@ -87,9 +87,7 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
   m.recall = best.recall;
 
   // Pixel metrics where every defective image has a mask.
-  const bool masks = std::all_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); }) &&
-                     m.n_defective > 0;
-  if (masks) {
+  if (has_masks(samples)) {
     eval::PixelEvaluator pixels;
     ProgressBar bar(samples.size(), "pixel metrics", {"img", options.quiet ? ProgressOptions::Mode::silent : ProgressOptions::Mode::automatic});
     for (size_t i = 0; i < samples.size(); ++i) {

@@ -27,15 +27,6 @@ using namespace validflow::app;
 
 namespace {
 
-std::string grouped(int64_t v) {
-  std::string s = std::to_string(v), out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
-
 /// Model options shared by info, train, run and demo.
 void add_model_options(CLI::App& cmd, ModelConfig& c) {
   cmd.add_option("--model", c.model, "Flow: validflow or csflow")->check(CLI::IsMember({"validflow", "csflow"}))->capture_default_str();
@@ -175,7 +166,7 @@ Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCac
   checkpoint.feature_layout = feature_layout(cache);
   checkpoint.model = build_model(config);
   const auto sizes = cache.map_sizes();
-  std::cerr << "model     " << config.model << ": " << grouped(trainable_parameter_count(*checkpoint.model))
+  std::cerr << "model     " << config.model << ": " << features::group_thousands(trainable_parameter_count(*checkpoint.model))
             << " parameters, " << std::setprecision(3) << 2 * checkpoint.model->forward_macs(sizes) / 1e9
             << " GFLOP per image; " << cache.train[0].size(0) << " training images, " << t.epochs << " epochs\n";
   const auto start = std::chrono::steady_clock::now();
@@ -215,7 +206,7 @@ void print_architecture(const torch::nn::Module& module, const std::string& name
   std::ostringstream line;
   module.pretty_print(line);
   std::cout << std::string(2 * static_cast<size_t>(depth), ' ') << (name.empty() ? "" : name + ": ") << line.str()
-            << "  [" << grouped(trainable_parameter_count(module)) << " params]\n";
+            << "  [" << features::group_thousands(trainable_parameter_count(module)) << " params]\n";
   if (depth == max_depth) return;
   for (const auto& child : module.named_children()) print_architecture(*child.value(), child.key(), depth + 1, max_depth);
 }
@@ -253,7 +244,7 @@ int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& bac
   std::cout << "map sizes     ";
   for (const auto& s : sizes) std::cout << s[0] << "x" << s[1] << " ";
   std::cout << "(" << config.channels << " channels)\n";
-  std::cout << "parameters    " << grouped(params) << " trainable (" << std::fixed << std::setprecision(2)
+  std::cout << "parameters    " << features::group_thousands(params) << " trainable (" << std::fixed << std::setprecision(2)
             << static_cast<double>(params) / 1e6 << " M)\n";
   std::cout << "forward       " << std::setprecision(2) << gflops << " GFLOP per image (" << gflops / 2
             << " GMAC, convolutions)\n";

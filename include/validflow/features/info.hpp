@@ -13,6 +13,17 @@
 
 namespace validflow::features {
 
+/// An integer with thousands separators: 17543204 -> "17,543,204".
+inline std::string group_thousands(int64_t v) {
+  const std::string s = std::to_string(v);
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i && s[i - 1] != '-' && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
 struct ScaleInfo {
   int64_t input_height = 0, input_width = 0;
   int64_t channels = 0, height = 0, width = 0;  ///< feature map [C, H, W]
@@ -61,21 +72,13 @@ struct BackboneInfo {
   /// Human-readable lines, ending with a newline.
   std::string to_text() const {
     std::ostringstream o;
-    auto grouped = [](int64_t v) {
-      std::string s = std::to_string(v), out;
-      for (std::size_t i = 0; i < s.size(); ++i) {
-        if (i && (s.size() - i) % 3 == 0) out += ',';
-        out += s[i];
-      }
-      return out;
-    };
     o << "backbone            " << name << " (" << activation << ", padding " << padding;
     if (padding == "static-same") o << " for " << native_resolution << " px";
     o << ")\n";
     o << "feature layer       block " << layer << " of 0.." << total_blocks - 1 << " (" << channels
       << " channels, stride " << stride << ")\n";
-    o << "parameters          " << grouped(parameters_truncated) << " up to block " << layer << ", "
-      << grouped(parameters_full) << " full model\n";
+    o << "parameters          " << group_thousands(parameters_truncated) << " up to block " << layer << ", "
+      << group_thousands(parameters_full) << " full model\n";
     for (std::size_t i = 0; i < scales.size(); ++i) {
       const auto& s = scales[i];
       o << "scale " << i << "             " << s.input_height << "x" << s.input_width << " -> [N, " << s.channels
