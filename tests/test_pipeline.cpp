@@ -70,7 +70,7 @@ bool same_parameters(torch::nn::Module& a, torch::nn::Module& b) {
 
 bool has_temp_files(const fs::path& dir) {
   for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() == ".tmp") return true;
+    if (entry.path().filename().string().find(".tmp") != std::string::npos) return true;  // write_file_atomic's temps
   }
   return false;
 }
@@ -181,6 +181,13 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   std::ofstream(dir.file("broken.pt")) << "not a pickle";
   CHECK_THROWS_WITH(load_feature_cache(dir.file("broken.pt")), Catch::Contains("corrupt"));
   CHECK_THROWS_WITH(load_feature_cache(dir.file("absent.pt")), Catch::Contains("validflow extract"));
+  // An unwritable destination is an error naming it, and leaves nothing behind.
+  std::ofstream(dir.file("not_a_folder")) << "x";
+  CHECK_THROWS_WITH(save_feature_cache(cache, dir.file("not_a_folder") + "/features.pt"), Catch::Contains("not_a_folder"));
+  CHECK_THROWS_AS(save_checkpoint(dir.file("not_a_folder") + "/c.pt", fresh_checkpoint(tiny_config("csflow")),
+                                  *std::make_unique<torch::optim::Adam>(std::vector<torch::Tensor>{torch::zeros({1}, torch::requires_grad())})),
+                  FileWriteError);
+  CHECK_FALSE(has_temp_files(dir.path));
   CHECK(file_fingerprint("") == "none");
   CHECK_THROWS_WITH(file_fingerprint(dir.file("absent.bin")), Catch::Contains("absent.bin"));
 }

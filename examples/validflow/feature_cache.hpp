@@ -7,6 +7,7 @@
 // "test.<s>": Tensor} (readable from Python with torch.load). `meta` records the backbone, its weights'
 // fingerprint, the image size, the dataset spec and file list: a cache whose meta differs from the
 // requested extraction is stale and is rebuilt. Written to a temp file, then renamed.
+#include "atomic_file.hpp"
 #include "datasets.hpp"
 #include "progress.hpp"
 
@@ -95,13 +96,7 @@ inline void save_feature_cache(const FeatureCache& cache, const std::string& pat
     dict.insert("test." + std::to_string(s), cache.test[s]);
   }
   const auto bytes = torch::pickle_save(dict);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) throw std::runtime_error("cannot write feature cache '" + tmp + "'");
-  }
-  std::filesystem::rename(tmp, path);
+  write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
 }
 
 inline FeatureCache load_feature_cache(const std::string& path) {

@@ -31,7 +31,8 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
+
+#include "atomic_file.hpp"
 
 namespace validflow {
 namespace app {
@@ -41,41 +42,11 @@ class ReportError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Writes bytes to path atomically: a temporary file next to it, then rename. Creates parent folders.
-inline void write_file_atomic(const std::string& path, const std::string& bytes) {
-  namespace fs = std::filesystem;
-  static std::atomic<unsigned> counter{0};
-  const fs::path target(path);
-  std::error_code ec;
-  if (target.has_parent_path()) {
-    fs::create_directories(target.parent_path(), ec);
-    if (ec) throw ReportError("cannot create folder " + target.parent_path().string() + ": " + ec.message());
-  }
-  const fs::path tmp = target.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ReportError("cannot write " + tmp.string() + " (for " + path + ")");
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      fs::remove(tmp, ec);
-      throw ReportError("write failed for " + path);
-    }
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    std::error_code ec2;
-    fs::remove(tmp, ec2);
-    throw ReportError("cannot rename " + tmp.string() + " to " + path + ": " + ec.message());
-  }
-}
-
 /// Encodes img as PNG (8-bit gray/BGR/BGRA) and writes it atomically.
 inline void write_png_atomic(const std::string& path, const cv::Mat& img) {
   std::vector<unsigned char> buf;
   if (img.empty() || !cv::imencode(".png", img, buf)) throw ReportError("cannot encode PNG for " + path);
-  write_file_atomic(path, std::string(buf.begin(), buf.end()));
+  write_file_atomic(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
 }
 
 // ---- plotting helpers -------------------------------------------------------------------------------

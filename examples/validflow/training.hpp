@@ -7,6 +7,7 @@
 // every `checkpoint_every` epochs and at the end. Shuffling uses a generator seeded from (seed, epoch),
 // so `--resume` continues an interrupted run exactly. A non-finite loss stops training with a clear message
 // and leaves the last good checkpoint in place.
+#include "atomic_file.hpp"
 #include "model_config.hpp"
 #include "progress.hpp"
 
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 
 namespace validflow::app {
@@ -79,9 +81,9 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch:
                                {"loss_history", c.loss_history},
                                {"train_options", c.train_options}};
   archive.write("meta", c10::IValue(meta.dump()));
-  const std::string tmp = path + ".tmp";
-  archive.save_to(tmp);
-  std::filesystem::rename(tmp, path);
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_file_atomic(path, bytes.str());
 }
 
 /// Loads a checkpoint: rebuilds the model from its stored configuration, then its weights. If
