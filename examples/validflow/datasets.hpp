@@ -387,13 +387,15 @@ inline cv::Mat read_file(const std::string& path, int flags, const std::string& 
 }
 }  // namespace detail
 
-/// Reads an image as RGB float [0,1], CV_32FC3; gray is replicated to 3 channels. size > 0: resized to
-/// size x size (bilinear); size <= 0: original size. Throws DatasetError naming the path.
-inline cv::Mat load_image(const std::string& path, int size) {
+/// Decodes an image file at its own size into RGB: CV_8UC3 for 8-bit files, CV_32FC3 in [0, 1] for 16-bit
+/// and float files; gray (and gray + alpha) is replicated to 3 channels, alpha is dropped. This is what
+/// feature extraction and prediction hand to the library's one resize (features::prepare_image).
+/// Throws DatasetError naming the path.
+inline cv::Mat decode_image(const std::string& path) {
   const cv::Mat raw = detail::read_file(path, cv::IMREAD_UNCHANGED, "image");
   double scale;
   switch (raw.depth()) {
-    case CV_8U: scale = 1.0 / 255.0; break;
+    case CV_8U: scale = 1.0; break;
     case CV_16U: scale = 1.0 / 65535.0; break;
     case CV_32F: scale = 1.0; break;
     default: throw DatasetError("unsupported pixel depth in image: " + path);
@@ -411,8 +413,19 @@ inline cv::Mat load_image(const std::string& path, int size) {
     case 4: cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB); break;
     default: throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + path);
   }
+  if (raw.depth() == CV_8U) return rgb;
   cv::Mat f;
   rgb.convertTo(f, CV_32FC3, scale);
+  return f;
+}
+
+/// Reads an image for display (reports, heatmaps) as RGB float [0,1], CV_32FC3. size > 0: resized to
+/// size x size (OpenCV bilinear: pictures only; features use features::prepare_image); size <= 0: original
+/// size. Throws DatasetError naming the path.
+inline cv::Mat load_image(const std::string& path, int size) {
+  const cv::Mat decoded = decode_image(path);
+  cv::Mat f;
+  decoded.convertTo(f, CV_32FC3, decoded.depth() == CV_8U ? 1.0 / 255.0 : 1.0);
   if (size > 0 && (f.rows != size || f.cols != size)) cv::resize(f, f, cv::Size(size, size), 0, 0, cv::INTER_LINEAR);
   return f;
 }
@@ -456,7 +469,7 @@ inline void check_dataset_images(Dataset& d, bool skip_bad_images,
     kept.reserve(v.size());
     for (auto& s : v) {
       try {
-        (void)load_image(s.path, 0);
+        (void)decode_image(s.path);
         if (!s.mask_path.empty()) (void)load_mask(s.mask_path, 0);
         kept.push_back(std::move(s));
       } catch (const DatasetError& e) {

