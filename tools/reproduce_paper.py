@@ -121,7 +121,7 @@ def run_one(run, a, features, fingerprint):
         "training_seconds": sum(times["train_seconds"]), "training_calls": len(times["train_seconds"]),
         "threads": a.threads, "final_loss": training["loss_history"][-1], "loss_history": training["loss_history"],
         "metrics": metrics, "flow_images_per_second": metrics.get("scoring_images_per_second"),
-        "library_version": training["library_version"], "git_commit": git_commit(),
+        "library_version": training["library_version"], "git_commit": a.git_commit,
         "features": {"file": os.path.relpath(features, ROOT) if features.startswith(ROOT) else features,
                      "sha256": fingerprint},
         "host": {"cpu": cpu_model(), "cores": os.cpu_count()},
@@ -159,6 +159,7 @@ def cmd_run(a):
     if not os.path.exists(a.validflow):
         sys.exit("validflow program %s not found (build it, or pass --validflow)" % a.validflow)
     fingerprint = sha256_of(features)
+    a.git_commit = git_commit()  # the source the program was built from: taken when the grid starts
     runs = [r for r in grid() if not a.only or r[0] in a.only]
     if a.only and len(runs) != len(a.only):
         sys.exit("unknown run(s): %s (see: tools/reproduce_paper.py list)" %
