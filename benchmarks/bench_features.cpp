@@ -30,16 +30,16 @@ void run(benchmark::State& state, vf::MultiScaleExtractor& ex, int64_t size, dou
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
   state.counters["GFLOP_per_image"] = 2.0 * macs_per_image / 1e9;
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * macs_per_image * kBatch * static_cast<double>(state.iterations()) / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * macs_per_image * kBatch * static_cast<double>(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
 
 void BM_CSFlowB5(benchmark::State& state) {
   const int64_t size = state.range(0);
   auto net = vf::make_efficientnet("efficientnet-b5", 35);
   vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(size).n_scales(1));
-  const double macs = static_cast<double>(
-      vf::efficientnet_macs(vf::EfficientNetOptions::b(5).last_block(35), size, size));
+  const double macs =
+      static_cast<double>(vf::efficientnet_macs(vf::EfficientNetOptions::b(5).last_block(35), size, size));
   run(state, ex, size, macs);
 }
 

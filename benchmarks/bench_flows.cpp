@@ -14,19 +14,19 @@
 // After the runs a summary prints the fractions of the conv peak measured in the same run and the ratios.
 //
 //   bench_flows --benchmark_filter=c304 --benchmark_repetitions=3 --benchmark_out=flows.json
-#include <validflow/validflow.hpp>
 #include <validflow/models/precision.hpp>
+#include <validflow/validflow.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <thread>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace validflow;
@@ -75,8 +75,7 @@ std::map<std::string, Factory> factories() {
   // CS-Flow's coupling: CrossConvolutions, kernel 3.
   f["coupling_crossconv"] = [](const Size& s) {
     using C = ParallelAffineCoupling<CrossConvolutions>;
-    return C(C::Impl::Options(channels3(s), CrossConvolutionsOptions().hidden_channels(s.hidden))
-                 .output_clamp(1e6))
+    return C(C::Impl::Options(channels3(s), CrossConvolutionsOptions().hidden_channels(s.hidden)).output_clamp(1e6))
         .ptr();
   };
   // ValidFlow's FA coupling (r1: depthwise-separable + CBAM) and FB coupling (r2: cross convs + 1<->3 + CBAM).
@@ -118,7 +117,8 @@ const FlowResult& reference(const std::string& what, const Size& size, FlowModul
 void set_errors(benchmark::State& state, const FlowResult& out, const FlowResult& ref) {
   double dz = 0, zmax = 0;
   for (size_t s = 0; s < ref.tensors.size(); ++s) {
-    dz = std::max(dz, (out.tensors[s].to(torch::kFloat64) - ref.tensors[s].to(torch::kFloat64)).abs().max().item<double>());
+    dz = std::max(dz,
+                  (out.tensors[s].to(torch::kFloat64) - ref.tensors[s].to(torch::kFloat64)).abs().max().item<double>());
     zmax = std::max(zmax, ref.tensors[s].abs().max().item<double>());
   }
   const auto ld = ref.log_det.to(torch::kFloat64);

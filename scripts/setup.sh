@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config clang-format-14
   libtorch-dev libopenblas0-pthread   # LibTorch 1.13 (CPU); OpenBLAS instead of the slow reference BLAS
   catch2 libbenchmark-dev             # tests and benchmarks
   libopencv-dev libcli11-dev nlohmann-json3-dev  # the validflow program (image I/O, CLI, JSON)

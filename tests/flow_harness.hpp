@@ -90,8 +90,8 @@ struct HarnessReport {
 };
 
 struct HarnessOptions {
-  InputSpec spec;          ///< unit-scale inputs for the fp32/fp64 round trips
-  InputSpec jacobian_spec; ///< tiny inputs for the autograd Jacobian
+  InputSpec spec;           ///< unit-scale inputs for the fp32/fp64 round trips
+  InputSpec jacobian_spec;  ///< tiny inputs for the autograd Jacobian
   bool check_bad_inputs = true;
   double jacobian_tolerance = 1e-8;
   bool expect_nonzero_log_det = true;  ///< false for volume-preserving layers (permutations)
@@ -251,9 +251,10 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     }
   }
 
-  std::printf("[harness] %-40s inverse err fp32 %.2e  fp64 %.2e  |ld_f + ld_i| fp64 %.2e  log-det vs autograd rel %.2e\n",
-              name.c_str(), report.inverse_error_f32, report.inverse_error_f64, report.log_det_sum_error_f64,
-              report.jacobian_rel_error);
+  std::printf(
+      "[harness] %-40s inverse err fp32 %.2e  fp64 %.2e  |ld_f + ld_i| fp64 %.2e  log-det vs autograd rel %.2e\n",
+      name.c_str(), report.inverse_error_f32, report.inverse_error_f64, report.log_det_sum_error_f64,
+      report.jacobian_rel_error);
   return report;
 }
 

@@ -60,9 +60,9 @@ TEST_CASE("ChannelShuffle passes the flow harness", "[core][shuffle]") {
   for (const auto& spec : {kThreeScales, kOneScale}) {
     auto options = vft::HarnessOptions{spec, spec.channels.size() == 1 ? kTinyOneScale : kTinyThreeScales};
     options.expect_nonzero_log_det = false;
-    vft::check_flow("ChannelShuffle_" + std::to_string(spec.channels.size()), [](const auto& c) {
-      return ChannelShuffle(ChannelShuffleOptions(c).seed(3)).ptr();
-    }, options);
+    vft::check_flow(
+        "ChannelShuffle_" + std::to_string(spec.channels.size()),
+        [](const auto& c) { return ChannelShuffle(ChannelShuffleOptions(c).seed(3)).ptr(); }, options);
   }
 }
 
@@ -79,11 +79,13 @@ TEST_CASE("soft clamp is CS-Flow's clamp * 0.636 * atan(s / clamp)", "[core][cla
   CHECK(clamped.allclose(3.0 * 0.636 * torch::atan(s / 3.0)));
   CHECK(clamped.abs().max().item<double>() < 3.0 * 0.636 * M_PI / 2);
   CHECK(soft_clamp(s, SoftClampOptions().clamp(0)).equal(s));
-  CHECK(soft_clamp(s, SoftClampOptions().clamp(2).constant(2 / M_PI)).allclose(2.0 * (2 / M_PI) * torch::atan(s / 2.0)));
+  CHECK(
+      soft_clamp(s, SoftClampOptions().clamp(2).constant(2 / M_PI)).allclose(2.0 * (2 / M_PI) * torch::atan(s / 2.0)));
 }
 
 TEST_CASE("ActNorm passes the flow harness", "[core][actnorm]") {
-  vft::check_flow("ActNorm_3", [](const auto& c) { return ActNorm(ActNormOptions(c)).ptr(); }, three_scales());
+  vft::check_flow(
+      "ActNorm_3", [](const auto& c) { return ActNorm(ActNormOptions(c)).ptr(); }, three_scales());
   vft::check_flow("ActNorm_1", [](const auto& c) { return ActNorm(ActNormOptions(c)).ptr(); },
                   {kOneScale, kTinyOneScale});
 }
@@ -121,13 +123,14 @@ TEST_CASE("ActNorm rejects a constant channel at initialisation", "[core][actnor
 }
 
 TEST_CASE("ParallelAffineCoupling passes the flow harness", "[core][coupling]") {
-  vft::check_flow("Coupling_ConvSubnet_3", [](const auto& c) { return Coupling(coupling_options(c)).ptr(); },
-                  three_scales());
+  vft::check_flow(
+      "Coupling_ConvSubnet_3", [](const auto& c) { return Coupling(coupling_options(c)).ptr(); }, three_scales());
   vft::check_flow("Coupling_ConvSubnet_1", [](const auto& c) { return Coupling(coupling_options(c)).ptr(); },
                   {kOneScale, kTinyOneScale});
-  vft::check_flow("Coupling_noclamp", [](const auto& c) {
-    return Coupling(coupling_options(c).soft_clamp(SoftClampOptions().clamp(0))).ptr();
-  }, three_scales());
+  vft::check_flow(
+      "Coupling_noclamp",
+      [](const auto& c) { return Coupling(coupling_options(c).soft_clamp(SoftClampOptions().clamp(0))).ptr(); },
+      three_scales());
 }
 
 TEST_CASE("ParallelAffineCoupling: identity at init, clamps, errors", "[core][coupling]") {

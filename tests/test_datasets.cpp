@@ -33,9 +33,9 @@ struct TempDir {
   fs::path path;
   TempDir() {
     static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("validflow-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
-            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+    path =
+        fs::temp_directory_path() / ("validflow-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) +
+                                     "-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
     fs::create_directories(path);
   }
   ~TempDir() {
@@ -82,7 +82,8 @@ void make_folder_layout(const fs::path& r, bool spot_masks) {
 
 bool contains_sample(const std::vector<va::Sample>& v, const std::string& suffix) {
   for (const auto& s : v)
-    if (s.path.size() >= suffix.size() && s.path.compare(s.path.size() - suffix.size(), suffix.size(), suffix) == 0) return true;
+    if (s.path.size() >= suffix.size() && s.path.compare(s.path.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
   return false;
 }
 
@@ -170,7 +171,8 @@ TEST_CASE("dagm reader parses Labels.txt and trains on defect-free Train images"
   TempDir t;
   const fs::path r = t.path / "Class1";
   // Header line, then `id label image 0 mask`; DAGM files use tabs.
-  write_text(r / "Train/Label/Labels.txt", "1\n1\t0\t0001.PNG\t0\t0\n2\t1\t0002.PNG\t0\t0002_label.PNG\n3\t0\t0003.PNG\t0\t0\n");
+  write_text(r / "Train/Label/Labels.txt",
+             "1\n1\t0\t0001.PNG\t0\t0\n2\t1\t0002.PNG\t0\t0002_label.PNG\n3\t0\t0003.PNG\t0\t0\n");
   write_text(r / "Test/Label/Labels.txt", "1\r\n1\t0\t0001.PNG\t0\t0\r\n2\t1\t0002.PNG\t0\t0002_label.PNG\r\n\r\n");
   for (const char* s : {"Train", "Test"}) {
     write_image(r / s / "0001.PNG");
@@ -259,7 +261,7 @@ TEST_CASE("mtd reader on the real Magnetic Tile Defect dataset", "[datasets][sha
   CHECK(d.test.size() == 190 + 392);
   CHECK(d.n_defective() == 392);
   const std::map<std::string, std::size_t> expected{{"good", 190}, {"blowhole", 115}, {"break", 85},
-                                                    {"crack", 57},  {"fray", 32},      {"uneven", 103}};
+                                                    {"crack", 57}, {"fray", 32},      {"uneven", 103}};
   CHECK(d.test_counts() == expected);
   CHECK(d.has_masks());
   const auto& defective = *std::find_if(d.test.begin(), d.test.end(), [](const va::Sample& s) { return s.label == 1; });
@@ -356,13 +358,15 @@ TEST_CASE("synthetic dataset: folder layout, deterministic per seed, visible def
   CHECK(d.train.size() == 4);
   CHECK(d.test.size() == 6);
   CHECK(d.has_masks());
-  for (const auto& e : fs::directory_iterator(t.path)) CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+  for (const auto& e : fs::directory_iterator(t.path))
+    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
 
   // Byte-identical for the same seed, different for another.
   va::generate_synthetic_dataset((t.path / "b").string(), o);
   o.seed = 12;
   va::generate_synthetic_dataset((t.path / "c").string(), o);
-  for (const char* f : {"train/good/000.png", "test/good/001.png", "test/crack/000.png", "ground_truth/spot/000_mask.png"}) {
+  for (const char* f :
+       {"train/good/000.png", "test/good/001.png", "test/crack/000.png", "ground_truth/spot/000_mask.png"}) {
     CHECK(read_all(t.path / "a" / f) == read_all(t.path / "b" / f));
     CHECK(read_all(t.path / "a" / f) != read_all(t.path / "c" / f));
   }
@@ -412,7 +416,8 @@ TEST_CASE("report writers produce valid PNG, JSON, CSV and HTML files atomically
   const auto per_type = ve::auroc_per_type(scores, labels, types);
   const auto thr = ve::f1_optimal_threshold(scores, labels);
 
-  va::write_roc_png((t.path / "roc.png").string(), {{"all", roc.fpr, roc.tpr, auc}, {"crack", {0, 0, 1}, {0, 1, 1}, 1.0}});
+  va::write_roc_png((t.path / "roc.png").string(),
+                    {{"all", roc.fpr, roc.tpr, auc}, {"crack", {0, 0, 1}, {0, 1, 1}, 1.0}});
   const cv::Mat r = cv::imread((t.path / "roc.png").string(), cv::IMREAD_UNCHANGED);
   REQUIRE_FALSE(r.empty());
   CHECK(r.size() == cv::Size(600, 600));

@@ -13,8 +13,8 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
-#include <sstream>
 #include <set>
+#include <sstream>
 #include <string>
 
 namespace vf = validflow::features;
@@ -332,8 +332,7 @@ TEST_CASE("bad inputs and options are clear errors", "[features][errors]") {
   CHECK_THROWS_AS(net->features(torch::rand({1, 3, 32, 32}, torch::kDouble)), vf::FeatureError);
 
   auto b5 = vf::make_efficientnet("b5", 35);
-  const auto size_msg =
-      error_of([&] { vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(700)); });
+  const auto size_msg = error_of([&] { vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(700)); });
   CHECK(size_msg.find("700x700") != std::string::npos);
   CHECK(size_msg.find("128") != std::string::npos);  // 32 * 2^(3-1)
   CHECK_NOTHROW(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(b5).image_size(64).n_scales(2)));
@@ -381,8 +380,9 @@ def forward(self, x):
   CHECK(torch::allclose(copy->features(norm), out[0], 1e-5, 1e-6));
 
   CHECK_THROWS_AS(vf::MultiScaleExtractor(vf::MultiScaleExtractorOptions(net).image_size(24)), vf::FeatureError);
-  CHECK(error_of([&] { vf::TorchScriptBackbone(vf::TorchScriptBackboneOptions(temp_path("nope.pt"))); })
-            .find("not found") != std::string::npos);
+  CHECK(error_of([&] {
+          vf::TorchScriptBackbone(vf::TorchScriptBackboneOptions(temp_path("nope.pt")));
+        }).find("not found") != std::string::npos);
 
   torch::jit::Module pair("Pair");
   pair.define(R"(
@@ -481,8 +481,8 @@ TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[feature
   auto net = vf::make_efficientnet("efficientnet-lite0", -1, weights, vf::Padding::StaticSame);
   torch::NoGradGuard no_grad;
 
-  const auto cat_top = vf::top_k(net->forward(vf::normalize_images(load_photo(cat, 224),
-                                                                   vf::ImageNormalization::lite())), 5);
+  const auto cat_top =
+      vf::top_k(net->forward(vf::normalize_images(load_photo(cat, 224), vf::ImageNormalization::lite())), 5);
   std::cout << "EfficientNet-Lite0 on skimage 'chelsea' (a tabby cat):\n" << format_top5(cat_top);
   const std::set<int64_t> domestic_cats{281, 282, 283, 284, 285};  // tabby, tiger cat, Persian, Siamese, Egyptian
   CHECK(domestic_cats.count(cat_top[0].index) == 1);
@@ -491,8 +491,8 @@ TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[feature
     if (domestic_cats.count(p.index)) cat_mass += p.probability;
   CHECK(cat_mass > 0.8);
 
-  const auto coffee_top = vf::top_k(net->forward(vf::normalize_images(load_photo(coffee, 224),
-                                                                      vf::ImageNormalization::lite())), 5);
+  const auto coffee_top =
+      vf::top_k(net->forward(vf::normalize_images(load_photo(coffee, 224), vf::ImageNormalization::lite())), 5);
   std::cout << "EfficientNet-Lite0 on skimage 'coffee' (a cup of coffee):\n" << format_top5(coffee_top);
   CHECK(coffee_top[0].index == 967);  // espresso
   CHECK(coffee_top[0].label == "espresso");
@@ -500,8 +500,8 @@ TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[feature
 
   // The same weights drive the multi-scale extractor (Lite0 cut after block 14: 192 channels).
   auto cut = vf::make_efficientnet("lite0", 14, weights);
-  vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(cut).image_size(256).normalization(
-      vf::ImageNormalization::lite()));
+  vf::MultiScaleExtractor ex(
+      vf::MultiScaleExtractorOptions(cut).image_size(256).normalization(vf::ImageNormalization::lite()));
   const auto feats = ex->forward(load_photo(cat, 256));
   CHECK(feats[0].sizes() == torch::IntArrayRef({1, 192, 8, 8}));
   CHECK(torch::isfinite(feats[2]).all().item<bool>());
@@ -532,11 +532,13 @@ TEST_CASE("BatchNorm calibration gives a random backbone non-constant features",
   CHECK_THROWS_AS(extractor->calibrate_batchnorm({}), vf::FeatureError);
 }
 
-TEST_CASE("the one resize equals PIL's bilinear resize (the official CS-Flow preprocessing)", "[features][preprocess]") {
+TEST_CASE("the one resize equals PIL's bilinear resize (the official CS-Flow preprocessing)",
+          "[features][preprocess]") {
   const auto path = vf::default_weights_dir() + "/resize-pil.pt";
   if (!file_exists(path)) {
-    WARN("SKIPPED: " << path << " not found (scripts/fetch_assets.sh writes it; needs apt packages python3-pil "
-                     "python3-torch)");
+    WARN("SKIPPED: " << path
+                     << " not found (scripts/fetch_assets.sh writes it; needs apt packages python3-pil "
+                        "python3-torch)");
     return;
   }
   std::map<std::string, torch::Tensor> entries;

@@ -29,8 +29,10 @@ double auroc_quadratic(const std::vector<double>& s, const std::vector<int>& y) 
     for (std::size_t j = 0; j < s.size(); ++j) {
       if (y[j] != 0) continue;
       pairs += 1.0;
-      if (s[i] > s[j]) wins += 1.0;
-      else if (s[i] == s[j]) wins += 0.5;
+      if (s[i] > s[j])
+        wins += 1.0;
+      else if (s[i] == s[j])
+        wins += 0.5;
     }
   }
   return wins / pairs;
@@ -384,7 +386,8 @@ TEST_CASE("pixel AUROC and AUPRO agree with brute-force references on random map
       images.push_back(im);
     }
     REQUIRE(ev.auroc() == Approx(auroc_quadratic(flat_s, flat_y)).margin(1e-12));
-    for (double limit : {0.05, 0.3, 1.0}) REQUIRE(ev.aupro(limit) == Approx(aupro_reference(images, limit)).margin(1e-9));
+    for (double limit : {0.05, 0.3, 1.0})
+      REQUIRE(ev.aupro(limit) == Approx(aupro_reference(images, limit)).margin(1e-9));
   }
 }
 

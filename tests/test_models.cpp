@@ -48,32 +48,53 @@ TEST_CASE("CBAM: channel then spatial attention", "[subnets][cbam]") {
 }
 
 TEST_CASE("CrossConvolutions coupling passes the flow harness", "[subnets][cross]") {
-  vft::check_flow("Coupling_CrossConvolutions", [](const auto& c) {
-    return ParallelAffineCoupling<CrossConvolutions>(ParallelAffineCoupling<CrossConvolutions>::Impl::Options(
-        c, CrossConvolutionsOptions().hidden_channels(8).kernel_size(3))).ptr();
-  }, kOptions);
-  vft::check_flow("Coupling_CrossConvolutions_k5", [](const auto& c) {
-    return ParallelAffineCoupling<CrossConvolutions>(ParallelAffineCoupling<CrossConvolutions>::Impl::Options(
-        c, CrossConvolutionsOptions().hidden_channels(8).kernel_size(5))).ptr();
-  }, kOptions);
+  vft::check_flow(
+      "Coupling_CrossConvolutions",
+      [](const auto& c) {
+        return ParallelAffineCoupling<CrossConvolutions>(
+                   ParallelAffineCoupling<CrossConvolutions>::Impl::Options(
+                       c, CrossConvolutionsOptions().hidden_channels(8).kernel_size(3)))
+            .ptr();
+      },
+      kOptions);
+  vft::check_flow(
+      "Coupling_CrossConvolutions_k5",
+      [](const auto& c) {
+        return ParallelAffineCoupling<CrossConvolutions>(
+                   ParallelAffineCoupling<CrossConvolutions>::Impl::Options(
+                       c, CrossConvolutionsOptions().hidden_channels(8).kernel_size(5)))
+            .ptr();
+      },
+      kOptions);
 }
 
 TEST_CASE("r2 (FB subnet) coupling passes the flow harness", "[subnets][r2]") {
-  vft::check_flow("Coupling_R2", [](const auto& c) {
-    return ParallelAffineCoupling<SubnetR2>(ParallelAffineCoupling<SubnetR2>::Impl::Options(
-        c, SubnetR2Options().hidden_channels(8).cbam_reduction(4))).ptr();
-  }, kOptions);
+  vft::check_flow(
+      "Coupling_R2",
+      [](const auto& c) {
+        return ParallelAffineCoupling<SubnetR2>(ParallelAffineCoupling<SubnetR2>::Impl::Options(
+                                                    c, SubnetR2Options().hidden_channels(8).cbam_reduction(4)))
+            .ptr();
+      },
+      kOptions);
 }
 
 TEST_CASE("r1 (FA subnet) coupling passes the flow harness", "[subnets][r1]") {
-  vft::check_flow("Coupling_R1", [](const auto& c) {
-    return ParallelAffineCoupling<SubnetR1>(ParallelAffineCoupling<SubnetR1>::Impl::Options(
-        c, SubnetR1Options().hidden_channels(8).cbam_reduction(4))).ptr();
-  }, kOptions);
-  vft::check_flow("Coupling_R1_1scale", [](const auto& c) {
-    return ParallelAffineCoupling<SubnetR1>(ParallelAffineCoupling<SubnetR1>::Impl::Options(
-        c, SubnetR1Options().hidden_channels(8).cbam(false))).ptr();
-  }, {{{6}, {5}, 3}, {{4}, {3}, 2}});
+  vft::check_flow(
+      "Coupling_R1",
+      [](const auto& c) {
+        return ParallelAffineCoupling<SubnetR1>(ParallelAffineCoupling<SubnetR1>::Impl::Options(
+                                                    c, SubnetR1Options().hidden_channels(8).cbam_reduction(4)))
+            .ptr();
+      },
+      kOptions);
+  vft::check_flow("Coupling_R1_1scale",
+                  [](const auto& c) {
+                    return ParallelAffineCoupling<SubnetR1>(ParallelAffineCoupling<SubnetR1>::Impl::Options(
+                                                                c, SubnetR1Options().hidden_channels(8).cbam(false)))
+                        .ptr();
+                  },
+                  {{{6}, {5}, 3}, {{4}, {3}, 2}});
 }
 
 TEST_CASE("subnet structure: names, depthwise convs, branches, sizes", "[subnets]") {
@@ -107,9 +128,14 @@ TEST_CASE("subnet structure: names, depthwise convs, branches, sizes", "[subnets
 }
 
 TEST_CASE("CS-Flow model passes the flow harness and starts as a permutation", "[models][csflow]") {
-  vft::check_flow("CSFlow", [](const auto& c) {
-    return CSFlow(CSFlowOptions().channels(c[0]).scales(static_cast<int64_t>(c.size())).blocks(2).hidden_channels(8)).ptr();
-  }, kOptions);
+  vft::check_flow(
+      "CSFlow",
+      [](const auto& c) {
+        return CSFlow(
+                   CSFlowOptions().channels(c[0]).scales(static_cast<int64_t>(c.size())).blocks(2).hidden_channels(8))
+            .ptr();
+      },
+      kOptions);
   CSFlow model(CSFlowOptions().channels(16).blocks(3).hidden_channels(8));
   CHECK(model->options.resolved_kernel_sizes() == std::vector<int64_t>{3, 3, 5});
   CHECK(model->block(2).get<1>()->s1->options.kernel_size() == 5);
@@ -122,12 +148,8 @@ TEST_CASE("CS-Flow model passes the flow harness and starts as a permutation", "
 TEST_CASE("ValidFlow model passes the flow harness", "[models][validflow]") {
   auto make = [](bool actnorm) {
     return [actnorm](const std::vector<int64_t>& c) {
-      return ValidFlow(ValidFlowOptions()
-                           .channels(c[0])
-                           .modules(1)
-                           .hidden_channels(8)
-                           .cbam_reduction(4)
-                           .actnorm(actnorm))
+      return ValidFlow(
+                 ValidFlowOptions().channels(c[0]).modules(1).hidden_channels(8).cbam_reduction(4).actnorm(actnorm))
           .ptr();
     };
   };
@@ -140,13 +162,16 @@ TEST_CASE("ValidFlow model passes the flow harness", "[models][validflow]") {
   CHECK(std::dynamic_pointer_cast<ValidFlowImpl::FBBlock::Impl>((*model->flow)[3]) != nullptr);
   model->eval();  // ActNorm uninitialised + zero gammas: identity up to the permutations
   CHECK(model->forward(inputs(kSpec)).log_det.abs().max().item<double>() == 0);
-  CHECK_THROWS_WITH(ValidFlow(ValidFlowOptions().channels(16).scales(2).hidden_channels(8)), Catch::Contains("3 scales"));
+  CHECK_THROWS_WITH(ValidFlow(ValidFlowOptions().channels(16).scales(2).hidden_channels(8)),
+                    Catch::Contains("3 scales"));
   ValidFlow two_scales(ValidFlowOptions().channels(16).scales(2).hidden_channels(8).long_branches(false));
   CHECK(two_scales->forward({torch::randn({2, 16, 4, 4}), torch::randn({2, 16, 2, 2})}).tensors.size() == 2);
 }
 
 TEST_CASE("ablation switches change the architecture", "[models][validflow]") {
-  auto count = [](ValidFlowOptions o) { return ValidFlow(o.channels(16).hidden_channels(8).cbam_reduction(4))->parameter_count(); };
+  auto count = [](ValidFlowOptions o) {
+    return ValidFlow(o.channels(16).hidden_channels(8).cbam_reduction(4))->parameter_count();
+  };
   const auto full = count(ValidFlowOptions());
   CHECK(count(ValidFlowOptions().fb_cbam(false)) < full);
   CHECK(count(ValidFlowOptions().long_branches(false)) < full);
@@ -198,7 +223,8 @@ TEST_CASE("official CS-Flow weights reproduce the official outputs", "[models][c
   TensorList z;
   for (int s = 0; s < 3; ++s) z.push_back(golden.at("z64." + std::to_string(s)));
   const auto x = model->inverse(z).tensors;
-  for (int s = 0; s < 3; ++s) CHECK(x[s].allclose(golden.at("input." + std::to_string(s)).to(torch::kFloat64), 1e-9, 1e-9));
+  for (int s = 0; s < 3; ++s)
+    CHECK(x[s].allclose(golden.at("input." + std::to_string(s)).to(torch::kFloat64), 1e-9, 1e-9));
 }
 
 TEST_CASE("official CS-Flow import rejects bad state dicts", "[models][csflow][import]") {

@@ -183,9 +183,11 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   CHECK_THROWS_WITH(load_feature_cache(dir.file("absent.pt")), Catch::Contains("validflow extract"));
   // An unwritable destination is an error naming it, and leaves nothing behind.
   std::ofstream(dir.file("not_a_folder")) << "x";
-  CHECK_THROWS_WITH(save_feature_cache(cache, dir.file("not_a_folder") + "/features.pt"), Catch::Contains("not_a_folder"));
+  CHECK_THROWS_WITH(save_feature_cache(cache, dir.file("not_a_folder") + "/features.pt"),
+                    Catch::Contains("not_a_folder"));
   CHECK_THROWS_AS(save_checkpoint(dir.file("not_a_folder") + "/c.pt", fresh_checkpoint(tiny_config("csflow")),
-                                  *std::make_unique<torch::optim::Adam>(std::vector<torch::Tensor>{torch::zeros({1}, torch::requires_grad())})),
+                                  *std::make_unique<torch::optim::Adam>(
+                                      std::vector<torch::Tensor>{torch::zeros({1}, torch::requires_grad())})),
                   FileWriteError);
   CHECK_FALSE(has_temp_files(dir.path));
   CHECK(file_fingerprint("") == "none");

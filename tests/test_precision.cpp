@@ -1,8 +1,8 @@
 // Reduced-precision inference (validflow/models/precision.hpp) and the channels_last helpers.
 #include "catch_torch.hpp"
 
-#include <validflow/validflow.hpp>
 #include <validflow/models/precision.hpp>
+#include <validflow/validflow.hpp>
 
 #include <algorithm>
 #include <numeric>
@@ -158,7 +158,7 @@ TEST_CASE("channels_last gives the NCHW results", "[precision][memory_format]") 
   CHECK(rel_error(out.tensors, ref.tensors) < 1e-5);
   CHECK(((out.log_det - ref.log_det).abs() / ref.log_det.abs()).max().item<double>() < 1e-5);
   // The channels_last copy of ReducedPrecisionFlow at fp32 as well.
-  const auto copy = ReducedPrecisionFlow(*model, Precision::Float32, torch::nullopt, torch::MemoryFormat::ChannelsLast)
-                        .forward(x);
+  const auto copy =
+      ReducedPrecisionFlow(*model, Precision::Float32, torch::nullopt, torch::MemoryFormat::ChannelsLast).forward(x);
   CHECK(rel_error(copy.tensors, ref.tensors) < 1e-5);
 }

@@ -15,8 +15,8 @@
 // --table_out=<file> when given).
 //
 // Built against a LibTorch without CUDA, or run without a CUDA device, it prints why and exits 0.
-#include <validflow/validflow.hpp>
 #include <validflow/models/precision.hpp>
+#include <validflow/validflow.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -79,8 +79,7 @@ int64_t parameter_count(const torch::nn::Module& m) {
 /// Records CUDA events around one iteration and reports the elapsed time (rapidsai/cudf's cuda_event_timer).
 class CudaEventTimer {
  public:
-  explicit CudaEventTimer(benchmark::State& state)
-      : state_(state), start_(cudaEventDefault), stop_(cudaEventDefault) {
+  explicit CudaEventTimer(benchmark::State& state) : state_(state), start_(cudaEventDefault), stop_(cudaEventDefault) {
     start_.record(at::cuda::getCurrentCUDAStream());
   }
   ~CudaEventTimer() {

@@ -48,9 +48,9 @@ class DatasetError : public std::runtime_error {
 
 struct Sample {
   std::string path;
-  int label = 0;             // 0 good, 1 defective
+  int label = 0;              // 0 good, 1 defective
   std::string type = "good";  // "good" or the defect type
-  std::string mask_path;     // empty: no mask file
+  std::string mask_path;      // empty: no mask file
 };
 
 struct BadImage {
@@ -61,8 +61,8 @@ struct BadImage {
 /// True when there is a defective sample and every defective sample has a mask (pixel metrics are possible).
 inline bool has_masks(const std::vector<Sample>& samples) {
   const bool any_defective = std::any_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 1; });
-  return any_defective &&
-         std::all_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); });
+  return any_defective && std::all_of(samples.begin(), samples.end(),
+                                      [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); });
 }
 
 struct Dataset {
@@ -73,7 +73,8 @@ struct Dataset {
   std::vector<BadImage> skipped;  // images dropped because of DatasetOptions::skip_bad_images
 
   std::size_t n_defective() const {
-    return static_cast<std::size_t>(std::count_if(test.begin(), test.end(), [](const Sample& s) { return s.label == 1; }));
+    return static_cast<std::size_t>(
+        std::count_if(test.begin(), test.end(), [](const Sample& s) { return s.label == 1; }));
   }
   std::size_t n_good_test() const { return test.size() - n_defective(); }
   /// True when every defective test sample has a mask (pixel metrics are possible).
@@ -94,10 +95,10 @@ struct Dataset {
 };
 
 struct DatasetOptions {
-  std::uint64_t seed = 0;           // MTD train/test split
-  double mtd_test_fraction = 0.2;   // share of MT_Free held out for testing (paper: 1/5)
-  bool check_images = true;         // decode every image and mask once while loading
-  bool skip_bad_images = false;     // with check_images: drop unreadable images and list them in `skipped`
+  std::uint64_t seed = 0;          // MTD train/test split
+  double mtd_test_fraction = 0.2;  // share of MT_Free held out for testing (paper: 1/5)
+  bool check_images = true;        // decode every image and mask once while loading
+  bool skip_bad_images = false;    // with check_images: drop unreadable images and list them in `skipped`
 };
 
 namespace detail {
@@ -164,7 +165,8 @@ void shuffle(std::vector<T>& v, std::uint64_t seed) {
 }
 
 inline void require_train(const Dataset& d, const fs::path& where) {
-  if (d.train.empty()) throw DatasetError(d.kind + " dataset: empty training set (no good images) in " + where.string());
+  if (d.train.empty())
+    throw DatasetError(d.kind + " dataset: empty training set (no good images) in " + where.string());
 }
 inline void require_test(const Dataset& d, const fs::path& where) {
   if (d.test.empty()) throw DatasetError(d.kind + " dataset: empty test set in " + where.string());
@@ -191,9 +193,13 @@ inline void read_test_folders(Dataset& d, const fs::path& root, bool masks_requi
       if (type_has_masks) {
         const std::string stem = img.stem().string();
         const fs::path a = gt_dir / (stem + "_mask.png"), b = gt_dir / (stem + ".png");
-        if (file_exists(a)) s.mask_path = a.string();
-        else if (file_exists(b)) s.mask_path = b.string();
-        else throw DatasetError(d.kind + " dataset: mask not found for " + img.string() + " (expected " + a.string() + ")");
+        if (file_exists(a))
+          s.mask_path = a.string();
+        else if (file_exists(b))
+          s.mask_path = b.string();
+        else
+          throw DatasetError(d.kind + " dataset: mask not found for " + img.string() + " (expected " + a.string() +
+                             ")");
       }
       d.test.push_back(std::move(s));
     }
@@ -302,8 +308,10 @@ inline Dataset load_mtd(const std::string& root_path, std::uint64_t seed = 0, do
       Sample s{p.string(), label, type, ""};
       fs::path mask = p;
       mask.replace_extension(".png");
-      if (detail::file_exists(mask)) s.mask_path = mask.string();
-      else if (label == 1) throw DatasetError("mtd dataset: mask not found for " + p.string() + " (expected " + mask.string() + ")");
+      if (detail::file_exists(mask))
+        s.mask_path = mask.string();
+      else if (label == 1)
+        throw DatasetError("mtd dataset: mask not found for " + p.string() + " (expected " + mask.string() + ")");
       out.push_back(std::move(s));
     }
     return out;
@@ -332,7 +340,8 @@ inline Dataset load_mtd(const std::string& root_path, std::uint64_t seed = 0, do
     d.test.insert(d.test.end(), s.begin(), s.end());
     ++n_defect_dirs;
   }
-  if (n_defect_dirs == 0) throw DatasetError("mtd dataset: no defect folders (MT_Blowhole, MT_Crack, ...) in " + root.string());
+  if (n_defect_dirs == 0)
+    throw DatasetError("mtd dataset: no defect folders (MT_Blowhole, MT_Crack, ...) in " + root.string());
   return d;
 }
 
@@ -395,23 +404,37 @@ inline cv::Mat decode_image(const std::string& path) {
   const cv::Mat raw = detail::read_file(path, cv::IMREAD_UNCHANGED, "image");
   double scale;
   switch (raw.depth()) {
-    case CV_8U: scale = 1.0; break;
-    case CV_16U: scale = 1.0 / 65535.0; break;
-    case CV_32F: scale = 1.0; break;
-    default: throw DatasetError("unsupported pixel depth in image: " + path);
+    case CV_8U:
+      scale = 1.0;
+      break;
+    case CV_16U:
+      scale = 1.0 / 65535.0;
+      break;
+    case CV_32F:
+      scale = 1.0;
+      break;
+    default:
+      throw DatasetError("unsupported pixel depth in image: " + path);
   }
   cv::Mat rgb;
   switch (raw.channels()) {
-    case 1: cv::cvtColor(raw, rgb, cv::COLOR_GRAY2RGB); break;
+    case 1:
+      cv::cvtColor(raw, rgb, cv::COLOR_GRAY2RGB);
+      break;
     case 2: {  // gray + alpha
       std::vector<cv::Mat> ch;
       cv::split(raw, ch);
       cv::cvtColor(ch[0], rgb, cv::COLOR_GRAY2RGB);
       break;
     }
-    case 3: cv::cvtColor(raw, rgb, cv::COLOR_BGR2RGB); break;
-    case 4: cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB); break;
-    default: throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + path);
+    case 3:
+      cv::cvtColor(raw, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB);
+      break;
+    default:
+      throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + path);
   }
   if (raw.depth() == CV_8U) return rgb;
   cv::Mat f;
@@ -482,7 +505,8 @@ inline void check_dataset_images(Dataset& d, bool skip_bad_images,
   };
   filter(d.train);
   filter(d.test);
-  if (d.train.empty()) throw DatasetError(d.kind + " dataset: empty training set after skipping bad images in " + d.root);
+  if (d.train.empty())
+    throw DatasetError(d.kind + " dataset: empty training set after skipping bad images in " + d.root);
   if (d.test.empty()) throw DatasetError(d.kind + " dataset: empty test set after skipping bad images in " + d.root);
 }
 
@@ -493,11 +517,16 @@ inline Dataset load_dataset(const std::string& spec, const DatasetOptions& opt =
     throw DatasetError("dataset spec \"" + spec + "\" is not KIND:PATH (KIND: mvtec, mtd, dagm, folder)");
   const std::string kind = spec.substr(0, colon), path = spec.substr(colon + 1);
   Dataset d;
-  if (kind == "mvtec") d = load_mvtec(path);
-  else if (kind == "mtd") d = load_mtd(path, opt.seed, opt.mtd_test_fraction);
-  else if (kind == "dagm") d = load_dagm(path);
-  else if (kind == "folder") d = load_folder(path);
-  else throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec + "\" (known: mvtec, mtd, dagm, folder)");
+  if (kind == "mvtec")
+    d = load_mvtec(path);
+  else if (kind == "mtd")
+    d = load_mtd(path, opt.seed, opt.mtd_test_fraction);
+  else if (kind == "dagm")
+    d = load_dagm(path);
+  else if (kind == "folder")
+    d = load_folder(path);
+  else
+    throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec + "\" (known: mvtec, mtd, dagm, folder)");
   if (opt.check_images) check_dataset_images(d, opt.skip_bad_images);
   return d;
 }

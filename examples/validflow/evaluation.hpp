@@ -19,8 +19,8 @@ namespace validflow::app {
 struct EvalOptions {
   int64_t batch_size = 16;
   Precision precision = Precision::Float32;  ///< inference precision of the flow (bf16: autocast on CPU/CUDA)
-  int heatmaps_per_group = 6;  ///< most and least anomalous images rendered
-  int pixel_size = 256;        ///< resolution at which maps are compared with masks (and heatmaps drawn)
+  int heatmaps_per_group = 6;                ///< most and least anomalous images rendered
+  int pixel_size = 256;                      ///< resolution at which maps are compared with masks (and heatmaps drawn)
   bool quiet = false;
 };
 
@@ -89,7 +89,8 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
   // Pixel metrics where every defective image has a mask.
   if (has_masks(samples)) {
     eval::PixelEvaluator pixels;
-    ProgressBar bar(samples.size(), "pixel metrics", {"img", options.quiet ? ProgressOptions::Mode::silent : ProgressOptions::Mode::automatic});
+    ProgressBar bar(samples.size(), "pixel metrics",
+                    {"img", options.quiet ? ProgressOptions::Mode::silent : ProgressOptions::Mode::automatic});
     for (size_t i = 0; i < samples.size(); ++i) {
       const auto map = upsampled_map(scored.maps[static_cast<int64_t>(i)], options.pixel_size);
       const auto mask = load_mask(samples[i].mask_path, options.pixel_size);
@@ -107,7 +108,8 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
 
   // Tables and plots.
   std::vector<ScoreRow> rows;
-  for (size_t i = 0; i < samples.size(); ++i) rows.push_back({samples[i].path, samples[i].label, samples[i].type, scores[i]});
+  for (size_t i = 0; i < samples.size(); ++i)
+    rows.push_back({samples[i].path, samples[i].label, samples[i].type, scores[i]});
   write_scores_csv((fs::path(out_dir) / "scores.csv").string(), rows);
   std::vector<RocSeries> curves;
   const auto roc = eval::roc_curve(scores, labels);
@@ -151,7 +153,8 @@ inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, con
   };
   for (int r = 0; r < k; ++r) render(order[static_cast<size_t>(r)], "most anomalous", r + 1);
   for (int r = 0; r < k; ++r) render(order[order.size() - 1 - static_cast<size_t>(r)], "least anomalous", r + 1);
-  for (const auto& [key, value] : extra_info.items()) page.info.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
+  for (const auto& [key, value] : extra_info.items())
+    page.info.emplace_back(key, value.is_string() ? value.get<std::string>() : value.dump());
   write_index_html((fs::path(out_dir) / "index.html").string(), page);
   return m;
 }

@@ -13,8 +13,8 @@
 
 #include <validflow/features.hpp>
 
-#include <nlohmann/json.hpp>
 #include <torch/script.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <filesystem>
@@ -27,8 +27,8 @@ namespace validflow::app {
 /// The backbone of an extraction.
 struct BackboneSpec {
   std::string name = "efficientnet-b5";
-  int64_t layer = -1;    ///< feature block; < 0: the backbone's default (B5: 35, as CS-Flow)
-  std::string weights;   ///< weight file; empty: random initialisation (shapes only, says so)
+  int64_t layer = -1;   ///< feature block; < 0: the backbone's default (B5: 35, as CS-Flow)
+  std::string weights;  ///< weight file; empty: random initialisation (shapes only, says so)
   int64_t image_size = 768;
   int64_t scales = 3;
 };
@@ -72,15 +72,9 @@ inline nlohmann::json extraction_request(const Dataset& dataset, const std::stri
   nlohmann::json files = nlohmann::json::array();
   for (const auto& s : dataset.train) files.push_back(s.path);
   for (const auto& s : dataset.test) files.push_back(s.path);
-  return {{"dataset", dataset_spec},
-          {"files", files},
-          {"backbone", b.name},
-          {"layer", b.layer},
-          {"weights", b.weights},
-          {"weights_fingerprint", file_fingerprint(b.weights)},
-          {"image_size", b.image_size},
-          {"scales", b.scales},
-          {"fp16", fp16}};
+  return {{"dataset", dataset_spec},    {"files", files},       {"backbone", b.name},
+          {"layer", b.layer},           {"weights", b.weights}, {"weights_fingerprint", file_fingerprint(b.weights)},
+          {"image_size", b.image_size}, {"scales", b.scales},   {"fp16", fp16}};
 }
 
 inline void save_feature_cache(const FeatureCache& cache, const std::string& path) {
@@ -116,15 +110,15 @@ inline FeatureCache load_feature_cache(const std::string& path) {
       cache.test_samples.push_back({s.at("path"), s.at("label"), s.at("type"), s.at("mask")});
     }
   } catch (const std::exception& e) {
-    throw std::runtime_error("feature cache '" + path + "' is corrupt or of another format: " +
-                             std::string(e.what()).substr(0, 200));
+    throw std::runtime_error("feature cache '" + path +
+                             "' is corrupt or of another format: " + std::string(e.what()).substr(0, 200));
   }
   return cache;
 }
 
 /// The cache at `path` if it exists and was extracted for exactly `request`; otherwise nullopt with the reason.
 inline std::optional<FeatureCache> load_matching_cache(const std::string& path, const nlohmann::json& request,
-                                                      std::string& reason) {
+                                                       std::string& reason) {
   if (!std::filesystem::exists(path)) {
     reason = "no cache yet";
     return std::nullopt;
@@ -143,11 +137,11 @@ inline std::optional<FeatureCache> load_matching_cache(const std::string& path, 
 inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
   auto net = features::make_efficientnet(b.name, b.layer, b.weights);
   const bool lite = b.name.find("lite") != std::string::npos;
-  return features::MultiScaleExtractor(features::MultiScaleExtractorOptions(net)
-                                           .image_size(b.image_size)
-                                           .n_scales(b.scales)
-                                           .normalization(lite ? features::ImageNormalization::lite()
-                                                               : features::ImageNormalization::imagenet()));
+  return features::MultiScaleExtractor(
+      features::MultiScaleExtractorOptions(net)
+          .image_size(b.image_size)
+          .n_scales(b.scales)
+          .normalization(lite ? features::ImageNormalization::lite() : features::ImageNormalization::imagenet()));
 }
 
 /// A decoded image (decode_image) as the tensor features::prepare_image takes: uint8 [H, W, 3] or float [3, H, W].
@@ -167,7 +161,8 @@ inline torch::Tensor image_tensor(const cv::Mat& rgb) {
 }
 
 /// Images [end - start, 3, S, S] (RGB in [0, 1]) of samples[start, end), through the library's one resize.
-inline torch::Tensor load_image_batch(const std::vector<Sample>& samples, size_t start, size_t end, int64_t image_size) {
+inline torch::Tensor load_image_batch(const std::vector<Sample>& samples, size_t start, size_t end,
+                                      int64_t image_size) {
   std::vector<torch::Tensor> images;
   for (size_t i = start; i < end; ++i) images.push_back(image_tensor(decode_image(samples[i].path)));
   return features::prepare_images(images, image_size, image_size);

@@ -29,9 +29,13 @@ namespace {
 
 /// Model options shared by info, train, run and demo.
 void add_model_options(CLI::App& cmd, ModelConfig& c) {
-  cmd.add_option("--model", c.model, "Flow: validflow or csflow")->check(CLI::IsMember({"validflow", "csflow"}))->capture_default_str();
+  cmd.add_option("--model", c.model, "Flow: validflow or csflow")
+      ->check(CLI::IsMember({"validflow", "csflow"}))
+      ->capture_default_str();
   cmd.add_option("--blocks", c.blocks, "ValidFlow FA+FB modules n (default 3) / CS-Flow coupling blocks (default 4)");
-  cmd.add_option("--channels", c.channels, "Feature channels per scale (info only; training takes them from the features)")->capture_default_str();
+  cmd.add_option("--channels", c.channels,
+                 "Feature channels per scale (info only; training takes them from the features)")
+      ->capture_default_str();
   cmd.add_option("--hidden", c.hidden, "Hidden width of the subnets")->capture_default_str();
   cmd.add_option("--kernel-size", c.kernel_size, "ValidFlow conv kernel size")->capture_default_str();
   cmd.add_option("--kernel-sizes", c.kernel_sizes, "CS-Flow kernel size per block (default [3]*(n-1)+[5])");
@@ -50,7 +54,8 @@ void add_train_options(CLI::App& cmd, TrainOptions& t) {
   cmd.add_option("--weight-decay", t.weight_decay, "Adam L2 weight decay")->capture_default_str();
   cmd.add_option("--max-grad-norm", t.max_grad_norm, "Gradient clipping (global norm)")->capture_default_str();
   cmd.add_option("--seed", t.seed, "Seed of initialisation and shuffling")->capture_default_str();
-  cmd.add_option("--checkpoint-every", t.checkpoint_every, "Write the checkpoint every N epochs")->capture_default_str();
+  cmd.add_option("--checkpoint-every", t.checkpoint_every, "Write the checkpoint every N epochs")
+      ->capture_default_str();
   cmd.add_flag("--resume", t.resume, "Continue from the checkpoint in --out");
 }
 
@@ -67,11 +72,13 @@ struct ExtractArgs {
 void add_extract_options(CLI::App& cmd, ExtractArgs& e, bool dataset_required) {
   auto* d = cmd.add_option("--dataset", e.dataset, "KIND:PATH with KIND mvtec, mtd, dagm or folder");
   if (dataset_required) d->required();
-  cmd.add_option("--backbone", e.backbone.name, "Backbone (efficientnet-b0..b7, efficientnet-lite0..4)")->capture_default_str();
+  cmd.add_option("--backbone", e.backbone.name, "Backbone (efficientnet-b0..b7, efficientnet-lite0..4)")
+      ->capture_default_str();
   cmd.add_option("--layer", e.backbone.layer, "Feature block (default: the backbone's, B5: 35 as CS-Flow)");
   cmd.add_option("--weights", e.weights,
                  "Backbone weight file; 'auto': the converted pretrained file in $VALIDFLOW_WEIGHTS_DIR or "
-                 "~/.cache/validflow/weights if present; 'none': random weights")->capture_default_str();
+                 "~/.cache/validflow/weights if present; 'none': random weights")
+      ->capture_default_str();
   cmd.add_option("--image-size", e.backbone.image_size, "Input size of scale 0 (scales halve)")->capture_default_str();
   cmd.add_option("--extract-batch-size", e.batch_size, "Images per extraction batch")->capture_default_str();
   cmd.add_flag("--fp16", e.fp16, "Store the features in float16");
@@ -109,9 +116,10 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   std::cerr << "          " << dataset.train.size() << " train, " << dataset.test.size() << " test ("
             << dataset.n_defective() << " defective)\n";
   std::cerr << "backbone  " << e.backbone.name << " block " << e.backbone.layer << " at " << e.backbone.image_size
-            << " px, " << (e.backbone.weights.empty() ? "RANDOMLY INITIALISED weights (no pretrained file found: "
-                                                        "see docs/features.md to install one)"
-                                                      : "weights " + e.backbone.weights)
+            << " px, "
+            << (e.backbone.weights.empty() ? "RANDOMLY INITIALISED weights (no pretrained file found: "
+                                             "see docs/features.md to install one)"
+                                           : "weights " + e.backbone.weights)
             << "\n";
   const auto request = extraction_request(dataset, e.dataset, e.backbone, e.fp16);
   const auto path = features_path(out);
@@ -128,17 +136,15 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
     std::cerr << "backbone  random weights: BatchNorm statistics calibrated on " << used << " training images\n";
   }
   FeatureCache cache;
-  cache.train = extract_features(*extractor, dataset.train, e.backbone.image_size, e.batch_size, e.fp16, "extract train");
+  cache.train =
+      extract_features(*extractor, dataset.train, e.backbone.image_size, e.batch_size, e.fp16, "extract train");
   cache.test = extract_features(*extractor, dataset.test, e.backbone.image_size, e.batch_size, e.fp16, "extract test");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   cache.test_samples = dataset.test;
-  cache.meta = {{"request", request},
-                {"scales", e.backbone.scales},
-                {"channels", cache.train[0].size(1)},
-                {"backbone", e.backbone.name},
-                {"image_size", e.backbone.image_size},
-                {"pretrained", !e.backbone.weights.empty()},
-                {"extract_seconds", seconds}};
+  cache.meta = {
+      {"request", request},          {"scales", e.backbone.scales},         {"channels", cache.train[0].size(1)},
+      {"backbone", e.backbone.name}, {"image_size", e.backbone.image_size}, {"pretrained", !e.backbone.weights.empty()},
+      {"extract_seconds", seconds}};
   save_feature_cache(cache, path);
   for (auto& t : cache.train) t = t.to(torch::kFloat32);
   for (auto& t : cache.test) t = t.to(torch::kFloat32);
@@ -152,7 +158,9 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
 nlohmann::json feature_layout(const FeatureCache& cache) {
   nlohmann::json sizes = nlohmann::json::array();
   for (const auto& s : cache.map_sizes()) sizes.push_back({s[0], s[1]});
-  return {{"channels", cache.channels()}, {"map_sizes", sizes}, {"backbone", cache.meta.value("backbone", "")},
+  return {{"channels", cache.channels()},
+          {"map_sizes", sizes},
+          {"backbone", cache.meta.value("backbone", "")},
           {"image_size", cache.meta.value("image_size", 0)}};
 }
 
@@ -166,9 +174,10 @@ Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCac
   checkpoint.feature_layout = feature_layout(cache);
   checkpoint.model = build_model(config);
   const auto sizes = cache.map_sizes();
-  std::cerr << "model     " << config.model << ": " << features::group_thousands(trainable_parameter_count(*checkpoint.model))
-            << " parameters, " << std::setprecision(3) << 2 * checkpoint.model->forward_macs(sizes) / 1e9
-            << " GFLOP per image; " << cache.train[0].size(0) << " training images, " << t.epochs << " epochs\n";
+  std::cerr << "model     " << config.model << ": "
+            << features::group_thousands(trainable_parameter_count(*checkpoint.model)) << " parameters, "
+            << std::setprecision(3) << 2 * checkpoint.model->forward_macs(sizes) / 1e9 << " GFLOP per image; "
+            << cache.train[0].size(0) << " training images, " << t.epochs << " epochs\n";
   const auto start = std::chrono::steady_clock::now();
   auto trained = train_flow(checkpoint, cache.train, t, checkpoint_path(out));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -207,7 +216,8 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
   const auto m = evaluate(*checkpoint.model, cache, report_dir(out, options.precision), options, info);
   std::cout << std::fixed << std::setprecision(4) << "image AUROC   " << m.image_auroc << "  (" << m.n_test
             << " test images, " << m.n_defective << " defective)\n";
-  for (const auto& [type, value] : m.image_auroc_per_type) std::cout << "  " << std::setw(12) << type << "  " << value << "\n";
+  for (const auto& [type, value] : m.image_auroc_per_type)
+    std::cout << "  " << std::setw(12) << type << "  " << value << "\n";
   if (m.pixel_auroc) std::cout << "pixel AUROC   " << *m.pixel_auroc << "\nAUPRO@30%     " << *m.aupro << "\n";
   std::cout << "threshold     " << m.threshold << " (F1 " << m.f1 << ")\n";
   std::cout << "report        " << (fs::path(report_dir(out, options.precision)) / "index.html").string() << "\n";
@@ -221,7 +231,8 @@ void print_architecture(const torch::nn::Module& module, const std::string& name
   std::cout << std::string(2 * static_cast<size_t>(depth), ' ') << (name.empty() ? "" : name + ": ") << line.str()
             << "  [" << features::group_thousands(trainable_parameter_count(module)) << " params]\n";
   if (depth == max_depth) return;
-  for (const auto& child : module.named_children()) print_architecture(*child.value(), child.key(), depth + 1, max_depth);
+  for (const auto& child : module.named_children())
+    print_architecture(*child.value(), child.key(), depth + 1, max_depth);
 }
 
 int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& backbone, int64_t layer,
@@ -246,9 +257,8 @@ int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& bac
     }
     nlohmann::json sizes_json = nlohmann::json::array();
     for (const auto& s : sizes) sizes_json.push_back({s[0], s[1]});
-    std::cout << nlohmann::json{{"config", to_json(config)},     {"map_sizes", sizes_json},
-                                {"parameters", params},          {"gflops_per_image", gflops},
-                                {"gmacs_per_image", gflops / 2}, {"blocks", blocks}}
+    std::cout << nlohmann::json{{"config", to_json(config)},  {"map_sizes", sizes_json},       {"parameters", params},
+                                {"gflops_per_image", gflops}, {"gmacs_per_image", gflops / 2}, {"blocks", blocks}}
                      .dump(2)
               << "\n";
     return 0;
@@ -257,8 +267,8 @@ int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& bac
   std::cout << "map sizes     ";
   for (const auto& s : sizes) std::cout << s[0] << "x" << s[1] << " ";
   std::cout << "(" << config.channels << " channels)\n";
-  std::cout << "parameters    " << features::group_thousands(params) << " trainable (" << std::fixed << std::setprecision(2)
-            << static_cast<double>(params) / 1e6 << " M)\n";
+  std::cout << "parameters    " << features::group_thousands(params) << " trainable (" << std::fixed
+            << std::setprecision(2) << static_cast<double>(params) / 1e6 << " M)\n";
   std::cout << "forward       " << std::setprecision(2) << gflops << " GFLOP per image (" << gflops / 2
             << " GMAC, convolutions)\n";
   return 0;
@@ -325,7 +335,8 @@ int main(int argc, char** argv) {
   std::string golden_file;
   double tolerance = 1e-5;
   check->add_option("file", golden_file, "Golden file (torch.save dict, see shared/golden/README.md)")->required();
-  check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")->capture_default_str();
+  check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
+      ->capture_default_str();
 
   auto* ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
   add_extract_options(*ext, extract, true);
@@ -338,9 +349,12 @@ int main(int argc, char** argv) {
 
   auto* evl = app.add_subcommand("eval", "Score the test set; writes OUT/report/ (metrics, plots, heatmaps)");
   evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")->capture_default_str();
-  evl->add_option("--heatmaps", eval_options.heatmaps_per_group, "Heatmaps of the most and of the least anomalous images")->capture_default_str();
+  evl->add_option("--heatmaps", eval_options.heatmaps_per_group,
+                  "Heatmaps of the most and of the least anomalous images")
+      ->capture_default_str();
   std::string precision_name = "fp32";
-  evl->add_option("--precision", precision_name, "Flow inference precision: fp32, bf16 (CPU/CUDA; report in OUT/report-bf16)")
+  evl->add_option("--precision", precision_name,
+                  "Flow inference precision: fp32, bf16 (CPU/CUDA; report in OUT/report-bf16)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
       ->capture_default_str();
 

@@ -17,8 +17,8 @@ struct ModelConfig {
   int64_t scales = 3;
   int64_t blocks = 0;  ///< CS-Flow: coupling blocks; ValidFlow: FA+FB modules (n); 0: the model's default
   int64_t hidden = 1024;
-  int64_t kernel_size = 3;             ///< ValidFlow: every conv; CS-Flow: ignored (official [3]*(n-1)+[5])
-  std::vector<int64_t> kernel_sizes;   ///< CS-Flow: explicit per-block kernel sizes (empty: official)
+  int64_t kernel_size = 3;            ///< ValidFlow: every conv; CS-Flow: ignored (official [3]*(n-1)+[5])
+  std::vector<int64_t> kernel_sizes;  ///< CS-Flow: explicit per-block kernel sizes (empty: official)
   double clamp = 3.0;
   bool actnorm = true;
   bool fa_cbam = true;
@@ -28,10 +28,18 @@ struct ModelConfig {
 };
 
 inline nlohmann::json to_json(const ModelConfig& c) {
-  return {{"model", c.model},           {"channels", c.channels},   {"scales", c.scales},
-          {"blocks", c.blocks},         {"hidden", c.hidden},       {"kernel_size", c.kernel_size},
-          {"kernel_sizes", c.kernel_sizes}, {"clamp", c.clamp},     {"actnorm", c.actnorm},
-          {"fa_cbam", c.fa_cbam},       {"fb_cbam", c.fb_cbam},     {"long_branches", c.long_branches},
+  return {{"model", c.model},
+          {"channels", c.channels},
+          {"scales", c.scales},
+          {"blocks", c.blocks},
+          {"hidden", c.hidden},
+          {"kernel_size", c.kernel_size},
+          {"kernel_sizes", c.kernel_sizes},
+          {"clamp", c.clamp},
+          {"actnorm", c.actnorm},
+          {"fa_cbam", c.fa_cbam},
+          {"fb_cbam", c.fb_cbam},
+          {"long_branches", c.long_branches},
           {"cbam_reduction", c.cbam_reduction}};
 }
 

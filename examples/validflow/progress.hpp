@@ -23,10 +23,10 @@ namespace validflow {
 namespace app {
 
 struct ProgressOptions {
-  std::string unit = "it";          // items per second are shown as "<rate> <unit>/s"
+  std::string unit = "it";  // items per second are shown as "<rate> <unit>/s"
   enum class Mode { automatic, tty, lines, silent } mode = Mode::automatic;
-  std::ostream* out = nullptr;      // nullptr: std::cerr
-  double line_interval_s = 5.0;     // lines mode: seconds between lines
+  std::ostream* out = nullptr;   // nullptr: std::cerr
+  double line_interval_s = 5.0;  // lines mode: seconds between lines
   int bar_width = 24;
 };
 
@@ -80,22 +80,28 @@ class ProgressBar {
     if (!std::isfinite(seconds) || seconds < 0) return "?";
     const long s = std::lround(seconds);
     char b[32];
-    if (s >= 3600) std::snprintf(b, sizeof b, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
-    else std::snprintf(b, sizeof b, "%ld:%02ld", s / 60, s % 60);
+    if (s >= 3600)
+      std::snprintf(b, sizeof b, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+    else
+      std::snprintf(b, sizeof b, "%ld:%02ld", s / 60, s % 60);
     return b;
   }
 
   /// The text of one status line for `done` items after `elapsed` seconds (no bar, no terminal codes).
   std::string status(std::size_t done, double elapsed, bool final) const {
     std::ostringstream s;
-    if (total_ > 0) s << done << '/' << total_ << " (" << (done >= total_ ? 100 : done * 100 / total_) << "%)";
-    else s << done;
+    if (total_ > 0)
+      s << done << '/' << total_ << " (" << (done >= total_ ? 100 : done * 100 / total_) << "%)";
+    else
+      s << done;
     const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
     char r[48];
     std::snprintf(r, sizeof r, "%.1f %s/s", rate, opt_.unit.c_str());
     s << "  " << r;
-    if (final) s << "  took " << format_duration(elapsed);
-    else if (total_ > 0 && rate > 0 && done < total_) s << "  ETA " << format_duration(static_cast<double>(total_ - done) / rate);
+    if (final)
+      s << "  took " << format_duration(elapsed);
+    else if (total_ > 0 && rate > 0 && done < total_)
+      s << "  ETA " << format_duration(static_cast<double>(total_ - done) / rate);
     if (!message_.empty()) s << "  " << message_;
     return s.str();
   }

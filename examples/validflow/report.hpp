@@ -31,7 +31,6 @@
 #include <string>
 #include <vector>
 
-
 #include "atomic_file.hpp"
 
 namespace validflow {
@@ -58,13 +57,14 @@ struct PlotArea {
   double x0, x1, y0, y1;
   cv::Point map(double x, double y) const {
     const double fx = (x - x0) / (x1 - x0), fy = (y - y0) / (y1 - y0);
-    return {r.x + static_cast<int>(std::lround(fx * r.width)), r.y + r.height - static_cast<int>(std::lround(fy * r.height))};
+    return {r.x + static_cast<int>(std::lround(fx * r.width)),
+            r.y + r.height - static_cast<int>(std::lround(fy * r.height))};
   }
 };
 
 inline const cv::Scalar& palette(std::size_t i) {
-  static const std::vector<cv::Scalar> p{{180, 90, 20},  {40, 40, 215},  {60, 160, 40},  {20, 140, 230},
-                                         {160, 60, 150}, {140, 140, 20}, {90, 90, 90},   {40, 180, 200}};
+  static const std::vector<cv::Scalar> p{{180, 90, 20},  {40, 40, 215},  {60, 160, 40}, {20, 140, 230},
+                                         {160, 60, 150}, {140, 140, 20}, {90, 90, 90},  {40, 180, 200}};
   return p[i % p.size()];
 }
 
@@ -123,8 +123,8 @@ inline void draw_title(cv::Mat& img, const std::string& title) {
 }
 
 /// Legend box in the given corner of the axes: entries of (colour, text, filled box or line).
-inline void draw_legend(cv::Mat& img, const cv::Rect& axes, const std::vector<std::pair<cv::Scalar, std::string>>& items,
-                        bool boxes, bool bottom_right) {
+inline void draw_legend(cv::Mat& img, const cv::Rect& axes,
+                        const std::vector<std::pair<cv::Scalar, std::string>>& items, bool boxes, bool bottom_right) {
   int w = 0;
   for (const auto& it : items) w = std::max(w, text_size(it.second).width);
   const int row = 20, bw = w + 44, bh = static_cast<int>(items.size()) * row + 10;
@@ -134,8 +134,10 @@ inline void draw_legend(cv::Mat& img, const cv::Rect& axes, const std::vector<st
   cv::rectangle(img, {x, y, bw, bh}, {160, 160, 160}, 1);
   for (std::size_t i = 0; i < items.size(); ++i) {
     const int cy = y + 15 + static_cast<int>(i) * row;
-    if (boxes) cv::rectangle(img, {x + 8, cy - 6, 20, 11}, items[i].first, cv::FILLED);
-    else cv::line(img, {x + 8, cy}, {x + 28, cy}, items[i].first, 2, cv::LINE_AA);
+    if (boxes)
+      cv::rectangle(img, {x + 8, cy - 6, 20, 11}, items[i].first, cv::FILLED);
+    else
+      cv::line(img, {x + 8, cy}, {x + 28, cy}, items[i].first, 2, cv::LINE_AA);
     put_text(img, items[i].second, {x + 36, cy + 5});
   }
 }
@@ -145,14 +147,15 @@ inline void draw_legend(cv::Mat& img, const cv::Rect& axes, const std::vector<st
 // ---- ROC -------------------------------------------------------------------------------------------
 
 struct RocSeries {
-  std::string name;          // e.g. "all" or a defect type
-  std::vector<double> fpr;   // from validflow::eval::roc_curve
+  std::string name;         // e.g. "all" or a defect type
+  std::vector<double> fpr;  // from validflow::eval::roc_curve
   std::vector<double> tpr;
   double auroc = std::numeric_limits<double>::quiet_NaN();
 };
 
 /// ROC plot (BGR, size x size). The first series is drawn thicker (the overall curve).
-inline cv::Mat render_roc(const std::vector<RocSeries>& series, int size = 600, const std::string& title = "ROC curve") {
+inline cv::Mat render_roc(const std::vector<RocSeries>& series, int size = 600,
+                          const std::string& title = "ROC curve") {
   if (series.empty()) throw ReportError("render_roc: no ROC series given");
   cv::Mat img(size, size, CV_8UC3, cv::Scalar(255, 255, 255));
   detail::PlotArea a{cv::Rect(72, 40, size - 72 - 24, size - 40 - 66), 0.0, 1.0, 0.0, 1.0};
@@ -217,7 +220,8 @@ inline cv::Mat render_histogram(const std::vector<double>& scores, const std::ve
     (labels[i] == 1 ? bad : good)[static_cast<std::size_t>(b)]++;
     (labels[i] == 1 ? n_bad : n_good)++;
   }
-  const int ymax_count = std::max(1, std::max(*std::max_element(good.begin(), good.end()), *std::max_element(bad.begin(), bad.end())));
+  const int ymax_count =
+      std::max(1, std::max(*std::max_element(good.begin(), good.end()), *std::max_element(bad.begin(), bad.end())));
   // "nice" y axis
   const double raw_step = ymax_count / 5.0;
   const double mag = std::pow(10.0, std::floor(std::log10(std::max(raw_step, 1.0))));
@@ -242,8 +246,10 @@ inline cv::Mat render_histogram(const std::vector<double>& scores, const std::ve
     cv::Mat layer = img.clone();
     for (int b = 0; b < bins; ++b) {
       if (!counts[static_cast<std::size_t>(b)]) continue;
-      const cv::Point p0 = a.map(lo + (hi - lo) * b / bins, 0), p1 = a.map(lo + (hi - lo) * (b + 1) / bins, counts[static_cast<std::size_t>(b)]);
-      cv::rectangle(layer, cv::Rect(cv::Point(p0.x + 1, p1.y), cv::Point(p1.x, p0.y)), pass == 0 ? c_good : c_bad, cv::FILLED);
+      const cv::Point p0 = a.map(lo + (hi - lo) * b / bins, 0),
+                      p1 = a.map(lo + (hi - lo) * (b + 1) / bins, counts[static_cast<std::size_t>(b)]);
+      cv::rectangle(layer, cv::Rect(cv::Point(p0.x + 1, p1.y), cv::Point(p1.x, p0.y)), pass == 0 ? c_good : c_bad,
+                    cv::FILLED);
     }
     cv::addWeighted(layer, 0.55, img, 0.45, 0.0, img);
   }
@@ -252,7 +258,8 @@ inline cv::Mat render_histogram(const std::vector<double>& scores, const std::ve
                                                          {c_bad, "defective (n=" + std::to_string(n_bad) + ")"}};
   if (threshold && std::isfinite(*threshold)) {
     const int x = a.map(*threshold, 0).x;
-    for (int y = a.r.y; y < a.r.y + a.r.height; y += 10) cv::line(img, {x, y}, {x, std::min(y + 5, a.r.y + a.r.height)}, {20, 20, 20}, 1);
+    for (int y = a.r.y; y < a.r.y + a.r.height; y += 10)
+      cv::line(img, {x, y}, {x, std::min(y + 5, a.r.y + a.r.height)}, {20, 20, 20}, 1);
     legend.emplace_back(cv::Scalar(20, 20, 20), "threshold " + detail::fmt(*threshold, "%.4g"));
   }
   detail::draw_legend(img, a.r, legend, true, false);
@@ -260,8 +267,9 @@ inline cv::Mat render_histogram(const std::vector<double>& scores, const std::ve
   return img;
 }
 
-inline void write_histogram_png(const std::string& path, const std::vector<double>& scores, const std::vector<int>& labels,
-                                std::optional<double> threshold = std::nullopt, int bins = 40) {
+inline void write_histogram_png(const std::string& path, const std::vector<double>& scores,
+                                const std::vector<int>& labels, std::optional<double> threshold = std::nullopt,
+                                int bins = 40) {
   write_png_atomic(path, render_histogram(scores, labels, threshold, bins));
 }
 
@@ -280,12 +288,18 @@ namespace detail {
 /// Any of CV_32FC3 RGB [0,1] (load_image), CV_8UC3 RGB, CV_8UC1, CV_32FC1 [0,1]  ->  CV_8UC3 BGR.
 inline cv::Mat to_bgr8(const cv::Mat& image) {
   cv::Mat u8, bgr;
-  if (image.depth() == CV_32F) image.convertTo(u8, CV_8U, 255.0);
-  else if (image.depth() == CV_8U) u8 = image;
-  else throw ReportError("heatmap overlay: image must be 8-bit or float");
-  if (u8.channels() == 1) cv::cvtColor(u8, bgr, cv::COLOR_GRAY2BGR);
-  else if (u8.channels() == 3) cv::cvtColor(u8, bgr, cv::COLOR_RGB2BGR);
-  else throw ReportError("heatmap overlay: image must have 1 or 3 channels");
+  if (image.depth() == CV_32F)
+    image.convertTo(u8, CV_8U, 255.0);
+  else if (image.depth() == CV_8U)
+    u8 = image;
+  else
+    throw ReportError("heatmap overlay: image must be 8-bit or float");
+  if (u8.channels() == 1)
+    cv::cvtColor(u8, bgr, cv::COLOR_GRAY2BGR);
+  else if (u8.channels() == 3)
+    cv::cvtColor(u8, bgr, cv::COLOR_RGB2BGR);
+  else
+    throw ReportError("heatmap overlay: image must have 1 or 3 channels");
   return bgr;
 }
 }  // namespace detail
@@ -296,7 +310,8 @@ inline cv::Mat to_bgr8(const cv::Mat& image) {
 inline cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask = {},
                                       const OverlayOptions& opt = {}) {
   if (image.empty()) throw ReportError("heatmap overlay: empty image");
-  if (anomaly_map.empty() || anomaly_map.channels() != 1) throw ReportError("heatmap overlay: anomaly map must be a non-empty single-channel matrix");
+  if (anomaly_map.empty() || anomaly_map.channels() != 1)
+    throw ReportError("heatmap overlay: anomaly map must be a non-empty single-channel matrix");
   const cv::Mat base = detail::to_bgr8(image);
   cv::Mat m;
   anomaly_map.convertTo(m, CV_32F);
@@ -395,7 +410,8 @@ inline void write_scores_csv(const std::string& path, const std::vector<ScoreRow
   std::ostringstream o;
   o << "path,label,type,score\n";
   o.precision(std::numeric_limits<double>::max_digits10);
-  for (const auto& r : rows) o << detail::csv_field(r.path) << ',' << r.label << ',' << detail::csv_field(r.type) << ',' << r.score << '\n';
+  for (const auto& r : rows)
+    o << detail::csv_field(r.path) << ',' << r.label << ',' << detail::csv_field(r.type) << ',' << r.score << '\n';
   write_file_atomic(path, o.str());
 }
 
@@ -407,7 +423,7 @@ struct HeatmapEntry {
   int label = 0;
   std::string type;
   double score = 0.0;
-  std::string group;       // e.g. "most anomalous" / "least anomalous" (one section per group, in order)
+  std::string group;  // e.g. "most anomalous" / "least anomalous" (one section per group, in order)
 };
 
 struct ReportPage {
@@ -424,12 +440,23 @@ inline std::string html_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      case '\'': o += "&#39;"; break;
-      default: o += c;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      case '\'':
+        o += "&#39;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -446,9 +473,11 @@ inline std::string render_index_html(const ReportPage& p) {
   h << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" << html_escape(p.title)
     << "</title>\n<style>\n"
        "body{font-family:sans-serif;margin:24px;color:#222;background:#fafafa}\n"
-       "table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}\n"
+       "table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px "
+       "10px;text-align:left}\n"
        ".plots img{max-width:48%;margin-right:1%;border:1px solid #ddd;background:#fff}\n"
-       ".grid{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid #ddd;padding:6px;width:280px}\n"
+       ".grid{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid "
+       "#ddd;padding:6px;width:280px}\n"
        ".card img{width:100%;image-rendering:auto}.card .cap{font-size:12px;word-break:break-all}\n"
        ".def{color:#b00}.good{color:#070}\n</style>\n</head>\n<body>\n";
   h << "<h1>" << html_escape(p.title) << "</h1>\n<table>\n";
@@ -461,7 +490,8 @@ inline std::string render_index_html(const ReportPage& p) {
   h << "<tr><th>F1-optimal threshold</th><td>" << detail::html_num(m.threshold, "%.6g") << " (F1 "
     << detail::html_num(m.f1) << ", precision " << detail::html_num(m.precision) << ", recall "
     << detail::html_num(m.recall) << ")</td></tr>\n";
-  for (const auto& [k, v] : p.info) h << "<tr><th>" << html_escape(k) << "</th><td>" << html_escape(v) << "</td></tr>\n";
+  for (const auto& [k, v] : p.info)
+    h << "<tr><th>" << html_escape(k) << "</th><td>" << html_escape(v) << "</td></tr>\n";
   h << "</table>\n<div class=\"plots\">\n<img src=\"" << html_escape(p.roc_png) << "\" alt=\"ROC curve\">\n<img src=\""
     << html_escape(p.histogram_png) << "\" alt=\"score histogram\">\n</div>\n";
   std::vector<std::string> groups;
@@ -483,7 +513,9 @@ inline std::string render_index_html(const ReportPage& p) {
   return h.str();
 }
 
-inline void write_index_html(const std::string& path, const ReportPage& p) { write_file_atomic(path, render_index_html(p)); }
+inline void write_index_html(const std::string& path, const ReportPage& p) {
+  write_file_atomic(path, render_index_html(p));
+}
 
 }  // namespace app
 }  // namespace validflow

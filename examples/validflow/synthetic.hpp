@@ -41,9 +41,12 @@ enum class SyntheticTexture { noise, fibre, grain };
 
 inline const char* to_string(SyntheticTexture t) {
   switch (t) {
-    case SyntheticTexture::noise: return "noise";
-    case SyntheticTexture::fibre: return "fibre";
-    case SyntheticTexture::grain: return "grain";
+    case SyntheticTexture::noise:
+      return "noise";
+    case SyntheticTexture::fibre:
+      return "fibre";
+    case SyntheticTexture::grain:
+      return "grain";
   }
   return "?";
 }
@@ -66,8 +69,8 @@ struct SyntheticOptions {
 
 struct SyntheticResult {
   std::string root;
-  bool reused = false;                          // an identical dataset was already there
-  std::map<std::string, int> test_counts;       // per type, "good" included
+  bool reused = false;                     // an identical dataset was already there
+  std::map<std::string, int> test_counts;  // per type, "good" included
   int n_train = 0;
 };
 
@@ -249,8 +252,9 @@ inline void write_png(const std::filesystem::path& p, const cv::Mat& m) {
 inline std::string synthetic_manifest(const SyntheticOptions& o) {
   std::ostringstream j;
   j << "{\n  \"generator\": \"validflow-synthetic-1\",\n  \"layout\": \"folder\",\n  \"seed\": " << o.seed
-    << ",\n  \"size\": " << o.size << ",\n  \"texture\": \"" << to_string(o.texture) << "\",\n  \"n_train\": " << o.n_train
-    << ",\n  \"n_test_good\": " << o.n_test_good << ",\n  \"n_test_defective\": " << o.n_test_defective
+    << ",\n  \"size\": " << o.size << ",\n  \"texture\": \"" << to_string(o.texture)
+    << "\",\n  \"n_train\": " << o.n_train << ",\n  \"n_test_good\": " << o.n_test_good
+    << ",\n  \"n_test_defective\": " << o.n_test_defective
     << ",\n  \"defect_types\": [\"scratch\", \"spot\", \"crack\"]\n}\n";
   return j.str();
 }
@@ -271,8 +275,8 @@ inline std::pair<cv::Mat, cv::Mat> synthetic_sample(const SyntheticOptions& o, c
                                                     int index) {
   detail::SynthRng dataset_rng(detail::mix_seed(o.seed, 0x5EED, 0));
   const double dataset_angle = dataset_rng.uniform(0.0, 3.14159265358979);
-  detail::SynthRng rng(detail::mix_seed(o.seed, static_cast<std::uint64_t>(split_id) + 1,
-                                        static_cast<std::uint64_t>(index) + 1));
+  detail::SynthRng rng(
+      detail::mix_seed(o.seed, static_cast<std::uint64_t>(split_id) + 1, static_cast<std::uint64_t>(index) + 1));
   cv::Mat img = detail::make_texture(rng, o.texture, o.size, dataset_angle);
   cv::Mat mask;
   if (type != "good") {

@@ -50,22 +50,21 @@ struct Checkpoint {
   ModelConfig config;
   nlohmann::json feature_layout;  ///< channels, map sizes, backbone and image size of the training features
   std::shared_ptr<FlowModule> model;
-  int64_t epoch = 0;              ///< finished epochs
+  int64_t epoch = 0;  ///< finished epochs
   std::vector<double> loss_history;
   nlohmann::json train_options;
 };
 
 inline nlohmann::json to_json(const TrainOptions& o) {
-  return {{"epochs", o.epochs}, {"batch_size", o.batch_size}, {"lr", o.lr},         {"adam_eps", o.adam_eps},
-          {"weight_decay", o.weight_decay}, {"beta1", o.beta1}, {"beta2", o.beta2}, {"max_grad_norm", o.max_grad_norm},
-          {"seed", o.seed}};
+  return {{"epochs", o.epochs},     {"batch_size", o.batch_size},       {"lr", o.lr},
+          {"adam_eps", o.adam_eps}, {"weight_decay", o.weight_decay},   {"beta1", o.beta1},
+          {"beta2", o.beta2},       {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed}};
 }
 
 inline torch::optim::Adam make_optimizer(torch::nn::Module& model, const TrainOptions& o) {
-  return torch::optim::Adam(model.parameters(), torch::optim::AdamOptions(o.lr)
-                                                    .betas({o.beta1, o.beta2})
-                                                    .eps(o.adam_eps)
-                                                    .weight_decay(o.weight_decay));
+  return torch::optim::Adam(
+      model.parameters(),
+      torch::optim::AdamOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
 }
 
 inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Optimizer& optimizer) {
@@ -74,12 +73,9 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch:
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
-  const nlohmann::json meta = {{"format", "validflow-checkpoint-1"},
-                               {"config", to_json(c.config)},
-                               {"feature_layout", c.feature_layout},
-                               {"epoch", c.epoch},
-                               {"loss_history", c.loss_history},
-                               {"train_options", c.train_options}};
+  const nlohmann::json meta = {{"format", "validflow-checkpoint-1"}, {"config", to_json(c.config)},
+                               {"feature_layout", c.feature_layout}, {"epoch", c.epoch},
+                               {"loss_history", c.loss_history},     {"train_options", c.train_options}};
   archive.write("meta", c10::IValue(meta.dump()));
   std::ostringstream bytes;
   archive.save_to(bytes);
@@ -88,7 +84,8 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch:
 
 /// Loads a checkpoint: rebuilds the model from its stored configuration, then its weights. If
 /// `optimizer_archive` is given, the optimizer state is read into it.
-inline Checkpoint load_checkpoint(const std::string& path, torch::serialize::InputArchive* optimizer_archive = nullptr) {
+inline Checkpoint load_checkpoint(const std::string& path,
+                                  torch::serialize::InputArchive* optimizer_archive = nullptr) {
   if (!std::filesystem::exists(path)) throw std::runtime_error("checkpoint '" + path + "' not found");
   Checkpoint c;
   torch::serialize::InputArchive archive, model_archive;
@@ -106,15 +103,15 @@ inline Checkpoint load_checkpoint(const std::string& path, torch::serialize::Inp
     archive.read("model", model_archive);
     if (optimizer_archive) archive.read("optimizer", *optimizer_archive);
   } catch (const std::exception& e) {
-    throw std::runtime_error("checkpoint '" + path + "' is corrupt or not a validflow checkpoint: " +
-                             std::string(e.what()).substr(0, 200));
+    throw std::runtime_error("checkpoint '" + path +
+                             "' is corrupt or not a validflow checkpoint: " + std::string(e.what()).substr(0, 200));
   }
   c.model = build_model(c.config);
   try {
     c.model->load(model_archive);
   } catch (const std::exception& e) {
-    throw std::runtime_error("checkpoint '" + path + "' does not match its own configuration: " +
-                             std::string(e.what()).substr(0, 200));
+    throw std::runtime_error("checkpoint '" + path +
+                             "' does not match its own configuration: " + std::string(e.what()).substr(0, 200));
   }
   return c;
 }

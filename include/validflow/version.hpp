@@ -4,9 +4,9 @@
 #define VALIDFLOW_VERSION_MINOR 1
 #define VALIDFLOW_VERSION_PATCH 0
 
-#define VALIDFLOW_VERSION_AT_LEAST(major, minor, patch)                                   \
+#define VALIDFLOW_VERSION_AT_LEAST(major, minor, patch)                                           \
   ((VALIDFLOW_VERSION_MAJOR * 10000 + VALIDFLOW_VERSION_MINOR * 100 + VALIDFLOW_VERSION_PATCH) >= \
-   ((major) * 10000 + (minor) * 100 + (patch)))
+   ((major)*10000 + (minor)*100 + (patch)))
 
 namespace validflow {
 inline constexpr const char* version_string = "0.1.0";

@@ -77,8 +77,10 @@ class ActNormImpl : public FlowLayer<ActNormImpl> {
     for (size_t s = 0; s < x.size(); ++s) {
       const auto values = x[s].transpose(0, 1).reshape({x[s].size(1), -1});
       if (values.size(1) < 2) {
-        detail::throw_input_error("ActNorm", "data-dependent initialisation needs more than one value per channel "
-                                  "(scale ", s, " has batch*H*W = ", values.size(1), ")");
+        detail::throw_input_error("ActNorm",
+                                  "data-dependent initialisation needs more than one value per channel "
+                                  "(scale ",
+                                  s, " has batch*H*W = ", values.size(1), ")");
       }
       const auto mean = values.mean(1);
       const auto std = values.std(1);

@@ -61,12 +61,10 @@ class ParallelAffineCouplingImpl : public FlowLayer<ParallelAffineCouplingImpl<S
       second_half.push_back(channels[s] - channels[s] / 2);
     }
     // Names as in the official CS-Flow state dict: s1 conditions the second half, s2 the first.
-    s1 = this->register_module("s1", Subnet(SubnetOptions(options.subnet())
-                                                .in_channels(first_half)
-                                                .out_channels(doubled(second_half))));
-    s2 = this->register_module("s2", Subnet(SubnetOptions(options.subnet())
-                                                .in_channels(second_half)
-                                                .out_channels(doubled(first_half))));
+    s1 = this->register_module(
+        "s1", Subnet(SubnetOptions(options.subnet()).in_channels(first_half).out_channels(doubled(second_half))));
+    s2 = this->register_module(
+        "s2", Subnet(SubnetOptions(options.subnet()).in_channels(second_half).out_channels(doubled(first_half))));
   }
 
   void pretty_print(std::ostream& stream) const override {

@@ -30,10 +30,10 @@ class ChannelShuffleImpl : public FlowLayer<ChannelShuffleImpl> {
   void reset() override {
     const auto& channels = options.channels();
     TORCH_CHECK(!channels.empty(), "ChannelShuffle: needs at least one scale");
-    auto lists = options.permutations().empty() ? csflow_permutations(options.seed(), channels)
-                                                : options.permutations();
-    TORCH_CHECK(lists.size() == channels.size(), "ChannelShuffle: got ", lists.size(),
-                " explicit permutations for ", channels.size(), " scales");
+    auto lists =
+        options.permutations().empty() ? csflow_permutations(options.seed(), channels) : options.permutations();
+    TORCH_CHECK(lists.size() == channels.size(), "ChannelShuffle: got ", lists.size(), " explicit permutations for ",
+                channels.size(), " scales");
     permutations.clear();
     inverse_permutations.clear();
     for (size_t s = 0; s < channels.size(); ++s) {

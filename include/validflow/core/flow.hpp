@@ -72,8 +72,7 @@ inline int64_t trainable_parameter_count(const torch::nn::Module& module) {
 inline double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t out_h, int64_t out_w) {
   const auto& o = conv.options;
   const auto& k = o.kernel_size();
-  return static_cast<double>(out_h) * out_w * o.out_channels() * (o.in_channels() / o.groups()) * k->at(0) *
-         k->at(1);
+  return static_cast<double>(out_h) * out_w * o.out_channels() * (o.in_channels() / o.groups()) * k->at(0) * k->at(1);
 }
 
 }  // namespace validflow
@@ -253,8 +252,8 @@ inline void check_finite(const TensorList& x, const std::string& module) {
 
 /// Validates a multi-scale input against the channels a module was built for. `reference` (a parameter of
 /// the module, may be undefined) fixes the dtype and device. Throws FlowInputError naming the problem.
-inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& channels,
-                             const std::string& module, const torch::Tensor& reference = {}) {
+inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& channels, const std::string& module,
+                             const torch::Tensor& reference = {}) {
   if (x.size() != channels.size()) {
     detail::throw_input_error(module, "expected ", channels.size(), " scale(s), got ", x.size());
   }
@@ -266,31 +265,30 @@ inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& ch
                                 detail::shape_string(t));
     }
     if (!t.is_floating_point()) {
-      detail::throw_input_error(module, "scale ", s, ": expected a floating-point tensor, got ",
-                                t.scalar_type());
+      detail::throw_input_error(module, "scale ", s, ": expected a floating-point tensor, got ", t.scalar_type());
     }
     if (t.size(1) != channels[s]) {
-      detail::throw_input_error(module, "scale ", s, ": expected ", channels[s], " channels, got ",
-                                t.size(1), " (shape ", detail::shape_string(t), ")");
+      detail::throw_input_error(module, "scale ", s, ": expected ", channels[s], " channels, got ", t.size(1),
+                                " (shape ", detail::shape_string(t), ")");
     }
     if (t.size(0) != x[0].size(0)) {
-      detail::throw_input_error(module, "batch size mismatch across scales: scale 0 has ", x[0].size(0),
-                                ", scale ", s, " has ", t.size(0));
+      detail::throw_input_error(module, "batch size mismatch across scales: scale 0 has ", x[0].size(0), ", scale ", s,
+                                " has ", t.size(0));
     }
     if (t.scalar_type() != x[0].scalar_type()) {
-      detail::throw_input_error(module, "dtype mismatch across scales: scale 0 is ", x[0].scalar_type(),
-                                ", scale ", s, " is ", t.scalar_type());
+      detail::throw_input_error(module, "dtype mismatch across scales: scale 0 is ", x[0].scalar_type(), ", scale ", s,
+                                " is ", t.scalar_type());
     }
     if (t.device() != x[0].device()) {
-      detail::throw_input_error(module, "device mismatch across scales: scale 0 is on ", x[0].device(),
-                                ", scale ", s, " is on ", t.device());
+      detail::throw_input_error(module, "device mismatch across scales: scale 0 is on ", x[0].device(), ", scale ", s,
+                                " is on ", t.device());
     }
   }
   if (reference.defined()) {
     if (x[0].scalar_type() != reference.scalar_type()) {
-      detail::throw_input_error(module, "input dtype ", x[0].scalar_type(),
-                                " does not match the module's parameters (", reference.scalar_type(),
-                                "); convert the input or call module->to(", x[0].scalar_type(), ")");
+      detail::throw_input_error(module, "input dtype ", x[0].scalar_type(), " does not match the module's parameters (",
+                                reference.scalar_type(), "); convert the input or call module->to(", x[0].scalar_type(),
+                                ")");
     }
     if (x[0].device() != reference.device()) {
       detail::throw_input_error(module, "input is on ", x[0].device(), " but the module's parameters are on ",

@@ -20,14 +20,14 @@ template <typename, typename = void>
 struct is_subnet : std::false_type {};
 
 template <typename S>
-struct is_subnet<
-    S, std::void_t<typename S::Impl::Options,
-                   decltype(std::declval<typename S::Impl::Options&>().in_channels(std::vector<int64_t>{})),
-                   decltype(std::declval<typename S::Impl::Options&>().out_channels(std::vector<int64_t>{})),
-                   decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())),
-                   decltype(std::declval<const typename S::Impl&>().macs(std::declval<const MapSizes&>()))>>
-    : std::is_same<decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())),
-                   TensorList> {};
+struct is_subnet<S,
+                 std::void_t<typename S::Impl::Options,
+                             decltype(std::declval<typename S::Impl::Options&>().in_channels(std::vector<int64_t>{})),
+                             decltype(std::declval<typename S::Impl::Options&>().out_channels(std::vector<int64_t>{})),
+                             decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())),
+                             decltype(std::declval<const typename S::Impl&>().macs(std::declval<const MapSizes&>()))>>
+    : std::is_same<decltype(std::declval<typename S::Impl&>().forward(std::declval<const TensorList&>())), TensorList> {
+};
 
 template <typename, typename = void>
 struct is_flow_layer : std::false_type {};

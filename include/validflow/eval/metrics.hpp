@@ -65,8 +65,8 @@ namespace detail {
 
 inline std::string where(const char* fn) { return std::string("validflow::eval::") + fn + ": "; }
 
-inline void check_scores_labels(const char* fn, const std::vector<double>& scores,
-                                const std::vector<int>& labels, std::size_t& n_pos, std::size_t& n_neg) {
+inline void check_scores_labels(const char* fn, const std::vector<double>& scores, const std::vector<int>& labels,
+                                std::size_t& n_pos, std::size_t& n_neg) {
   if (scores.size() != labels.size()) {
     std::ostringstream m;
     m << where(fn) << "size mismatch: " << scores.size() << " scores but " << labels.size() << " labels";
@@ -93,8 +93,7 @@ inline void check_scores_labels(const char* fn, const std::vector<double>& score
   }
   if (n_pos == 0 || n_neg == 0) {
     std::ostringstream m;
-    m << where(fn) << "only one class present (" << n_pos << " defective, " << n_neg
-      << " good); AUROC/ROC need both";
+    m << where(fn) << "only one class present (" << n_pos << " defective, " << n_neg << " good); AUROC/ROC need both";
     throw MetricError(m.str());
   }
 }
@@ -256,7 +255,8 @@ inline int label_connected_components(const std::uint8_t* mask, int height, int 
         for (int dx = -1; dx <= 1; ++dx) {
           const int xx = x + dx;
           if ((dx == 0 && dy == 0) || xx < 0 || xx >= width) continue;
-          const std::size_t q = static_cast<std::size_t>(yy) * static_cast<std::size_t>(width) + static_cast<std::size_t>(xx);
+          const std::size_t q =
+              static_cast<std::size_t>(yy) * static_cast<std::size_t>(width) + static_cast<std::size_t>(xx);
           if (mask[q] != 0 && labels[q] == 0) {
             labels[q] = count;
             stack.push_back(q);
@@ -311,7 +311,8 @@ class PixelEvaluator {
 
   /// Vector overload: mask may be empty (image without defects), otherwise it must match scores.
   void add(const std::vector<float>& scores, const std::vector<std::uint8_t>& mask, int height, int width) {
-    const std::size_t n = static_cast<std::size_t>(height < 0 ? 0 : height) * static_cast<std::size_t>(width < 0 ? 0 : width);
+    const std::size_t n =
+        static_cast<std::size_t>(height < 0 ? 0 : height) * static_cast<std::size_t>(width < 0 ? 0 : width);
     if (scores.size() != n || (!mask.empty() && mask.size() != n)) {
       std::ostringstream m;
       m << detail::where("PixelEvaluator::add") << "image " << images_ << ": size mismatch: " << height << "x" << width
@@ -405,9 +406,12 @@ class PixelEvaluator {
     long double overlap_sum = 0.0L;  // sum over regions of the covered fraction
     while (i < ok_.size() || j < defect_.size()) {
       float t;
-      if (i < ok_.size() && j < defect_.size()) t = std::max(ok_[i], defect_[j].first);
-      else if (i < ok_.size()) t = ok_[i];
-      else t = defect_[j].first;
+      if (i < ok_.size() && j < defect_.size())
+        t = std::max(ok_[i], defect_[j].first);
+      else if (i < ok_.size())
+        t = ok_[i];
+      else
+        t = defect_[j].first;
       while (i < ok_.size() && ok_[i] == t) {
         ++fp;
         ++i;
@@ -443,9 +447,9 @@ class PixelEvaluator {
     sorted_ = true;
   }
 
-  std::vector<float> ok_;                                  // scores of pixels outside every region
-  std::vector<std::pair<float, std::uint32_t>> defect_;    // (score, global region id)
-  std::vector<std::uint32_t> region_size_;                 // pixels per region
+  std::vector<float> ok_;                                // scores of pixels outside every region
+  std::vector<std::pair<float, std::uint32_t>> defect_;  // (score, global region id)
+  std::vector<std::uint32_t> region_size_;               // pixels per region
   std::size_t images_ = 0;
   bool sorted_ = false;
 };

@@ -72,8 +72,7 @@ inline void check_image_batch(const std::string& who, const torch::Tensor& x) {
 }
 
 /// Checks that `x` has the dtype and device of the module's parameter `reference` (if defined).
-inline void check_matches_parameters(const std::string& who, const torch::Tensor& x,
-                                     const torch::Tensor& reference) {
+inline void check_matches_parameters(const std::string& who, const torch::Tensor& x, const torch::Tensor& reference) {
   if (!reference.defined()) return;
   if (x.scalar_type() != reference.scalar_type() || x.device() != reference.device()) {
     std::ostringstream m;

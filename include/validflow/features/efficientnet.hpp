@@ -147,10 +147,14 @@ class Conv2dPaddedImpl : public torch::nn::Cloneable<Conv2dPaddedImpl> {
     namespace F = torch::nn::functional;
     if (p[0] == p[1] && p[2] == p[3])
       return F::conv2d(x, weight,
-                       F::Conv2dFuncOptions().bias(bias).stride(options.stride()).padding(torch::ExpandingArray<2>({p[2], p[0]})).groups(
-                           options.groups()));
+                       F::Conv2dFuncOptions()
+                           .bias(bias)
+                           .stride(options.stride())
+                           .padding(torch::ExpandingArray<2>({p[2], p[0]}))
+                           .groups(options.groups()));
     const auto padded = F::pad(x, F::PadFuncOptions(std::vector<int64_t>{p[0], p[1], p[2], p[3]}));
-    return F::conv2d(padded, weight, F::Conv2dFuncOptions().bias(bias).stride(options.stride()).groups(options.groups()));
+    return F::conv2d(padded, weight,
+                     F::Conv2dFuncOptions().bias(bias).stride(options.stride()).groups(options.groups()));
   }
 
   int64_t output_size(int64_t height_or_width, bool vertical = true) const {
@@ -163,8 +167,8 @@ class Conv2dPaddedImpl : public torch::nn::Cloneable<Conv2dPaddedImpl> {
     const auto& p = options.padding();
     stream << "validflow::features::Conv2dPadded(" << options.in_channels() << ", " << options.out_channels()
            << ", kernel_size=" << options.kernel_size() << ", stride=" << options.stride()
-           << ", groups=" << options.groups() << ", padding=(" << p[0] << ", " << p[1] << ", " << p[2] << ", "
-           << p[3] << "), bias=" << std::boolalpha << options.bias() << ")";
+           << ", groups=" << options.groups() << ", padding=(" << p[0] << ", " << p[1] << ", " << p[2] << ", " << p[3]
+           << "), bias=" << std::boolalpha << options.bias() << ")";
   }
 
   Conv2dPaddedOptions options;
@@ -198,11 +202,10 @@ struct MBConvBlockOptions {
   TORCH_ARG(double, drop_connect_rate) = 0.0;
   /// Position in the network (used for torchvision key names and messages).
   TORCH_ARG(int64_t, index) = 0;
-  TORCH_ARG(int64_t, stage) = 1;            ///< 1-based stage (torchvision's features.{stage})
-  TORCH_ARG(int64_t, index_in_stage) = 0;   ///< 0-based position inside the stage
+  TORCH_ARG(int64_t, stage) = 1;           ///< 1-based stage (torchvision's features.{stage})
+  TORCH_ARG(int64_t, index_in_stage) = 0;  ///< 0-based position inside the stage
 
  public:
-
   int64_t expanded_channels() const { return in_channels_ * expand_ratio_; }
   bool has_skip() const { return stride_ == 1 && in_channels_ == out_channels_; }
 };
@@ -226,7 +229,8 @@ class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
     }
     depthwise_conv = register_module(
         "_depthwise_conv",
-        Conv2dPadded(Conv2dPaddedOptions(mid, mid, o.kernel_size()).stride(o.stride()).groups(mid).padding(o.padding())));
+        Conv2dPadded(
+            Conv2dPaddedOptions(mid, mid, o.kernel_size()).stride(o.stride()).groups(mid).padding(o.padding())));
     bn1 = register_module("_bn1", bn(mid));
     if (o.se_channels() > 0) {
       se_reduce = register_module("_se_reduce", Conv2dPadded(Conv2dPaddedOptions(mid, o.se_channels(), 1).bias(true)));
@@ -318,13 +322,15 @@ struct EfficientNetOptions {
   TORCH_ARG(bool, include_top) = true;
 
  public:
-
   /// EfficientNet-B0..B7 (efficientnet_pytorch's compound coefficients).
   static EfficientNetOptions b(int variant) {
-    struct P { double w, d; int64_t r; double dropout; };
-    static const P table[8] = {{1.0, 1.0, 224, 0.2}, {1.0, 1.1, 240, 0.2}, {1.1, 1.2, 260, 0.3},
-                               {1.2, 1.4, 300, 0.3}, {1.4, 1.8, 380, 0.4}, {1.6, 2.2, 456, 0.4},
-                               {1.8, 2.6, 528, 0.5}, {2.0, 3.1, 600, 0.5}};
+    struct P {
+      double w, d;
+      int64_t r;
+      double dropout;
+    };
+    static const P table[8] = {{1.0, 1.0, 224, 0.2}, {1.0, 1.1, 240, 0.2}, {1.1, 1.2, 260, 0.3}, {1.2, 1.4, 300, 0.3},
+                               {1.4, 1.8, 380, 0.4}, {1.6, 2.2, 456, 0.4}, {1.8, 2.6, 528, 0.5}, {2.0, 3.1, 600, 0.5}};
     if (variant < 0 || variant > 7)
       throw FeatureError("EfficientNetOptions::b: unknown variant B" + std::to_string(variant) + " (B0..B7 exist)");
     const auto& p = table[variant];
@@ -335,7 +341,11 @@ struct EfficientNetOptions {
 
   /// EfficientNet-Lite0..Lite4: ReLU6, no squeeze-excitation, fixed stem and head.
   static EfficientNetOptions lite(int variant) {
-    struct P { double w, d; int64_t r; double dropout; };
+    struct P {
+      double w, d;
+      int64_t r;
+      double dropout;
+    };
     static const P table[5] = {
         {1.0, 1.0, 224, 0.2}, {1.0, 1.1, 240, 0.2}, {1.1, 1.2, 260, 0.3}, {1.2, 1.4, 280, 0.3}, {1.4, 1.8, 300, 0.3}};
     if (variant < 0 || variant > 4)
@@ -389,7 +399,9 @@ struct EfficientNetPlan {
 inline EfficientNetPlan efficientnet_plan(const EfficientNetOptions& o) {
   if (!(o.width_coefficient() > 0.0) || !(o.depth_coefficient() > 0.0) || o.native_resolution() < 1)
     throw FeatureError("EfficientNet: width/depth coefficients and native resolution must be positive");
-  struct Stage { int64_t kernel, stride, expand, in, out, repeats; };
+  struct Stage {
+    int64_t kernel, stride, expand, in, out, repeats;
+  };
   static const Stage stages[7] = {{3, 1, 1, 32, 16, 1},  {3, 2, 6, 16, 24, 2},  {5, 2, 6, 24, 40, 2},
                                   {3, 2, 6, 40, 80, 3},  {5, 1, 6, 80, 112, 3}, {5, 2, 6, 112, 192, 4},
                                   {3, 1, 6, 192, 320, 1}};
@@ -497,10 +509,12 @@ class EfficientNetImpl : public validflow::Cloneable<EfficientNetImpl>, public F
     const bool top = options.include_top() && built_blocks_ == n;
 
     conv_stem = register_module(
-        "_conv_stem", Conv2dPadded(Conv2dPaddedOptions(3, plan_.stem_channels, 3).stride(2).padding(plan_.stem_padding)));
-    bn0 = register_module("_bn0", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(plan_.stem_channels)
-                                                              .eps(options.bn_eps())
-                                                              .momentum(options.bn_momentum())));
+        "_conv_stem",
+        Conv2dPadded(Conv2dPaddedOptions(3, plan_.stem_channels, 3).stride(2).padding(plan_.stem_padding)));
+    bn0 = register_module(
+        "_bn0",
+        torch::nn::BatchNorm2d(
+            torch::nn::BatchNorm2dOptions(plan_.stem_channels).eps(options.bn_eps()).momentum(options.bn_momentum())));
     blocks = torch::nn::ModuleList();
     for (int64_t i = 0; i < built_blocks_; ++i) blocks->push_back(MBConvBlock(plan_.blocks[static_cast<size_t>(i)]));
     blocks = register_module("_blocks", blocks);

@@ -73,10 +73,9 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
     const int64_t h = (*o.image_size())[0], w = (*o.image_size())[1];
     if (h < 1 || w < 1 || h % divisor != 0 || w % divisor != 0)
       throw FeatureError("MultiScaleExtractor: image size " + std::to_string(h) + "x" + std::to_string(w) +
-                         " must divide by " + std::to_string(divisor) + " = backbone stride " +
-                         std::to_string(stride) + " * 2^(n_scales - 1) with n_scales " +
-                         std::to_string(o.n_scales()) + " (e.g. " + std::to_string(divisor * ((h + divisor - 1) / divisor)) +
-                         ")");
+                         " must divide by " + std::to_string(divisor) + " = backbone stride " + std::to_string(stride) +
+                         " * 2^(n_scales - 1) with n_scales " + std::to_string(o.n_scales()) + " (e.g. " +
+                         std::to_string(divisor * ((h + divisor - 1) / divisor)) + ")");
     backbone = register_module("backbone", source);
     norm_mean = register_buffer("mean", torch::tensor(o.normalization().mean, torch::kFloat).view({1, 3, 1, 1}));
     norm_std = register_buffer("std", torch::tensor(o.normalization().stddev, torch::kFloat).view({1, 3, 1, 1}));
@@ -104,9 +103,8 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
     for (int64_t s = 0; s < options.n_scales(); ++s) {
       torch::Tensor xs = x;
       if (s > 0)
-        xs = F::interpolate(x, F::InterpolateFuncOptions()
-                                   .size(std::vector<int64_t>{h >> s, w >> s})
-                                   .mode(torch::kNearest));
+        xs = F::interpolate(
+            x, F::InterpolateFuncOptions().size(std::vector<int64_t>{h >> s, w >> s}).mode(torch::kNearest));
       out.push_back(backbone->features(xs));
     }
     return out;

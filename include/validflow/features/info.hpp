@@ -27,15 +27,15 @@ inline std::string group_thousands(int64_t v) {
 struct ScaleInfo {
   int64_t input_height = 0, input_width = 0;
   int64_t channels = 0, height = 0, width = 0;  ///< feature map [C, H, W]
-  int64_t macs = 0;                              ///< forward multiply-accumulates per image at this scale
+  int64_t macs = 0;                             ///< forward multiply-accumulates per image at this scale
 };
 
 struct BackboneInfo {
   std::string name;
-  int64_t layer = -1;               ///< 0-based block whose output is the feature map
+  int64_t layer = -1;  ///< 0-based block whose output is the feature map
   int64_t total_blocks = 0;
-  int64_t parameters_truncated = 0; ///< stem + blocks 0..layer
-  int64_t parameters_full = 0;      ///< every block + head + 1000-class classifier
+  int64_t parameters_truncated = 0;  ///< stem + blocks 0..layer
+  int64_t parameters_full = 0;       ///< every block + head + 1000-class classifier
   int64_t channels = 0;
   int64_t stride = 0;
   int64_t image_size = 0;
@@ -62,8 +62,8 @@ struct BackboneInfo {
     for (std::size_t i = 0; i < scales.size(); ++i) {
       const auto& s = scales[i];
       o << (i ? ", " : "") << "{\"scale\": " << i << ", \"input\": [" << s.input_height << ", " << s.input_width
-        << "], \"features\": [" << s.channels << ", " << s.height << ", " << s.width << "], \"gmacs\": "
-        << std::setprecision(6) << static_cast<double>(s.macs) / 1e9 << "}";
+        << "], \"features\": [" << s.channels << ", " << s.height << ", " << s.width
+        << "], \"gmacs\": " << std::setprecision(6) << static_cast<double>(s.macs) / 1e9 << "}";
     }
     o << "], \"total_gmacs\": " << std::setprecision(6) << static_cast<double>(total_macs()) / 1e9 << "}";
     return o.str();

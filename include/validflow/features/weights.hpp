@@ -47,7 +47,8 @@ inline std::vector<char> read_file_bytes(const std::string& path, const std::str
   return bytes;
 }
 
-inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out, const std::string& path) {
+inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out,
+                          const std::string& path) {
   if (value.isTensor()) {
     out.emplace_back(prefix, value.toTensor());
     return;
@@ -61,8 +62,8 @@ inline void flatten_state(const c10::IValue& value, const std::string& prefix, S
     }
     return;
   }
-  throw WeightImportError("read_state_dict: entry '" + prefix + "' of '" + path + "' is a " +
-                          value.tagKind() + ", not a tensor");
+  throw WeightImportError("read_state_dict: entry '" + prefix + "' of '" + path + "' is a " + value.tagKind() +
+                          ", not a tensor");
 }
 
 }  // namespace detail
@@ -75,7 +76,8 @@ inline StateDict read_state_dict(const std::string& path) {
   if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
     throw WeightImportError("read_state_dict: '" + path +
                             "' is in PyTorch's legacy (pre-1.6) serialization format, which LibTorch cannot read; "
-                            "convert it once with: python3 tools/export_backbone.py convert '" + path + "' OUT.pt");
+                            "convert it once with: python3 tools/export_backbone.py convert '" +
+                            path + "' OUT.pt");
   if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K')
     throw WeightImportError("read_state_dict: '" + path + "' is not a torch.save zip archive");
   static const char* const unpickle_hint =
@@ -131,8 +133,8 @@ inline StateDict module_state_dict(const torch::nn::Module& module) {
 
 /// What a load did.
 struct LoadReport {
-  std::size_t loaded = 0;             ///< tensors copied into the module
-  std::vector<std::string> skipped;   ///< file keys declared ignorable (e.g. blocks cut off by truncation)
+  std::size_t loaded = 0;            ///< tensors copied into the module
+  std::vector<std::string> skipped;  ///< file keys declared ignorable (e.g. blocks cut off by truncation)
 };
 
 /// Strict load. `rename` maps a module key to its key in the file (identity if empty); `ignorable` says
@@ -200,16 +202,19 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& st
 // EfficientNet layouts
 
 enum class WeightLayout {
-  Auto,                ///< detect from the keys
-  EfficientNetPyTorch, ///< lukemelas/EfficientNet-PyTorch (`_conv_stem.weight`, `_blocks.0...`); the Lite packages
-  TorchVision,         ///< torchvision.models.efficientnet_b* (`features.0.0.weight`, ...)
+  Auto,                 ///< detect from the keys
+  EfficientNetPyTorch,  ///< lukemelas/EfficientNet-PyTorch (`_conv_stem.weight`, `_blocks.0...`); the Lite packages
+  TorchVision,          ///< torchvision.models.efficientnet_b* (`features.0.0.weight`, ...)
 };
 
 inline const char* to_string(WeightLayout l) {
   switch (l) {
-    case WeightLayout::Auto: return "auto";
-    case WeightLayout::EfficientNetPyTorch: return "efficientnet_pytorch";
-    case WeightLayout::TorchVision: return "torchvision";
+    case WeightLayout::Auto:
+      return "auto";
+    case WeightLayout::EfficientNetPyTorch:
+      return "efficientnet_pytorch";
+    case WeightLayout::TorchVision:
+      return "torchvision";
   }
   return "?";
 }
@@ -222,8 +227,10 @@ inline WeightLayout detect_layout(const StateDict& state) {
   }
   std::string first;
   for (std::size_t i = 0; i < state.size() && i < 3; ++i) first += (i ? ", " : "") + state[i].first;
-  throw WeightImportError("detect_layout: the keys are neither efficientnet_pytorch's (_conv_stem..., _blocks...) nor "
-                          "torchvision's (features...); first keys: " + (first.empty() ? "<none>" : first));
+  throw WeightImportError(
+      "detect_layout: the keys are neither efficientnet_pytorch's (_conv_stem..., _blocks...) nor "
+      "torchvision's (features...); first keys: " +
+      (first.empty() ? "<none>" : first));
 }
 
 /// Maps an efficientnet_pytorch key of `model` to torchvision's name for the same tensor.
@@ -244,11 +251,14 @@ inline std::string torchvision_key(const EfficientNetImpl& model, const std::str
         "features." + std::to_string(b.stage()) + "." + std::to_string(b.index_in_stage()) + ".block.";
     const int64_t e = b.expand_ratio() != 1 ? 1 : 0;  // torchvision's sub-layer indices shift without expansion
     const int64_t se = b.se_channels() > 0 ? 1 : 0;
-    const std::pair<const char*, std::string> table[] = {
-        {"_expand_conv.", "0.0."}, {"_bn0.", "0.1."},
-        {"_depthwise_conv.", std::to_string(e) + ".0."}, {"_bn1.", std::to_string(e) + ".1."},
-        {"_se_reduce.", std::to_string(e + 1) + ".fc1."}, {"_se_expand.", std::to_string(e + 1) + ".fc2."},
-        {"_project_conv.", std::to_string(e + se + 1) + ".0."}, {"_bn2.", std::to_string(e + se + 1) + ".1."}};
+    const std::pair<const char*, std::string> table[] = {{"_expand_conv.", "0.0."},
+                                                         {"_bn0.", "0.1."},
+                                                         {"_depthwise_conv.", std::to_string(e) + ".0."},
+                                                         {"_bn1.", std::to_string(e) + ".1."},
+                                                         {"_se_reduce.", std::to_string(e + 1) + ".fc1."},
+                                                         {"_se_expand.", std::to_string(e + 1) + ".fc2."},
+                                                         {"_project_conv.", std::to_string(e + se + 1) + ".0."},
+                                                         {"_bn2.", std::to_string(e + se + 1) + ".1."}};
     for (const auto& [ours, theirs] : table)
       if (detail::starts_with(rest, ours)) return base + theirs + rest.substr(std::string(ours).size());
   }
@@ -341,8 +351,7 @@ inline std::string default_weights_dir() {
 /// Builds a named EfficientNet (see EfficientNetOptions::from_name), optionally truncated after `last_block`,
 /// loads `weights_path` when not empty, and puts it in eval mode.
 inline EfficientNet make_efficientnet(const std::string& name, int64_t last_block = -1,
-                                      const std::string& weights_path = "",
-                                      Padding padding = Padding::StaticSame) {
+                                      const std::string& weights_path = "", Padding padding = Padding::StaticSame) {
   EfficientNet model(EfficientNetOptions::from_name(name).last_block(last_block).padding(padding));
   if (!weights_path.empty()) load_efficientnet_weights(model, weights_path);
   model->eval();

@@ -24,7 +24,6 @@ struct CSFlowOptions {
   TORCH_ARG(double, output_clamp) = 1e6;
   TORCH_ARG(bool, use_gamma) = true;
 
-
  public:
   std::vector<int64_t> resolved_kernel_sizes() const {
     if (!kernel_sizes_.empty()) return kernel_sizes_;

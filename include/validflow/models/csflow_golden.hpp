@@ -30,7 +30,8 @@ struct ParityReport {
 
 namespace detail {
 
-inline void track_error(ParityError& error, const torch::Tensor& ours, const torch::Tensor& reference, bool relative_to_max) {
+inline void track_error(ParityError& error, const torch::Tensor& ours, const torch::Tensor& reference,
+                        bool relative_to_max) {
   const auto ref = reference.to(torch::kFloat64);
   const auto diff = (ours.to(torch::kFloat64) - ref).abs();
   error.max_abs = std::max(error.max_abs, diff.max().item<double>());
@@ -69,7 +70,8 @@ inline ParityReport check_csflow_golden(const StateDict& golden, torch::Dtype dt
       const auto key = "perm.module_list." + std::to_string(3 + 2 * k) + ".perm." + std::to_string(s);
       const auto it = golden.find(key);
       if (it == golden.end()) continue;
-      report.permutations_match = report.permutations_match && it->second.to(torch::kLong).equal(shuffle.permutations[s]);
+      report.permutations_match =
+          report.permutations_match && it->second.to(torch::kLong).equal(shuffle.permutations[s]);
       ++report.permutations_checked;
     }
   }

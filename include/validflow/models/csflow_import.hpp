@@ -86,8 +86,9 @@ inline CSFlowOptions infer_csflow_options(const StateDict& dict, const std::stri
   const int64_t blocks = static_cast<int64_t>(indices.size());
   for (int64_t k = 0; k < blocks; ++k) {
     if (!indices.count(4 + 2 * k)) {
-      throw ImportError("official CS-Flow state dict: coupling blocks must be module_list.4, .6, ...; missing module_list." +
-                        std::to_string(4 + 2 * k));
+      throw ImportError(
+          "official CS-Flow state dict: coupling blocks must be module_list.4, .6, ...; missing module_list." +
+          std::to_string(4 + 2 * k));
     }
   }
   const auto& first = detail::require_entry(dict, detail::official_csflow_key(prefix, 0, "s1", "conv_scale0_0.weight"));
@@ -100,7 +101,8 @@ inline CSFlowOptions infer_csflow_options(const StateDict& dict, const std::stri
         detail::require_entry(dict, detail::official_csflow_key(prefix, k, "s1", "conv_scale0_0.weight")).size(2));
   }
   int64_t scales = 0;
-  while (dict.count(detail::official_csflow_key(prefix, 0, "s1", "conv_scale" + std::to_string(scales) + "_0.weight"))) {
+  while (
+      dict.count(detail::official_csflow_key(prefix, 0, "s1", "conv_scale" + std::to_string(scales) + "_0.weight"))) {
     ++scales;
   }
   options.kernel_sizes(kernels).scales(scales);

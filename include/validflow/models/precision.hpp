@@ -39,18 +39,24 @@ class UnsupportedPrecision : public std::invalid_argument {
 
 inline torch::Dtype precision_dtype(Precision precision) {
   switch (precision) {
-    case Precision::BFloat16: return torch::kBFloat16;
-    case Precision::Float16: return torch::kFloat16;
-    case Precision::Float32: break;
+    case Precision::BFloat16:
+      return torch::kBFloat16;
+    case Precision::Float16:
+      return torch::kFloat16;
+    case Precision::Float32:
+      break;
   }
   return torch::kFloat32;
 }
 
 inline std::string to_string(Precision precision) {
   switch (precision) {
-    case Precision::BFloat16: return "bf16";
-    case Precision::Float16: return "fp16";
-    case Precision::Float32: break;
+    case Precision::BFloat16:
+      return "bf16";
+    case Precision::Float16:
+      return "fp16";
+    case Precision::Float32:
+      break;
   }
   return "fp32";
 }

@@ -28,10 +28,14 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl> {
     TORCH_CHECK(options.channels() > 0 && options.reduction() > 0, "CBAM: channels and reduction must be positive");
     TORCH_CHECK(options.spatial_kernel_size() % 2 == 1, "CBAM: spatial_kernel_size must be odd");
     const int64_t hidden = std::max<int64_t>(1, options.channels() / options.reduction());
-    mlp_reduce = register_module("mlp_reduce", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels(), hidden, 1)));
-    mlp_expand = register_module("mlp_expand", torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, options.channels(), 1)));
-    spatial = register_module("spatial", torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 1, options.spatial_kernel_size())
-                                                                .padding(options.spatial_kernel_size() / 2)));
+    mlp_reduce =
+        register_module("mlp_reduce", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels(), hidden, 1)));
+    mlp_expand =
+        register_module("mlp_expand", torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, options.channels(), 1)));
+    spatial = register_module(
+        "spatial",
+        torch::nn::Conv2d(
+            torch::nn::Conv2dOptions(2, 1, options.spatial_kernel_size()).padding(options.spatial_kernel_size() / 2)));
   }
 
   void pretty_print(std::ostream& stream) const override {

@@ -33,16 +33,16 @@ class ConvSubnetImpl : public torch::nn::Cloneable<ConvSubnetImpl> {
     output.clear();
     const auto pad = options.kernel_size() / 2;
     for (size_t s = 0; s < options.in_channels().size(); ++s) {
-      hidden.push_back(register_module(
-          "conv_scale" + std::to_string(s) + "_0",
-          torch::nn::Conv2d(torch::nn::Conv2dOptions(options.in_channels()[s], options.hidden_channels(),
-                                                     options.kernel_size())
-                                .padding(pad))));
-      output.push_back(register_module(
-          "conv_scale" + std::to_string(s) + "_1",
-          torch::nn::Conv2d(torch::nn::Conv2dOptions(options.hidden_channels(), options.out_channels()[s],
-                                                     options.kernel_size())
-                                .padding(pad))));
+      hidden.push_back(
+          register_module("conv_scale" + std::to_string(s) + "_0",
+                          torch::nn::Conv2d(torch::nn::Conv2dOptions(options.in_channels()[s],
+                                                                     options.hidden_channels(), options.kernel_size())
+                                                .padding(pad))));
+      output.push_back(
+          register_module("conv_scale" + std::to_string(s) + "_1",
+                          torch::nn::Conv2d(torch::nn::Conv2dOptions(options.hidden_channels(),
+                                                                     options.out_channels()[s], options.kernel_size())
+                                                .padding(pad))));
       if (options.zero_init_output()) {
         torch::NoGradGuard no_grad;
         output.back()->weight.zero_();

@@ -65,7 +65,8 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
     down_convs.clear();
     cbams.clear();
     if (options.use_gamma()) {
-      for (size_t s = 0; s < n; ++s) gammas.push_back(register_parameter("gamma" + std::to_string(s), torch::zeros({1})));
+      for (size_t s = 0; s < n; ++s)
+        gammas.push_back(register_parameter("gamma" + std::to_string(s), torch::zeros({1})));
     }
     for (size_t s = 0; s < n; ++s) {
       input_convs.push_back(register_module("conv_scale" + std::to_string(s) + "_0", conv(in[s], hidden, 1)));
@@ -74,7 +75,8 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
       output_convs.push_back(register_module("conv_scale" + std::to_string(s) + "_1", conv(hidden, out[s], 1)));
     }
     for (size_t s = 0; s + 1 < n; ++s) {  // up_conv{s+1}{s}: from scale s+1 to s
-      up_convs.push_back(register_module("up_conv" + std::to_string(s + 1) + std::to_string(s), conv(hidden, out[s], 1)));
+      up_convs.push_back(
+          register_module("up_conv" + std::to_string(s + 1) + std::to_string(s), conv(hidden, out[s], 1)));
     }
     for (size_t s = 0; s + 1 < n; ++s) {  // down_conv{s}{s+1}: from scale s to s+1
       down_convs.push_back(
@@ -86,8 +88,8 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
     }
     if (options.cbam()) {
       for (size_t s = 0; s < n; ++s) {
-        cbams.push_back(register_module("cbam" + std::to_string(s),
-                                        CBAM(CBAMOptions(out[s]).reduction(options.cbam_reduction()))));
+        cbams.push_back(
+            register_module("cbam" + std::to_string(s), CBAM(CBAMOptions(out[s]).reduction(options.cbam_reduction()))));
       }
     }
   }
@@ -128,7 +130,8 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
     for (size_t s = 0; s < n; ++s) {
       const auto [h, w] = sizes[s];
       total += conv_macs(*input_convs[s], h, w) + conv_macs(*output_convs[s], h, w);
-      if (s + 1 < n) total += conv_macs(*up_convs[s], h, w) + conv_macs(*down_convs[s], sizes[s + 1][0], sizes[s + 1][1]);
+      if (s + 1 < n)
+        total += conv_macs(*up_convs[s], h, w) + conv_macs(*down_convs[s], sizes[s + 1][0], sizes[s + 1][1]);
       if (options.cbam()) total += cbams[s]->macs(h, w);
     }
     if (options.long_branches()) {

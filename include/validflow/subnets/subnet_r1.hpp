@@ -28,7 +28,8 @@ class DepthwiseSeparableConvImpl : public torch::nn::Cloneable<DepthwiseSeparabl
 
   void reset() override {
     const auto c = options.in_channels(), k = options.kernel_size();
-    depthwise = register_module("depthwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, k).padding(k / 2).groups(c)));
+    depthwise =
+        register_module("depthwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, k).padding(k / 2).groups(c)));
     pointwise = register_module("pointwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, options.out_channels(), 1)));
   }
 
@@ -68,7 +69,8 @@ class SubnetR1Impl : public torch::nn::Cloneable<SubnetR1Impl> {
   void reset() override {
     const auto& in = options.in_channels();
     const auto& out = options.out_channels();
-    TORCH_CHECK(!in.empty() && out.size() == in.size(), "SubnetR1: in_channels and out_channels need one entry per scale");
+    TORCH_CHECK(!in.empty() && out.size() == in.size(),
+                "SubnetR1: in_channels and out_channels need one entry per scale");
     TORCH_CHECK(options.kernel_size() % 2 == 1, "SubnetR1: kernel_size must be odd");
     gammas.clear();
     input_convs.clear();
@@ -77,12 +79,12 @@ class SubnetR1Impl : public torch::nn::Cloneable<SubnetR1Impl> {
     for (size_t s = 0; s < in.size(); ++s) {
       const auto name = std::to_string(s);
       if (options.use_gamma()) gammas.push_back(register_parameter("gamma" + name, torch::zeros({1})));
-      input_convs.push_back(register_module(
-          "conv_scale" + name + "_0",
-          DepthwiseSeparableConv(DepthwiseSeparableConvOptions(in[s], options.hidden_channels(), options.kernel_size()))));
-      output_convs.push_back(register_module(
-          "conv_scale" + name + "_1",
-          DepthwiseSeparableConv(DepthwiseSeparableConvOptions(options.hidden_channels(), out[s], options.kernel_size()))));
+      input_convs.push_back(
+          register_module("conv_scale" + name + "_0", DepthwiseSeparableConv(DepthwiseSeparableConvOptions(
+                                                          in[s], options.hidden_channels(), options.kernel_size()))));
+      output_convs.push_back(
+          register_module("conv_scale" + name + "_1", DepthwiseSeparableConv(DepthwiseSeparableConvOptions(
+                                                          options.hidden_channels(), out[s], options.kernel_size()))));
       if (options.cbam()) {
         cbams.push_back(register_module("cbam" + name, CBAM(CBAMOptions(out[s]).reduction(options.cbam_reduction()))));
       }

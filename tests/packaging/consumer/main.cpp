@@ -9,8 +9,9 @@ int main() {
   using Block = FlowSequence<ChannelShuffle, ParallelAffineCoupling<ConvSubnet>>;
   FlowStack flow;
   for (uint32_t k = 0; k < 2; ++k) {
-    flow->push_back(Block(ChannelShuffleOptions(channels).seed(k),
-                          ParallelAffineCoupling<ConvSubnet>::Impl::Options(channels, ConvSubnetOptions().hidden_channels(16))));
+    flow->push_back(
+        Block(ChannelShuffleOptions(channels).seed(k),
+              ParallelAffineCoupling<ConvSubnet>::Impl::Options(channels, ConvSubnetOptions().hidden_channels(16))));
   }
   TensorList x{torch::randn({2, 8, 8, 8}), torch::randn({2, 8, 4, 4}), torch::randn({2, 8, 2, 2})};
   auto [z, log_det] = flow->forward(x);
