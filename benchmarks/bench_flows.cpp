@@ -64,42 +64,35 @@ void make_nontrivial(torch::nn::Module& module) {
   }
 }
 
-using Factory = std::function<std::shared_ptr<FlowModule>(const Size&)>;
+using Factory = std::function<AnyFlow(const Size&)>;
 
 std::vector<int64_t> channels3(const Size& s) { return {s.channels, s.channels, s.channels}; }
 
 std::map<std::string, Factory> factories() {
   std::map<std::string, Factory> f;
-  f["actnorm"] = [](const Size& s) { return ActNorm(ActNormOptions(channels3(s))).ptr(); };
-  f["shuffle"] = [](const Size& s) { return ChannelShuffle(ChannelShuffleOptions(channels3(s))).ptr(); };
+  f["actnorm"] = [](const Size& s) { return ActNorm(ActNormOptions(channels3(s))); };
+  f["shuffle"] = [](const Size& s) { return ChannelShuffle(ChannelShuffleOptions(channels3(s))); };
   // CS-Flow's coupling: CrossConvolutions, kernel 3.
   f["coupling_crossconv"] = [](const Size& s) {
     using C = ParallelAffineCoupling<CrossConvolutions>;
-    return C(C::Impl::Options(channels3(s), CrossConvolutionsOptions().hidden_channels(s.hidden)).output_clamp(1e6))
-        .ptr();
+    return C(C::Impl::Options(channels3(s), CrossConvolutionsOptions().hidden_channels(s.hidden)).output_clamp(1e6));
   };
   // ValidFlow's FA coupling (r1: depthwise-separable + CBAM) and FB coupling (r2: cross convs + 1<->3 + CBAM).
   f["coupling_r1"] = [](const Size& s) {
     using C = ParallelAffineCoupling<SubnetR1>;
-    return C(C::Impl::Options(channels3(s), SubnetR1Options().hidden_channels(s.hidden)).output_clamp(1e6)).ptr();
+    return C(C::Impl::Options(channels3(s), SubnetR1Options().hidden_channels(s.hidden)).output_clamp(1e6));
   };
   f["coupling_r2"] = [](const Size& s) {
     using C = ParallelAffineCoupling<SubnetR2>;
-    return C(C::Impl::Options(channels3(s), SubnetR2Options().hidden_channels(s.hidden)).output_clamp(1e6)).ptr();
+    return C(C::Impl::Options(channels3(s), SubnetR2Options().hidden_channels(s.hidden)).output_clamp(1e6));
   };
   f["csflow6"] = [](const Size& s) {
-    return CSFlow(CSFlowOptions().channels(s.channels).blocks(6).hidden_channels(s.hidden)).ptr();
+    return CSFlow(CSFlowOptions().channels(s.channels).blocks(6).hidden_channels(s.hidden));
   };
   f["validflow3"] = [](const Size& s) {
-    return ValidFlow(ValidFlowOptions().channels(s.channels).modules(3).hidden_channels(s.hidden)).ptr();
+    return ValidFlow(ValidFlowOptions().channels(s.channels).modules(3).hidden_channels(s.hidden));
   };
   return f;
-}
-
-int64_t trainable_parameters(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.requires_grad() ? p.numel() : 0;
-  return n;
 }
 
 /// fp32 NCHW reference outputs per (what, size), computed once per process.
@@ -139,33 +132,33 @@ void set_throughput(benchmark::State& state, double macs_per_image, int64_t batc
 void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool train, const std::string& variant) {
   torch::manual_seed(0);
   auto model = factories().at(what)(size);
-  make_nontrivial(*model);
+  make_nontrivial(model.module());
   auto x = make_inputs(size);
   // A layer without parameters (ActNorm before init has some; ChannelShuffle has none) needs an input that
   // requires grad for a backward pass to exist.
-  if (train && trainable_parameters(*model) == 0) {
+  if (train && trainable_parameter_count(model.module()) == 0) {
     for (auto& t : x) t.requires_grad_(true);
   }
   const double macs = model->forward_macs(kMaps);
-  const int64_t params = trainable_parameters(*model);
+  const int64_t params = trainable_parameter_count(model.module());
   set_finite_checks(variant == "fp32_checks");
 
   if (train) {
-    model->train();
+    model.module().train();
     {  // warm-up (also runs ActNorm's data-dependent initialisation)
       torch::NoGradGuard no_grad;
       auto warm = model->forward(x);
       benchmark::DoNotOptimize(warm);
     }
     for (auto _ : state) {
-      model->zero_grad();
+      model.module().zero_grad();
       auto [z, log_det] = model->forward(x);
       auto loss = nll_per_dimension(z, log_det);
       loss.backward();
       benchmark::DoNotOptimize(loss);
     }
   } else {
-    model->eval();
+    model.module().eval();
     torch::NoGradGuard no_grad;
     std::function<FlowResult()> run;
     std::shared_ptr<ReducedPrecisionFlow> cast;
@@ -173,14 +166,14 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
     if (variant == "fp32" || variant == "fp32_checks") {
       run = [&] { return model->forward(xin); };
     } else if (variant == "fp32_cl") {
-      set_memory_format(*model, torch::MemoryFormat::ChannelsLast);
+      set_memory_format(model.module(), torch::MemoryFormat::ChannelsLast);
       xin = to_memory_format(x, torch::MemoryFormat::ChannelsLast);
       run = [&] { return model->forward(xin); };
     } else if (variant == "bf16_autocast") {
       run = [&] { return forward_at_precision(*model, xin, Precision::BFloat16); };
     } else if (variant == "bf16_cast" || variant == "bf16_cast_cl") {
       cast = std::make_shared<ReducedPrecisionFlow>(
-          *model, Precision::BFloat16, torch::nullopt,
+          model, Precision::BFloat16, torch::nullopt,
           variant == "bf16_cast" ? torch::MemoryFormat::Contiguous : torch::MemoryFormat::ChannelsLast);
       run = [&] { return cast->forward(xin); };
     } else {
@@ -191,8 +184,8 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
       // The reference uses the same weights in fp32 NCHW (set_memory_format keeps values; compute it first).
       torch::manual_seed(0);
       auto fresh = factories().at(what)(size);
-      make_nontrivial(*fresh);
-      fresh->eval();
+      make_nontrivial(fresh.module());
+      fresh.module().eval();
       const auto& ref = reference(what, size, *fresh, x);
       auto out = run();  // also the warm-up
       set_errors(state, out, ref);
@@ -232,7 +225,7 @@ void BM_Conv(benchmark::State& state, int64_t in, int64_t out, bool channels_las
     auto y = conv(x);
     benchmark::DoNotOptimize(y);
   }
-  set_throughput(state, conv_macs(*conv, 24, 24), 16, false, trainable_parameters(*conv));
+  set_throughput(state, conv_macs(*conv, 24, 24), 16, false, trainable_parameter_count(*conv));
 }
 
 /// Console output plus a summary of fractions and ratios computed from this run's results.

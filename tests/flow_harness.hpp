@@ -98,16 +98,15 @@ struct HarnessOptions {
 };
 
 /// Builds the module under test for the given per-scale channels.
-using ModuleFactory = std::function<std::shared_ptr<FlowModule>(const std::vector<int64_t>& channels)>;
+using ModuleFactory = std::function<validflow::AnyFlow(const std::vector<int64_t>& channels)>;
 
 /// Runs a training forward once (data-dependent initialisations happen), then randomises all parameters.
-inline std::shared_ptr<FlowModule> make_nontrivial(const ModuleFactory& make, const InputSpec& spec,
-                                                   torch::Dtype dtype) {
+inline validflow::AnyFlow make_nontrivial(const ModuleFactory& make, const InputSpec& spec, torch::Dtype dtype) {
   auto module = make(spec.channels);
-  module->to(dtype);
-  module->train();
+  module.module().to(dtype);
+  module.module().train();
   module->forward(random_inputs(spec, dtype, spec.batch));
-  randomize_parameters(*module);
+  randomize_parameters(module.module());
   return module;
 }
 
@@ -120,7 +119,7 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
     torch::manual_seed(1);
     auto module = make_nontrivial(make, spec, dtype);
-    module->eval();
+    module.module().eval();
     const auto x = random_inputs(spec, dtype, spec.batch);
     const auto forward = module->forward(x);
     REQUIRE(forward.tensors.size() == x.size());
@@ -153,7 +152,7 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   {
     torch::manual_seed(2);
     auto module = make_nontrivial(make, options.jacobian_spec, torch::kFloat64);
-    module->eval();
+    module.module().eval();
     const auto x = random_inputs(options.jacobian_spec, torch::kFloat64, options.jacobian_spec.batch);
     const auto analytic = module->forward(x).log_det;
     const auto numeric = autograd_log_abs_det(*module, x);
@@ -171,35 +170,34 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   const auto x = random_inputs(spec, torch::kFloat32, spec.batch);
 
   // Gradients of the NLL reach every parameter; eval + no-grad gives the same result as train mode.
-  if (!module->parameters().empty()) {
-    module->train();
-    module->zero_grad();
+  if (!module.module().parameters().empty()) {
+    module.module().train();
+    module.module().zero_grad();
     const auto result = module->forward(x);
     torch::Tensor sq = torch::zeros({spec.batch});
     for (const auto& z : result.tensors) sq = sq + z.pow(2).sum({1, 2, 3});
     (0.5 * sq - result.log_det).mean().backward();
-    for (const auto& p : module->named_parameters()) {
+    for (const auto& p : module.module().named_parameters()) {
       INFO("parameter " << p.key());
       REQUIRE(p.value().grad().defined());
       CHECK(p.value().grad().abs().max().item<double>() > 0);
     }
-    module->eval();
+    module.module().eval();
     torch::NoGradGuard no_grad;
     const auto eval_result = module->forward(x);
     CHECK(max_abs_diff(eval_result.tensors, result.tensors) <= 1e-6);
   }
 
-  module->eval();
+  module.module().eval();
   torch::NoGradGuard no_grad;
   const auto reference = module->forward(x);
 
   // clone(): equal outputs, independent parameters.
   {
-    auto copy = std::dynamic_pointer_cast<FlowModule>(module->clone());
-    REQUIRE(copy != nullptr);
-    copy->eval();
+    auto copy = module.clone();
+    copy.module().eval();
     CHECK(equal_lists(copy->forward(x).tensors, reference.tensors));
-    auto params = copy->parameters();
+    auto params = copy.module().parameters();
     if (!params.empty()) {
       params[0].add_(1.0);
       CHECK(equal_lists(module->forward(x).tensors, reference.tensors));
@@ -209,13 +207,12 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   // save/load into a freshly built module (train mode: ActNorm must not re-initialise).
   {
     const std::string path = "validflow_harness_" + name + ".pt";
-    std::shared_ptr<torch::nn::Module> saved = module;
-    torch::save(saved, path);
-    std::shared_ptr<FlowModule> fresh = make(spec.channels);
-    std::shared_ptr<torch::nn::Module> fresh_module = fresh;
+    torch::save(module.module_ptr(), path);
+    auto fresh = make(spec.channels);
+    auto fresh_module = fresh.module_ptr();
     torch::load(fresh_module, path);
     std::remove(path.c_str());
-    fresh->train();
+    fresh.module().train();
     const auto loaded = fresh->forward(x);
     CHECK(equal_lists(loaded.tensors, reference.tensors));
     CHECK(loaded.log_det.equal(reference.log_det));
@@ -244,7 +241,7 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     TensorList integers;
     for (const auto& t : x) integers.push_back(t.to(torch::kInt32));
     CHECK_THROWS_AS(module->forward(integers), FlowInputError);
-    if (!module->parameters().empty()) {
+    if (!module.module().parameters().empty()) {
       TensorList doubles;
       for (const auto& t : x) doubles.push_back(t.to(torch::kFloat64));
       CHECK_THROWS_WITH(module->forward(doubles), Catch::Contains("dtype"));

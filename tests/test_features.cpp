@@ -21,12 +21,6 @@ namespace vf = validflow::features;
 
 namespace {
 
-int64_t count_parameters(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.numel();
-  return n;
-}
-
 std::string temp_path(const std::string& name) {
   const char* tmp = std::getenv("TMPDIR");
   return std::string(tmp && *tmp ? tmp : "/tmp") + "/validflow_test_features_" + name;
@@ -61,14 +55,14 @@ TEST_CASE("EfficientNet-B5 parameter counts match CS-Flow's reference", "[featur
   CHECK(vf::efficientnet_parameter_count(truncated) == 17543204);
   CHECK(vf::efficientnet_parameter_count(full) == 30389784);
   vf::EfficientNet t(truncated);
-  CHECK(count_parameters(*t) == 17543204);
+  CHECK(validflow::parameter_count(*t) == 17543204);
   CHECK(t->num_built_blocks() == 36);
   CHECK(t->num_total_blocks() == 39);
   CHECK(t->feature_channels() == 304);
   CHECK(t->feature_stride() == 32);
   CHECK_FALSE(t->has_top());
   vf::EfficientNet f(full);
-  CHECK(count_parameters(*f) == 30389784);
+  CHECK(validflow::parameter_count(*f) == 30389784);
   CHECK(f->has_top());
 }
 
@@ -77,7 +71,7 @@ TEST_CASE("built parameter counts equal the analytic ones for every variant", "[
     INFO(name);
     auto o = vf::EfficientNetOptions::from_name(name);
     vf::EfficientNet net(o);
-    CHECK(count_parameters(*net) == vf::efficientnet_parameter_count(o));
+    CHECK(validflow::parameter_count(*net) == vf::efficientnet_parameter_count(o));
   }
   CHECK(vf::efficientnet_parameter_count(vf::EfficientNetOptions::b(0)) == 5288548);  // the published B0 size
   CHECK(vf::efficientnet_parameter_count(vf::EfficientNetOptions::lite(0)) == 4652008);
@@ -158,7 +152,7 @@ TEST_CASE("multi-scale extractor: B5 block 35 shapes at small sizes and the anal
   CHECK(out[1].sizes() == torch::IntArrayRef({2, 304, 2, 2}));
   CHECK(out[2].sizes() == torch::IntArrayRef({2, 304, 1, 1}));
   CHECK_FALSE(out[0].requires_grad());
-  auto b5 = std::dynamic_pointer_cast<vf::EfficientNetImpl>(ex->backbone);
+  auto b5 = ex->backbone.as<vf::EfficientNetImpl>();
   REQUIRE(b5);
   CHECK(b5->feature_shape(768, 768) == std::array<int64_t, 3>{304, 24, 24});
   CHECK(b5->feature_shape(384, 384) == std::array<int64_t, 3>{304, 12, 12});
@@ -182,7 +176,11 @@ TEST_CASE("multi-scale extractor: Lite0 and B0 channels and the CS-Flow protocol
     CHECK(out[2].sizes() == torch::IntArrayRef({1, 192, 2, 2}));
     // Protocol: normalise, then nearest downsample of the normalised tensor (every 2nd/4th pixel from 0).
     torch::NoGradGuard no_grad;
-    const auto norm = vf::normalize_images(x, vf::ImageNormalization::imagenet());
+    // Each backbone's own statistics: TF's for Lite, ImageNet's for B*.
+    const auto stats =
+        std::string(name) == "lite0" ? vf::ImageNormalization::lite() : vf::ImageNormalization::imagenet();
+    CHECK(ex->image_normalization() == stats);
+    const auto norm = vf::normalize_images(x, stats);
     const auto half = norm.index({torch::indexing::Slice(), torch::indexing::Slice(),
                                   torch::indexing::Slice(0, torch::indexing::None, 2),
                                   torch::indexing::Slice(0, torch::indexing::None, 2)});
@@ -204,11 +202,15 @@ TEST_CASE("extractor clone, train() keeps a frozen backbone in eval mode", "[fea
   const auto a = ex->forward(x);
   ex->train();
   CHECK(ex->is_training());
-  CHECK_FALSE(ex->backbone->is_training());
+  CHECK_FALSE(ex->backbone.module().is_training());
   const auto b = ex->forward(x);  // eval-mode BN: same result
   CHECK(torch::equal(a[0], b[0]));
   auto copy = std::dynamic_pointer_cast<vf::MultiScaleExtractorImpl>(ex->clone());
   REQUIRE(copy);
+  // One deep copy of the backbone, owned by the clone alone.
+  CHECK(copy->backbone.module_ptr() != ex->backbone.module_ptr());
+  CHECK(copy->options.backbone().module_ptr() == copy->backbone.module_ptr());
+  CHECK(copy->named_children()["backbone"] == copy->backbone.module_ptr());
   const auto c = copy->forward(x);
   CHECK(torch::allclose(a[1], c[1]));
   {
@@ -365,7 +367,7 @@ def forward(self, x):
   m.save(path);
 
   vf::TorchScriptBackbone net(vf::TorchScriptBackboneOptions(path).stride(4).channels(8).name("patch"));
-  CHECK(net->parameter_count() == 8 * 3 * 16);
+  CHECK(net->scripted_parameter_count() == 8 * 3 * 16);
   vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(32));
   const auto x = torch::rand({2, 3, 32, 32});
   const auto out = ex->forward(x);
@@ -523,7 +525,7 @@ TEST_CASE("BatchNorm calibration gives a random backbone non-constant features",
   INFO("smallest channel std before " << before << ", after " << after);
   CHECK(after > 1e-3);
   CHECK(after > 10 * before);
-  for (const auto& module : extractor->backbone->modules(false)) {
+  for (const auto& module : extractor->backbone.module().modules(false)) {
     if (auto* bn = module->as<torch::nn::BatchNorm2dImpl>()) {
       CHECK(bn->options.momentum().has_value());  // restored after calibration
       CHECK_FALSE(bn->is_training());

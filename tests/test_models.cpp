@@ -158,8 +158,8 @@ TEST_CASE("ValidFlow model passes the flow harness", "[models][validflow]") {
 
   ValidFlow model(ValidFlowOptions().channels(16).modules(2).hidden_channels(8).cbam_reduction(4));
   CHECK(model->flow->size() == 4);  // FA, FB, FA, FB
-  CHECK(std::dynamic_pointer_cast<ValidFlowImpl::FABlock::Impl>((*model->flow)[2]) != nullptr);
-  CHECK(std::dynamic_pointer_cast<ValidFlowImpl::FBBlock::Impl>((*model->flow)[3]) != nullptr);
+  CHECK((*model->flow)[2].as<ValidFlowImpl::FABlock::Impl>() != nullptr);
+  CHECK((*model->flow)[3].as<ValidFlowImpl::FBBlock::Impl>() != nullptr);
   model->eval();  // ActNorm uninitialised + zero gammas: identity up to the permutations
   CHECK(model->forward(inputs(kSpec)).log_det.abs().max().item<double>() == 0);
   CHECK_THROWS_WITH(ValidFlow(ValidFlowOptions().channels(16).scales(2).hidden_channels(8)),
@@ -170,7 +170,7 @@ TEST_CASE("ValidFlow model passes the flow harness", "[models][validflow]") {
 
 TEST_CASE("ablation switches change the architecture", "[models][validflow]") {
   auto count = [](ValidFlowOptions o) {
-    return ValidFlow(o.channels(16).hidden_channels(8).cbam_reduction(4))->parameter_count();
+    return trainable_parameter_count(*ValidFlow(o.channels(16).hidden_channels(8).cbam_reduction(4)));
   };
   const auto full = count(ValidFlowOptions());
   CHECK(count(ValidFlowOptions().fb_cbam(false)) < full);
@@ -181,8 +181,8 @@ TEST_CASE("ablation switches change the architecture", "[models][validflow]") {
 
 TEST_CASE("CS-Flow trainable parameters match the official model", "[models][csflow][params]") {
   // 304 channels, hidden 1024: 4 blocks (official default) and 6 blocks (the ValidFlow paper's 370.50 M).
-  CHECK(CSFlow(CSFlowOptions().blocks(4))->parameter_count() == 275227288);
-  CHECK(CSFlow(CSFlowOptions().blocks(6))->parameter_count() == 370504676);
+  CHECK(trainable_parameter_count(*CSFlow(CSFlowOptions().blocks(4))) == 275227288);
+  CHECK(trainable_parameter_count(*CSFlow(CSFlowOptions().blocks(6))) == 370504676);
 }
 
 TEST_CASE("loss, score and anomaly map definitions", "[models][objectives]") {

@@ -4,7 +4,6 @@
 
 #include "evaluation.hpp"
 #include "feature_cache.hpp"
-#include "model_config.hpp"
 #include "training.hpp"
 
 #include <filesystem>
@@ -31,22 +30,23 @@ TensorList random_features(int64_t n, uint64_t seed) {
   return {torch::randn({n, 8, 8, 8}), torch::randn({n, 8, 4, 4}), torch::randn({n, 8, 2, 2})};
 }
 
-ModelConfig tiny_config(const std::string& model) {
-  ModelConfig c;
+FlowConfig tiny_config(const std::string& model) {
+  FlowConfig c;
   c.model = model;
   c.channels = 8;
   c.blocks = 1;
+  c.modules = 1;
   c.hidden = 8;
   c.cbam_reduction = 4;
   return c;
 }
 
-Checkpoint fresh_checkpoint(const ModelConfig& config) {
+Checkpoint fresh_checkpoint(const FlowConfig& config) {
   torch::manual_seed(0);
   Checkpoint c;
   c.config = config;
   c.feature_layout = {{"channels", 8}};
-  c.model = build_model(config);
+  c.model = build_flow(config);
   return c;
 }
 
@@ -80,15 +80,28 @@ bool has_temp_files(const fs::path& dir) {
 TEST_CASE("model configurations round-trip through JSON and build both flows", "[pipeline][config]") {
   for (const std::string model : {"validflow", "csflow"}) {
     const auto config = tiny_config(model);
-    CHECK(to_json(model_config_from_json(to_json(config))) == to_json(config));
-    auto flow = build_model(config);
+    CHECK(to_json(flow_config_from_json(to_json(config))) == to_json(config));
+    auto flow = build_flow(config);
     CHECK(flow->forward(random_features(2, 0)).log_det.size(0) == 2);
   }
   auto bad = to_json(tiny_config("validflow"));
   bad["model"] = "glow";
-  CHECK_THROWS_WITH(build_model(model_config_from_json(bad)), Catch::Contains("unknown model 'glow'"));
+  CHECK_THROWS_WITH(flow_config_from_json(bad), Catch::Contains("model must be validflow or csflow, got 'glow'"));
+  bad["model"] = "validflow";
   bad.erase("hidden");
-  CHECK_THROWS_WITH(model_config_from_json(bad), Catch::Contains("invalid model configuration"));
+  CHECK_THROWS_WITH(flow_config_from_json(bad), Catch::Contains("invalid flow configuration"));
+  bad = to_json(tiny_config("validflow"));
+  bad["blocks"] = 4;  // CS-Flow's depth key in a ValidFlow description
+  CHECK_THROWS_WITH(flow_config_from_json(bad), Catch::Contains("unknown key 'blocks'"));
+  bad = to_json(tiny_config("csflow"));
+  bad["blocks"] = 0;
+  CHECK_THROWS_WITH(flow_config_from_json(bad), Catch::Contains("blocks must be in 1..64, got 0"));
+  auto huge = tiny_config("validflow");
+  huge.modules = 100000;
+  CHECK_THROWS_WITH(build_flow(huge), Catch::Contains("modules must be in 1..64"));
+  huge = tiny_config("csflow");
+  huge.clamp = std::nan("");
+  CHECK_THROWS_WITH(build_flow(huge), Catch::Contains("clamp must be a positive finite number"));
   CHECK((halving_map_sizes(24, 3) == MapSizes{{24, 24}, {12, 12}, {6, 6}}));
 }
 
@@ -109,12 +122,12 @@ TEST_CASE("training resumes exactly and checkpoints are atomic", "[pipeline][tra
   const auto resumed = train_flow(fresh_checkpoint(config), features, resume, dir.file("resumed.pt"));
   CHECK(resumed.epoch == 4);
   CHECK(resumed.loss_history == straight.loss_history);
-  CHECK(same_parameters(*resumed.model, *straight.model));
+  CHECK(same_parameters(resumed.model.module(), straight.model.module()));
 
   // A reloaded checkpoint rebuilds the same model and gives the same outputs (ActNorm stays initialised).
   auto loaded = load_checkpoint(dir.file("straight.pt"));
-  loaded.model->eval();
-  straight.model->eval();
+  loaded.model.module().eval();
+  straight.model.module().eval();
   const auto probe = random_features(3, 7);
   CHECK(loaded.model->forward(probe).tensors[0].equal(straight.model->forward(probe).tensors[0]));
   CHECK_FALSE(has_temp_files(dir.path));
@@ -140,7 +153,7 @@ TEST_CASE("a diverging loss stops training and keeps the last good checkpoint", 
   set_finite_checks(true);
   const auto kept = load_checkpoint(dir.file("ckpt.pt"));
   CHECK(kept.epoch == 2);
-  for (const auto& p : kept.model->parameters()) CHECK(torch::isfinite(p).all().item<bool>());
+  for (const auto& p : kept.model.module().parameters()) CHECK(torch::isfinite(p).all().item<bool>());
   CHECK_FALSE(has_temp_files(dir.path));
 }
 
@@ -195,7 +208,8 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
 }
 
 TEST_CASE("scoring: scores and maps follow the shared definitions", "[pipeline][eval]") {
-  auto model = build_model(tiny_config("validflow"));
+  auto model = build_flow(tiny_config("validflow"));
+  model.module().eval();
   const auto features = random_features(5, 6);
   const auto scored = score_features(*model, features, 2);
   torch::NoGradGuard no_grad;

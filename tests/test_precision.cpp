@@ -67,7 +67,7 @@ TEST_CASE("fp16 on the CPU is a clear error in both entry points", "[precision]"
   auto model = tiny_validflow();
   const auto x = tiny_inputs(2);
   CHECK_THROWS_AS(forward_at_precision(*model, x, Precision::Float16), UnsupportedPrecision);
-  CHECK_THROWS_AS(ReducedPrecisionFlow(*model, Precision::Float16), UnsupportedPrecision);
+  CHECK_THROWS_AS(ReducedPrecisionFlow(model, Precision::Float16), UnsupportedPrecision);
 }
 
 TEST_CASE("fp32 precision is the plain forward", "[precision]") {
@@ -77,7 +77,7 @@ TEST_CASE("fp32 precision is the plain forward", "[precision]") {
   const auto ref = model->forward(x);
   const auto out = forward_at_precision(*model, x, Precision::Float32);
   CHECK(rel_error(out.tensors, ref.tensors) == 0.0);
-  const auto copy = ReducedPrecisionFlow(*model, Precision::Float32).forward(x);
+  const auto copy = ReducedPrecisionFlow(model, Precision::Float32).forward(x);
   CHECK(rel_error(copy.tensors, ref.tensors) == 0.0);
   CHECK(copy.log_det.equal(ref.log_det));
 }
@@ -105,8 +105,8 @@ TEST_CASE("bf16 inference stays close to fp32 and keeps the score ranking", "[pr
     CHECK(rel_error(model->forward(x).tensors, ref.tensors) == 0.0);
   }
   SECTION("cast copy (everything in bf16)") {
-    ReducedPrecisionFlow low(*model, Precision::BFloat16);
-    REQUIRE(low.model().parameters()[0].scalar_type() == torch::kBFloat16);
+    ReducedPrecisionFlow low(model, Precision::BFloat16);
+    REQUIRE(low.model().module().parameters()[0].scalar_type() == torch::kBFloat16);
     CHECK(model->parameters()[0].scalar_type() == torch::kFloat32);
     const auto out = low.forward(x);
     REQUIRE(out.tensors[0].scalar_type() == torch::kFloat32);
@@ -139,7 +139,7 @@ TEST_CASE("bf16 works for CS-Flow and a single layer too", "[precision]") {
 
   ActNorm actnorm(ActNormOptions({8, 8, 8}));
   const auto a_ref = actnorm->forward(x);
-  const auto a_out = ReducedPrecisionFlow(*actnorm, Precision::BFloat16).forward(x);
+  const auto a_out = ReducedPrecisionFlow(actnorm, Precision::BFloat16).forward(x);
   CHECK(rel_error(a_out.tensors, a_ref.tensors) < 1e-2);
 }
 
@@ -159,6 +159,6 @@ TEST_CASE("channels_last gives the NCHW results", "[precision][memory_format]") 
   CHECK(((out.log_det - ref.log_det).abs() / ref.log_det.abs()).max().item<double>() < 1e-5);
   // The channels_last copy of ReducedPrecisionFlow at fp32 as well.
   const auto copy =
-      ReducedPrecisionFlow(*model, Precision::Float32, torch::nullopt, torch::MemoryFormat::ChannelsLast).forward(x);
+      ReducedPrecisionFlow(model, Precision::Float32, torch::nullopt, torch::MemoryFormat::ChannelsLast).forward(x);
   CHECK(rel_error(copy.tensors, ref.tensors) < 1e-5);
 }

@@ -52,28 +52,22 @@ namespace {
 constexpr int64_t kBatch = 16, kChannels = 304, kHidden = 1024, kImage = 768;
 const MapSizes kMaps{{24, 24}, {12, 12}, {6, 6}};
 
-std::shared_ptr<FlowModule> make_model(const std::string& name) {
+AnyFlow make_model(const std::string& name) {
   torch::manual_seed(0);
-  std::shared_ptr<FlowModule> m;
+  AnyFlow m;
   if (name == "csflow6") {
-    m = CSFlow(CSFlowOptions().channels(kChannels).blocks(6).hidden_channels(kHidden)).ptr();
+    m = CSFlow(CSFlowOptions().channels(kChannels).blocks(6).hidden_channels(kHidden));
   } else {
-    m = ValidFlow(ValidFlowOptions().channels(kChannels).modules(3).hidden_channels(kHidden)).ptr();
+    m = ValidFlow(ValidFlowOptions().channels(kChannels).modules(3).hidden_channels(kHidden));
   }
   torch::NoGradGuard no_grad;
-  for (auto& p : m->named_parameters()) {  // gammas are zero at init: make every coupling do real work
+  for (auto& p : m.module().named_parameters()) {  // gammas are zero at init: make every coupling do real work
     const auto leaf = p.key().substr(p.key().rfind('.') + 1);
     if (leaf.rfind("gamma", 0) == 0) p.value().fill_(0.2);
   }
-  m->to(torch::kCUDA);
-  m->eval();
+  m.module().to(torch::kCUDA);
+  m.module().eval();
   return m;
-}
-
-int64_t parameter_count(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.requires_grad() ? p.numel() : 0;
-  return n;
 }
 
 /// Records CUDA events around one iteration and reports the elapsed time (rapidsai/cudf's cuda_event_timer).
@@ -130,14 +124,14 @@ void BM_Cuda(benchmark::State& state, const std::string& model_name, bool e2e, c
   torch::NoGradGuard no_grad;
   auto model = make_model(model_name);
   const double macs = model->forward_macs(kMaps);
-  const int64_t params = parameter_count(*model);
+  const int64_t params = trainable_parameter_count(model.module());
 
   torch::manual_seed(1);
   TensorList x;
   for (const auto& hw : kMaps) x.push_back(torch::randn({kBatch, kChannels, hw[0], hw[1]}, torch::kCUDA));
 
   std::shared_ptr<ReducedPrecisionFlow> cast;
-  if (v.cast) cast = std::make_shared<ReducedPrecisionFlow>(*model, v.precision, torch::Device(torch::kCUDA));
+  if (v.cast) cast = std::make_shared<ReducedPrecisionFlow>(model, v.precision, torch::Device(torch::kCUDA));
   std::function<FlowResult(const TensorList&)> flow = [&](const TensorList& in) {
     if (v.cast) return cast->forward(in);
     if (v.autocast) return forward_at_precision(*model, in, v.precision);

@@ -24,28 +24,6 @@ struct EvalOptions {
   bool quiet = false;
 };
 
-struct Scored {
-  torch::Tensor scores;  ///< [N]
-  torch::Tensor maps;    ///< [N, H0, W0]
-};
-
-/// Scores and anomaly maps of `features` in eval mode, batched, at the given inference precision.
-inline Scored score_features(FlowModule& model, const TensorList& features, int64_t batch_size,
-                             Precision precision = Precision::Float32) {
-  model.eval();
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> scores, maps;
-  const int64_t n = features.at(0).size(0);
-  for (int64_t start = 0; start < n; start += batch_size) {
-    TensorList batch;
-    for (const auto& f : features) batch.push_back(f.slice(0, start, std::min(n, start + batch_size)));
-    const auto z = forward_at_precision(model, batch, precision).tensors;
-    scores.push_back(image_scores(z));
-    maps.push_back(anomaly_maps(z));
-  }
-  return {torch::cat(scores), torch::cat(maps)};
-}
-
 /// The map of one sample, bilinearly upsampled to size x size, as a CV_32FC1 matrix.
 inline cv::Mat upsampled_map(const torch::Tensor& map, int size) {
   namespace F = torch::nn::functional;
@@ -58,12 +36,13 @@ inline cv::Mat upsampled_map(const torch::Tensor& map, int size) {
   return cv::Mat(size, size, CV_32FC1, up.data_ptr<float>()).clone();
 }
 
-inline MetricsSummary evaluate(FlowModule& model, const FeatureCache& cache, const std::string& out_dir,
+inline MetricsSummary evaluate(const AnyFlow& model, const FeatureCache& cache, const std::string& out_dir,
                                const EvalOptions& options, const nlohmann::json& extra_info = {}) {
   namespace fs = std::filesystem;
   fs::create_directories(fs::path(out_dir) / "heatmaps");
   const auto start = std::chrono::steady_clock::now();
-  const auto scored = score_features(model, cache.test, options.batch_size, options.precision);
+  model.module().eval();
+  const auto scored = score_features(*model, cache.test, options.batch_size, options.precision);
   const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto& samples = cache.test_samples;
   std::vector<double> scores(samples.size());

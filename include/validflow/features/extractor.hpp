@@ -29,20 +29,20 @@
 namespace validflow::features {
 
 struct MultiScaleExtractorOptions {
-  /* implicit */ MultiScaleExtractorOptions(std::shared_ptr<FeatureBackbone> backbone)
-      : backbone_(std::move(backbone)) {}
+  /* implicit */ MultiScaleExtractorOptions(AnyBackbone backbone) : backbone_(std::move(backbone)) {}
   template <typename Impl, typename = std::enable_if_t<std::is_base_of<FeatureBackbone, Impl>::value>>
   /* implicit */ MultiScaleExtractorOptions(const torch::nn::ModuleHolder<Impl>& backbone)
       : backbone_(backbone.ptr()) {}
 
   /// The frozen network run on every scale.
-  TORCH_ARG(std::shared_ptr<FeatureBackbone>, backbone);
+  TORCH_ARG(AnyBackbone, backbone);
   /// Input image size (height, width) at scale 0.
   TORCH_ARG(torch::ExpandingArray<2>, image_size) = 768;
   TORCH_ARG(int64_t, n_scales) = 3;
   /// Whether forward() normalises its input; false: the input is already normalised.
   TORCH_ARG(bool, normalize) = true;
-  TORCH_ARG(ImageNormalization, normalization) = ImageNormalization::imagenet();
+  /// Overrides the backbone's own image statistics (FeatureBackbone::normalization()).
+  TORCH_ARG(c10::optional<ImageNormalization>, normalization) = c10::nullopt;
   /// Keep the backbone in eval mode and run it without autograd.
   TORCH_ARG(bool, frozen) = true;
 };
@@ -53,22 +53,16 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
     MultiScaleExtractorImpl::reset();
   }
 
+  /// Registers the options' backbone (not a copy: the extractor shares it, like any LibTorch submodule passed
+  /// in) and the normalisation buffers.
   void reset() override {
     const auto& o = options;
-    // On clone() the copied pointer still refers to the original's backbone: take a deep copy instead.
-    std::shared_ptr<FeatureBackbone> source = backbone ? backbone : o.backbone();
-    if (!source) throw FeatureError("MultiScaleExtractor: no backbone given");
-    if (backbone) {
-      source = std::dynamic_pointer_cast<FeatureBackbone>(backbone->clone());
-      if (!source) throw FeatureError("MultiScaleExtractor: the backbone's clone() is not a FeatureBackbone");
-    }
+    if (o.backbone().is_empty()) throw FeatureError("MultiScaleExtractor: no backbone given");
     if (o.n_scales() < 1)
       throw FeatureError("MultiScaleExtractor: n_scales must be >= 1, got " + std::to_string(o.n_scales()));
-    if (o.normalization().mean.size() != 3 || o.normalization().stddev.size() != 3)
-      throw FeatureError("MultiScaleExtractor: normalization mean and std need 3 values (RGB)");
-    for (double s : o.normalization().stddev)
-      if (!(s > 0.0)) throw FeatureError("MultiScaleExtractor: normalization std must be positive");
-    const int64_t stride = source->feature_stride();
+    const auto stats = image_normalization();
+    check_normalization(stats, "MultiScaleExtractor");
+    const int64_t stride = o.backbone()->feature_stride();
     const int64_t divisor = stride << (o.n_scales() - 1);
     const int64_t h = (*o.image_size())[0], w = (*o.image_size())[1];
     if (h < 1 || w < 1 || h % divisor != 0 || w % divisor != 0)
@@ -76,13 +70,33 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
                          " must divide by " + std::to_string(divisor) + " = backbone stride " + std::to_string(stride) +
                          " * 2^(n_scales - 1) with n_scales " + std::to_string(o.n_scales()) + " (e.g. " +
                          std::to_string(divisor * ((h + divisor - 1) / divisor)) + ")");
-    backbone = register_module("backbone", source);
-    norm_mean = register_buffer("mean", torch::tensor(o.normalization().mean, torch::kFloat).view({1, 3, 1, 1}));
-    norm_std = register_buffer("std", torch::tensor(o.normalization().stddev, torch::kFloat).view({1, 3, 1, 1}));
+    backbone = o.backbone();
+    register_module("backbone", backbone.module_ptr());
+    norm_mean = register_buffer("mean", torch::tensor(stats.mean, torch::kFloat).view({1, 3, 1, 1}));
+    norm_std = register_buffer("std", torch::tensor(stats.stddev, torch::kFloat).view({1, 3, 1, 1}));
     if (o.frozen()) {
-      backbone->eval();
-      for (auto& p : backbone->parameters()) p.set_requires_grad(false);
+      backbone.module().eval();
+      for (auto& p : backbone.module().parameters()) p.set_requires_grad(false);
     }
+  }
+
+  /// A deep copy that copies the backbone once (LibTorch's Cloneable would share the options' backbone).
+  std::shared_ptr<torch::nn::Module> clone(
+      const torch::optional<torch::Device>& device = torch::nullopt) const override {
+    auto copy_options = options;
+    copy_options.backbone(backbone.clone(device));
+    auto copy = std::make_shared<MultiScaleExtractorImpl>(copy_options);
+    if (device) {
+      copy->norm_mean.set_data(norm_mean.to(*device));
+      copy->norm_std.set_data(norm_std.to(*device));
+    }
+    copy->train(is_training());
+    return copy;
+  }
+
+  /// The statistics forward() normalises with: the options' override, else the backbone's own.
+  ImageNormalization image_normalization() const {
+    return options.normalization() ? *options.normalization() : options.backbone()->normalization();
   }
 
   /// Images [N, 3, H, W] (in [0, 1] if normalize) -> one feature map per scale, scale 0 the finest.
@@ -118,23 +132,23 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
   void calibrate_batchnorm(const std::vector<torch::Tensor>& image_batches) {
     if (image_batches.empty()) throw FeatureError("calibrate_batchnorm: no images");
     std::vector<std::pair<torch::nn::BatchNorm2dImpl*, torch::optional<double>>> norms;
-    for (const auto& module : backbone->modules(/*include_self=*/false)) {
+    for (const auto& module : backbone.module().modules(/*include_self=*/false)) {
       if (auto* bn = module->as<torch::nn::BatchNorm2dImpl>()) {
         norms.emplace_back(bn, bn->options.momentum());
         bn->reset_running_stats();
         bn->options.momentum(torch::nullopt);  // cumulative average over all calibration batches
       }
     }
-    backbone->train();
+    backbone.module().train();
     for (const auto& images : image_batches) forward(images);
-    backbone->eval();
+    backbone.module().eval();
     for (auto& [bn, momentum] : norms) bn->options.momentum(momentum);
   }
 
   /// Keeps a frozen backbone in eval mode whatever the extractor's mode.
   void train(bool on = true) override {
     torch::nn::Module::train(on);
-    if (options.frozen()) backbone->eval();
+    if (options.frozen()) backbone.module().eval();
   }
 
   /// The input size [H, W] of each scale.
@@ -153,7 +167,7 @@ class MultiScaleExtractorImpl : public torch::nn::Cloneable<MultiScaleExtractorI
   }
 
   MultiScaleExtractorOptions options;
-  std::shared_ptr<FeatureBackbone> backbone;
+  AnyBackbone backbone;
   torch::Tensor norm_mean;  ///< buffer "mean", [1, 3, 1, 1]
   torch::Tensor norm_std;   ///< buffer "std", [1, 3, 1, 1]
 };

@@ -2,6 +2,7 @@
 // What `validflow info --backbone NAME [--layer N] [--image-size S] [--json]` prints: the backbone's
 // parameter counts (truncated at the feature layer and full), the feature-map shapes at every scale, and
 // the forward cost. Computed from the architecture alone (nothing is run, no weights are needed).
+#include <validflow/core/text.hpp>
 #include <validflow/features/backbone.hpp>
 #include <validflow/features/efficientnet.hpp>
 
@@ -12,17 +13,6 @@
 #include <vector>
 
 namespace validflow::features {
-
-/// An integer with thousands separators: 17543204 -> "17,543,204".
-inline std::string group_thousands(int64_t v) {
-  const std::string s = std::to_string(v);
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (i && s[i - 1] != '-' && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return out;
-}
 
 struct ScaleInfo {
   int64_t input_height = 0, input_width = 0;
@@ -127,18 +117,10 @@ inline BackboneInfo backbone_info(const std::string& name, int64_t layer = -1, i
   for (int64_t s = 0; s < n_scales; ++s) {
     ScaleInfo si;
     si.input_height = si.input_width = image_size >> s;
-    // Same arithmetic as EfficientNetImpl::feature_shape, without building the network.
-    int64_t h = conv_output_size(si.input_height, 3, 2, plan.stem_padding[2], plan.stem_padding[3]);
-    int64_t w = conv_output_size(si.input_width, 3, 2, plan.stem_padding[0], plan.stem_padding[1]);
-    for (int64_t i = 0; i <= layer; ++i) {
-      const auto& b = plan.blocks[static_cast<std::size_t>(i)];
-      const auto& p = b.padding();
-      h = conv_output_size(h, b.kernel_size(), b.stride(), p[2], p[3]);
-      w = conv_output_size(w, b.kernel_size(), b.stride(), p[0], p[1]);
-    }
+    const auto size = walk_efficientnet_sizes(plan, layer, si.input_height, si.input_width);
     si.channels = info.channels;
-    si.height = h;
-    si.width = w;
+    si.height = size[0];
+    si.width = size[1];
     si.macs = efficientnet_macs(o, si.input_height, si.input_width);
     info.scales.push_back(si);
   }

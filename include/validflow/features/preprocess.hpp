@@ -24,20 +24,6 @@
 
 namespace validflow::features {
 
-/// Per-channel normalisation statistics for images in [0, 1].
-struct ImageNormalization {
-  std::vector<double> mean;
-  std::vector<double> stddev;
-  /// torchvision / efficientnet_pytorch / CS-Flow.
-  static ImageNormalization imagenet() { return {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}}; }
-  /// EfficientNet-Lite (TF): (255 x - 127) / 128.
-  static ImageNormalization lite() {
-    return {{127.0 / 255.0, 127.0 / 255.0, 127.0 / 255.0}, {128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0}};
-  }
-  bool operator==(const ImageNormalization& o) const { return mean == o.mean && stddev == o.stddev; }
-  bool operator!=(const ImageNormalization& o) const { return !(*this == o); }
-};
-
 /// Throws FeatureError unless the statistics are 3 finite means and 3 finite positive standard deviations.
 inline void check_normalization(const ImageNormalization& n, const std::string& who) {
   if (n.mean.size() != 3 || n.stddev.size() != 3)
@@ -101,21 +87,21 @@ inline torch::Tensor prepare_image(const torch::Tensor& image, int64_t height, i
       chw = image.permute({2, 0, 1});
     } else {
       throw FeatureError(who + ": an 8-bit image must be [H, W, 3] (RGB), [H, W, 1] or [H, W] (gray), got shape " +
-                         detail::sizes_string(image.sizes()));
+                         detail::shape_string(image.sizes()));
     }
   } else if (image.is_floating_point()) {
     if (image.dim() == 3 && (image.size(0) == 3 || image.size(0) == 1)) {
       chw = image;
     } else {
       throw FeatureError(who + ": a floating-point image must be [3, H, W] (RGB) or [1, H, W] (gray) in [0, 1], " +
-                         "got shape " + detail::sizes_string(image.sizes()));
+                         "got shape " + detail::shape_string(image.sizes()));
     }
   } else {
     throw FeatureError(who + ": expected a uint8 [H, W, 3] or a floating-point [3, H, W] image, got dtype " +
                        std::string(c10::toString(image.scalar_type())));
   }
   if (chw.size(1) < 1 || chw.size(2) < 1)
-    throw FeatureError(who + ": empty image of shape " + detail::sizes_string(image.sizes()));
+    throw FeatureError(who + ": empty image of shape " + detail::shape_string(image.sizes()));
   if (chw.size(0) == 1) chw = chw.expand({3, -1, -1});
   auto x = chw.unsqueeze(0).to(torch::kFloat);
   if (!eight_bit) {

@@ -33,10 +33,11 @@ struct TorchScriptBackboneOptions {
   /// Which element of a tuple/list output is the feature map; -1: the output must be a tensor.
   TORCH_ARG(int64_t, output_index) = -1;
   TORCH_ARG(std::string, name) = "torchscript";
+  /// The statistics of the images the network was trained on.
+  TORCH_ARG(ImageNormalization, normalization) = ImageNormalization::imagenet();
 };
 
-// validflow::Cloneable: a virtual Module base, needed next to FeatureBackbone on LibTorch 2.x (see core/flow.hpp).
-class TorchScriptBackboneImpl : public validflow::Cloneable<TorchScriptBackboneImpl>, public FeatureBackbone {
+class TorchScriptBackboneImpl : public torch::nn::Cloneable<TorchScriptBackboneImpl>, public FeatureBackbone {
  public:
   explicit TorchScriptBackboneImpl(const TorchScriptBackboneOptions& options_) : options(options_) {
     TorchScriptBackboneImpl::reset();
@@ -78,7 +79,7 @@ class TorchScriptBackboneImpl : public validflow::Cloneable<TorchScriptBackboneI
     try {
       out = module_.forward({x});
     } catch (const c10::Error& e) {
-      throw FeatureError(who + ": forward failed for input " + detail::sizes_string(x.sizes()) + ": " +
+      throw FeatureError(who + ": forward failed for input " + detail::shape_string(x.sizes()) + ": " +
                          e.what_without_backtrace());
     }
     torch::Tensor t;
@@ -104,16 +105,17 @@ class TorchScriptBackboneImpl : public validflow::Cloneable<TorchScriptBackboneI
       t = items[static_cast<std::size_t>(options.output_index())].toTensor();
     }
     if (t.dim() != 4)
-      throw FeatureError(who + ": expected a 4-D feature map, got shape " + detail::sizes_string(t.sizes()));
+      throw FeatureError(who + ": expected a 4-D feature map, got shape " + detail::shape_string(t.sizes()));
     return t;
   }
 
   int64_t feature_stride() const override { return options.stride(); }
   int64_t feature_channels() const override { return options.channels(); }
   std::string backbone_name() const override { return options.name(); }
+  ImageNormalization normalization() const override { return options.normalization(); }
 
   /// Number of parameters of the scripted module (they are not nn::Module parameters of this wrapper).
-  int64_t parameter_count() const {
+  int64_t scripted_parameter_count() const {
     int64_t n = 0;
     for (const auto& p : module_.parameters()) n += p.numel();
     return n;

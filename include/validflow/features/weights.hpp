@@ -161,8 +161,8 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& st
     used[key] = true;
     const auto& source = *it->second;
     if (source.sizes() != target.sizes()) {
-      mismatched.push_back(key + ": file " + detail::sizes_string(source.sizes()) + " vs model " +
-                           detail::sizes_string(target.sizes()));
+      mismatched.push_back(key + ": file " + detail::shape_string(source.sizes()) + " vs model " +
+                           detail::shape_string(target.sizes()));
       continue;
     }
     copies.emplace_back(target, it->second);

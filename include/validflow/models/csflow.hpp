@@ -69,7 +69,7 @@ class CSFlowImpl : public StackedFlowModel<CSFlowImpl> {
 
   /// Block k (channel shuffle + coupling).
   Block::Impl& block(size_t k) const {
-    auto block = std::dynamic_pointer_cast<Block::Impl>((*flow)[k]);
+    auto block = (*flow)[k].as<Block::Impl>();
     TORCH_CHECK(block != nullptr, "CSFlow: block ", k, " has an unexpected type");
     return *block;
   }

@@ -193,18 +193,17 @@ inline FlowResult forward_at_precision(FlowModule& model, const TensorList& x, P
 /// original stays fp32 and trainable. forward() takes inputs of any floating dtype and returns fp32.
 class ReducedPrecisionFlow {
  public:
-  ReducedPrecisionFlow(const FlowModule& model, Precision precision,
+  ReducedPrecisionFlow(const AnyFlow& model, Precision precision,
                        torch::optional<torch::Device> device = torch::nullopt,
                        torch::MemoryFormat memory_format = torch::MemoryFormat::Contiguous)
       : precision_(precision), memory_format_(memory_format) {
-    const auto reference = detail::reference_tensor(model);
+    const auto reference = detail::reference_tensor(model.module());
     const torch::Device target = device ? *device : (reference.defined() ? reference.device() : torch::kCPU);
     check_precision_supported(precision, target);
-    auto copy = std::dynamic_pointer_cast<FlowModule>(model.clone(target));
-    TORCH_CHECK(copy != nullptr, "ReducedPrecisionFlow: the model's clone() is not a FlowModule");
-    copy->to(target, precision_dtype(precision));
-    copy->eval();
-    if (memory_format != torch::MemoryFormat::Contiguous) set_memory_format(*copy, memory_format);
+    auto copy = model.clone(target);
+    copy.module().to(target, precision_dtype(precision));
+    copy.module().eval();
+    if (memory_format != torch::MemoryFormat::Contiguous) set_memory_format(copy.module(), memory_format);
     model_ = std::move(copy);
     device_ = target;
   }
@@ -222,14 +221,14 @@ class ReducedPrecisionFlow {
   }
 
   Precision precision() const { return precision_; }
-  /// The cast copy (e.g. for parameter_count() or printing).
-  FlowModule& model() const { return *model_; }
+  /// The cast copy (e.g. for counting or printing).
+  const AnyFlow& model() const { return model_; }
 
  private:
   Precision precision_;
   torch::MemoryFormat memory_format_;
   torch::Device device_{torch::kCPU};
-  std::shared_ptr<FlowModule> model_;
+  AnyFlow model_;
 };
 
 }  // namespace validflow

@@ -12,9 +12,6 @@ class StackedFlowModel : public FlowLayer<Derived> {
   FlowResult inverse(const TensorList& z) override { return flow->inverse(z); }
   double forward_macs(const MapSizes& sizes) const override { return flow->forward_macs(sizes); }
 
-  /// Number of trainable parameters.
-  int64_t parameter_count() const { return trainable_parameter_count(*this); }
-
   FlowStack flow{nullptr};
 
  protected:
