@@ -490,7 +490,8 @@ TEST_CASE("report writers produce valid PNG, JSON, CSV and HTML files atomically
     CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);  // no temp files left
   // A path whose parent is a regular file cannot be written: the error names it.
   write_text(t.path / "afile", "x");
-  CHECK_THROWS_WITH(va::write_file_atomic((t.path / "afile/out.json").string(), "{}"), Catch::Contains("afile"));
+  CHECK_THROWS_WITH(validflow::io::write_file_atomic((t.path / "afile/out.json").string(), "{}"),
+                    Catch::Contains("afile"));
   CHECK_THROWS_AS(va::render_histogram({}, {}), va::ReportError);
 }
 

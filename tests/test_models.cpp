@@ -237,11 +237,11 @@ TEST_CASE("official CS-Flow import rejects bad state dicts", "[models][csflow][i
   CHECK_THROWS_WITH(import_official_csflow(missing, "param."), Catch::Contains("module_list.6.s2.up_conv21.bias"));
 
   auto wrong_shape = golden;
-  wrong_shape["param.module_list.4.s1.down_conv12.weight"] = torch::zeros({16, 32, 5, 5});
+  wrong_shape.set("param.module_list.4.s1.down_conv12.weight", torch::zeros({16, 32, 5, 5}));
   CHECK_THROWS_WITH(import_official_csflow(wrong_shape, "param."), Catch::Contains("down_conv12.weight"));
 
   auto extra = golden;
-  extra["param.module_list.4.s1.extra_conv.weight"] = torch::zeros({1});
+  extra.set("param.module_list.4.s1.extra_conv.weight", torch::zeros({1}));
   CHECK_THROWS_WITH(import_official_csflow(extra, "param."), Catch::Contains("unexpected key"));
 
   CHECK_THROWS_WITH(import_official_csflow(golden, "nothing."), Catch::Contains("no key matches"));

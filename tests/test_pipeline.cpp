@@ -192,7 +192,7 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   CHECK_FALSE(load_matching_cache(dir.file("features.pt"), other, reason));
   CHECK_THAT(reason, Catch::Contains("stale"));
   std::ofstream(dir.file("broken.pt")) << "not a pickle";
-  CHECK_THROWS_WITH(load_feature_cache(dir.file("broken.pt")), Catch::Contains("corrupt"));
+  CHECK_THROWS_WITH(load_feature_cache(dir.file("broken.pt")), Catch::Contains("not a valid validflow file"));
   CHECK_THROWS_WITH(load_feature_cache(dir.file("absent.pt")), Catch::Contains("validflow extract"));
   // An unwritable destination is an error naming it, and leaves nothing behind.
   std::ofstream(dir.file("not_a_folder")) << "x";
@@ -201,7 +201,7 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   CHECK_THROWS_AS(save_checkpoint(dir.file("not_a_folder") + "/c.pt", fresh_checkpoint(tiny_config("csflow")),
                                   *std::make_unique<torch::optim::Adam>(
                                       std::vector<torch::Tensor>{torch::zeros({1}, torch::requires_grad())})),
-                  FileWriteError);
+                  validflow::FileError);
   CHECK_FALSE(has_temp_files(dir.path));
   CHECK(file_fingerprint("") == "none");
   CHECK_THROWS_WITH(file_fingerprint(dir.file("absent.bin")), Catch::Contains("absent.bin"));

@@ -7,14 +7,14 @@
 // "test.<s>": Tensor} (readable from Python with torch.load). `meta` records the backbone, its weights'
 // fingerprint, the image size, the dataset spec and file list: a cache whose meta differs from the
 // requested extraction is stale and is rebuilt. Written to a temp file, then renamed.
-#include "atomic_file.hpp"
+#include <validflow/io/atomic_file.hpp>
 #include "datasets.hpp"
 #include "progress.hpp"
 
 #include <validflow/features.hpp>
 
-#include <torch/script.h>
 #include <nlohmann/json.hpp>
+#include <validflow/io/tensor_archive.hpp>
 
 #include <chrono>
 #include <filesystem>
@@ -53,8 +53,10 @@ inline std::string file_fingerprint(const std::string& path) {
 
 struct FeatureCache {
   nlohmann::json meta;
-  TensorList train;  ///< per scale [N_train, C, H_s, W_s]
-  TensorList test;   ///< per scale [N_test, C, H_s, W_s]
+  TensorList train;    ///< per scale [N_train, C, H_s, W_s]
+  TensorList test;     ///< per scale [N_test, C, H_s, W_s]
+  TensorList holdout;  ///< per scale [N_holdout, C, H_s, W_s]: good training images kept out of training, for
+                       ///< the threshold at a target false-positive rate (empty when nothing was held out)
   std::vector<Sample> test_samples;
 
   int64_t channels() const { return train.at(0).size(1); }
@@ -77,41 +79,74 @@ inline nlohmann::json extraction_request(const Dataset& dataset, const std::stri
           {"image_size", b.image_size}, {"scales", b.scales},   {"fp16", fp16}};
 }
 
+/// The kind of validflow file a feature cache is (io/tensor_archive.hpp) and its layout version.
+constexpr const char* kFeatureCacheKind = "validflow-features";
+constexpr int64_t kFeatureCacheVersion = 1;
+
 inline void save_feature_cache(const FeatureCache& cache, const std::string& path) {
-  c10::impl::GenericDict dict(c10::StringType::get(), c10::AnyType::get());
-  nlohmann::json meta = cache.meta;
-  meta["test_samples"] = nlohmann::json::array();
+  io::TensorArchive archive;
+  archive.kind = kFeatureCacheKind;
+  archive.kind_version = kFeatureCacheVersion;
+  archive.meta = cache.meta;
+  archive.meta["test_samples"] = nlohmann::json::array();
   for (const auto& s : cache.test_samples) {
-    meta["test_samples"].push_back({{"path", s.path}, {"label", s.label}, {"type", s.type}, {"mask", s.mask_path}});
+    archive.meta["test_samples"].push_back(
+        {{"path", s.path}, {"label", s.label}, {"type", s.type}, {"mask", s.mask_path}});
   }
-  dict.insert("meta", meta.dump());
+  archive.meta["holdout_images"] = cache.holdout.empty() ? 0 : cache.holdout[0].size(0);
   for (size_t s = 0; s < cache.train.size(); ++s) {
-    dict.insert("train." + std::to_string(s), cache.train[s]);
-    dict.insert("test." + std::to_string(s), cache.test[s]);
+    archive.tensors.emplace_back("train." + std::to_string(s), cache.train[s]);
+    archive.tensors.emplace_back("test." + std::to_string(s), cache.test[s]);
+    if (!cache.holdout.empty()) archive.tensors.emplace_back("holdout." + std::to_string(s), cache.holdout[s]);
   }
-  const auto bytes = torch::pickle_save(dict);
-  write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
+  io::write_archive(path, archive);
 }
 
+/// Reads and verifies a feature cache: checksums (io::read_archive), then every tensor's presence, rank, dtype
+/// and shape agreement, and the test sample list. Throws FileError naming the file and the problem.
 inline FeatureCache load_feature_cache(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("feature cache '" + path + "' not found (run `validflow extract` first)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!std::filesystem::exists(path))
+    throw FileError(path, "feature cache '" + path + "' not found (run `validflow extract` first)");
+  const auto archive = io::read_archive(path, kFeatureCacheKind, kFeatureCacheVersion);
+  auto refuse = [&](const std::string& why) { return FileError(path, "feature cache '" + path + "': " + why); };
   FeatureCache cache;
   try {
-    const auto dict = torch::pickle_load(bytes).toGenericDict();
-    cache.meta = nlohmann::json::parse(dict.at("meta").toStringRef());
+    cache.meta = archive.meta;
     const int64_t scales = cache.meta.at("scales").get<int64_t>();
-    for (int64_t s = 0; s < scales; ++s) {
-      cache.train.push_back(dict.at("train." + std::to_string(s)).toTensor().to(torch::kFloat32));
-      cache.test.push_back(dict.at("test." + std::to_string(s)).toTensor().to(torch::kFloat32));
-    }
+    if (scales < 1 || scales > 8) throw refuse("invalid number of scales " + std::to_string(scales));
+    std::map<std::string, torch::Tensor> tensors(archive.tensors.begin(), archive.tensors.end());
+    const int64_t holdout = cache.meta.at("holdout_images").get<int64_t>();
+    if (static_cast<int64_t>(tensors.size()) != scales * (holdout > 0 ? 3 : 2))
+      throw refuse("holds " + std::to_string(tensors.size()) + " tensors for " + std::to_string(scales) + " scales");
+    auto split = [&](const std::string& name, TensorList& out) {
+      for (int64_t s = 0; s < scales; ++s) {
+        const auto key = name + "." + std::to_string(s);
+        const auto it = tensors.find(key);
+        if (it == tensors.end()) throw refuse("missing tensor '" + key + "'");
+        const auto& t = it->second;
+        if (t.dim() != 4 || !t.is_floating_point())
+          throw refuse("tensor '" + key + "' must be a floating-point [N, C, H, W] tensor, got " +
+                       validflow::detail::shape_string(t) + " " + c10::toString(t.scalar_type()));
+        if (s > 0 && (t.size(0) != out[0].size(0) || t.size(1) != out[0].size(1)))
+          throw refuse("tensor '" + key + "' disagrees with scale 0 in images or channels");
+        if (!torch::isfinite(t).all().item<bool>()) throw refuse("tensor '" + key + "' holds NaN or Inf values");
+        out.push_back(t.to(torch::kFloat32));
+      }
+    };
+    split("train", cache.train);
+    split("test", cache.test);
+    if (holdout > 0) split("holdout", cache.holdout);
+    if (cache.train[0].size(1) != cache.test[0].size(1)) throw refuse("train and test features differ in channels");
     for (const auto& s : cache.meta.at("test_samples")) {
-      cache.test_samples.push_back({s.at("path"), s.at("label"), s.at("type"), s.at("mask")});
+      cache.test_samples.push_back({s.at("path").get<std::string>(), s.at("label").get<int>(),
+                                    s.at("type").get<std::string>(), s.at("mask").get<std::string>()});
     }
-  } catch (const std::exception& e) {
-    throw std::runtime_error("feature cache '" + path +
-                             "' is corrupt or of another format: " + std::string(e.what()).substr(0, 200));
+    if (static_cast<int64_t>(cache.test_samples.size()) != cache.test[0].size(0))
+      throw refuse(std::to_string(cache.test_samples.size()) + " test samples for " +
+                   std::to_string(cache.test[0].size(0)) + " test feature maps");
+    if (holdout > 0 && cache.holdout[0].size(0) != holdout) throw refuse("holdout_images disagrees with the tensors");
+  } catch (const nlohmann::json::exception& e) {
+    throw refuse(std::string("invalid metadata: ") + e.what());
   }
   return cache;
 }

@@ -195,7 +195,7 @@ Checkpoint run_train(FlowConfig config, const TrainOptions& t, const FeatureCach
                                   {"threads", torch::get_num_threads()},
                                   {"loss_history", trained.loss_history},
                                   {"library_version", version_string}};
-  write_file_atomic((fs::path(out) / "training.json").string(), summary.dump(2) + "\n");
+  io::write_file_atomic((fs::path(out) / "training.json").string(), summary.dump(2) + "\n");
   std::cerr << "trained   " << trained.epoch << " epochs in " << std::fixed << std::setprecision(1) << seconds
             << " s, final loss " << std::setprecision(4)
             << (trained.loss_history.empty() ? std::nan("") : trained.loss_history.back()) << "; checkpoint "
@@ -280,7 +280,7 @@ int cmd_check_csflow(const std::string& file, double tolerance) {
   const auto golden = read_state_dict(file);
   bool ok = true;
   for (auto dtype : {torch::kFloat32, torch::kFloat64}) {
-    if (dtype == torch::kFloat64 && !golden.count("z64.0")) continue;
+    if (dtype == torch::kFloat64 && !golden.contains("z64.0")) continue;
     const auto r = check_csflow_golden(golden, dtype);
     const double tol = dtype == torch::kFloat32 ? tolerance : std::min(tolerance, 1e-10);
     if (dtype == torch::kFloat32) {

@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "atomic_file.hpp"
+#include <validflow/io/atomic_file.hpp>
 
 namespace validflow {
 namespace app {
@@ -45,7 +45,7 @@ class ReportError : public std::runtime_error {
 inline void write_png_atomic(const std::string& path, const cv::Mat& img) {
   std::vector<unsigned char> buf;
   if (img.empty() || !cv::imencode(".png", img, buf)) throw ReportError("cannot encode PNG for " + path);
-  write_file_atomic(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
+  io::write_file_atomic(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
 }
 
 // ---- plotting helpers -------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ inline nlohmann::json to_json(const MetricsSummary& m) {
 }
 
 inline void write_metrics_json(const std::string& path, const MetricsSummary& m) {
-  write_file_atomic(path, to_json(m).dump(2) + "\n");
+  io::write_file_atomic(path, to_json(m).dump(2) + "\n");
 }
 
 struct ScoreRow {
@@ -412,7 +412,7 @@ inline void write_scores_csv(const std::string& path, const std::vector<ScoreRow
   o.precision(std::numeric_limits<double>::max_digits10);
   for (const auto& r : rows)
     o << detail::csv_field(r.path) << ',' << r.label << ',' << detail::csv_field(r.type) << ',' << r.score << '\n';
-  write_file_atomic(path, o.str());
+  io::write_file_atomic(path, o.str());
 }
 
 // ---- index.html ----------------------------------------------------------------------------------
@@ -514,7 +514,7 @@ inline std::string render_index_html(const ReportPage& p) {
 }
 
 inline void write_index_html(const std::string& path, const ReportPage& p) {
-  write_file_atomic(path, render_index_html(p));
+  io::write_file_atomic(path, render_index_html(p));
 }
 
 }  // namespace app

@@ -7,7 +7,7 @@
 // every `checkpoint_every` epochs and at the end. Shuffling uses a generator seeded from (seed, epoch),
 // so `--resume` continues an interrupted run exactly. A non-finite loss stops training with a clear message
 // and leaves the last good checkpoint in place.
-#include "atomic_file.hpp"
+#include <validflow/io/tensor_archive.hpp>
 #include "progress.hpp"
 
 #include <validflow/validflow.hpp>
@@ -45,6 +45,12 @@ class TrainingDiverged : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// Adam's state of one parameter (step 0: none yet).
+struct AdamState {
+  int64_t step = 0;
+  torch::Tensor exp_avg, exp_avg_sq;
+};
+
 struct Checkpoint {
   FlowConfig config;
   nlohmann::json feature_layout;  ///< channels, map sizes, backbone and image size of the training features
@@ -52,6 +58,7 @@ struct Checkpoint {
   int64_t epoch = 0;  ///< finished epochs
   std::vector<double> loss_history;
   nlohmann::json train_options;
+  std::vector<AdamState> adam_state;  ///< as loaded from a file (empty for a fresh checkpoint)
 };
 
 inline nlohmann::json to_json(const TrainOptions& o) {
@@ -66,62 +73,121 @@ inline torch::optim::Adam make_optimizer(torch::nn::Module& model, const TrainOp
       torch::optim::AdamOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
 }
 
-inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Optimizer& optimizer) {
-  torch::serialize::OutputArchive archive, model_archive, optimizer_archive;
-  c.model.module().save(model_archive);
-  optimizer.save(optimizer_archive);
-  archive.write("model", model_archive);
-  archive.write("optimizer", optimizer_archive);
-  const nlohmann::json meta = {{"format", "validflow-checkpoint-1"}, {"config", to_json(c.config)},
-                               {"feature_layout", c.feature_layout}, {"epoch", c.epoch},
-                               {"loss_history", c.loss_history},     {"train_options", c.train_options}};
-  archive.write("meta", c10::IValue(meta.dump()));
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  write_file_atomic(path, bytes.str());
+/// The kind of validflow file a checkpoint is (io/tensor_archive.hpp) and its layout version.
+constexpr const char* kCheckpointKind = "validflow-checkpoint";
+constexpr int64_t kCheckpointVersion = 1;
+
+namespace detail {
+/// LibTorch's key of a parameter's optimizer state (what torch::optim uses internally, a public map).
+inline std::string optimizer_state_key(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+}  // namespace detail
+
+/// Adam's state as tensors (per parameter, in parameter order): step count and both moment estimates.
+inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Adam& optimizer) {
+  io::TensorArchive archive;
+  archive.kind = kCheckpointKind;
+  archive.kind_version = kCheckpointVersion;
+  archive.meta = {{"config", to_json(c.config)},
+                  {"feature_layout", c.feature_layout},
+                  {"epoch", c.epoch},
+                  {"loss_history", c.loss_history},
+                  {"train_options", c.train_options}};
+  for (const auto& [key, tensor] : module_state_dict(c.model.module()))
+    archive.tensors.emplace_back("model." + key, tensor);
+  nlohmann::json steps = nlohmann::json::array();
+  const auto params = c.model.module().parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto it = optimizer.state().find(detail::optimizer_state_key(params[i]));
+    if (it == optimizer.state().end()) {
+      steps.push_back(0);
+      continue;
+    }
+    const auto& state = static_cast<const torch::optim::AdamParamState&>(*it->second);
+    steps.push_back(state.step());
+    archive.tensors.emplace_back("adam." + std::to_string(i) + ".exp_avg", state.exp_avg());
+    archive.tensors.emplace_back("adam." + std::to_string(i) + ".exp_avg_sq", state.exp_avg_sq());
+  }
+  archive.meta["adam_steps"] = steps;
+  io::write_archive(path, archive);
 }
 
-/// Loads a checkpoint: rebuilds the model from its stored configuration, then its weights. If
-/// `optimizer_archive` is given, the optimizer state is read into it.
-inline Checkpoint load_checkpoint(const std::string& path,
-                                  torch::serialize::InputArchive* optimizer_archive = nullptr) {
-  if (!std::filesystem::exists(path)) throw std::runtime_error("checkpoint '" + path + "' not found");
+/// Loads and verifies a checkpoint: checksums, its configuration, then the model strictly (every key, shape
+/// and dtype) and the optimizer state (shapes against the parameters). Throws FileError naming the file.
+inline Checkpoint load_checkpoint(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw FileError(path, "checkpoint '" + path + "' not found");
+  const auto archive = io::read_archive(path, kCheckpointKind, kCheckpointVersion);
+  auto refuse = [&](const std::string& why) { return FileError(path, "checkpoint '" + path + "': " + why); };
   Checkpoint c;
-  torch::serialize::InputArchive archive, model_archive;
   try {
-    archive.load_from(path);
-    c10::IValue meta_value;
-    archive.read("meta", meta_value);
-    const auto meta = nlohmann::json::parse(meta_value.toStringRef());
-    if (meta.at("format") != "validflow-checkpoint-1") throw std::runtime_error("unknown checkpoint format");
+    const auto& meta = archive.meta;
     c.config = flow_config_from_json(meta.at("config"));
     c.feature_layout = meta.at("feature_layout");
     c.epoch = meta.at("epoch").get<int64_t>();
     c.loss_history = meta.at("loss_history").get<std::vector<double>>();
     c.train_options = meta.at("train_options");
-    archive.read("model", model_archive);
-    if (optimizer_archive) archive.read("optimizer", *optimizer_archive);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("checkpoint '" + path +
-                             "' is corrupt or not a validflow checkpoint: " + std::string(e.what()).substr(0, 200));
-  }
-  c.model = build_flow(c.config);
-  try {
-    c.model.module().load(model_archive);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("checkpoint '" + path +
-                             "' does not match its own configuration: " + std::string(e.what()).substr(0, 200));
+    if (c.epoch < 0 || static_cast<int64_t>(c.loss_history.size()) != c.epoch)
+      throw refuse("epoch " + std::to_string(c.epoch) + " disagrees with its loss history");
+    c.model = build_flow(c.config);
+    StateDict model_state;
+    model_state.source = path;
+    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "model.")) model_state.emplace_back(key, tensor);
+    load_state_dict(c.model.module(), model_state);
+    const auto steps = meta.at("adam_steps").get<std::vector<int64_t>>();
+    const auto params = c.model.module().parameters();
+    if (steps.size() != params.size())
+      throw refuse("optimizer state for " + std::to_string(steps.size()) + " parameters, the model has " +
+                   std::to_string(params.size()));
+    std::map<std::string, torch::Tensor> tensors(archive.tensors.begin(), archive.tensors.end());
+    size_t adam_tensors = 0;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (steps[i] < 0) throw refuse("negative optimizer step count");
+      if (steps[i] == 0) {
+        c.adam_state.push_back({});
+        continue;
+      }
+      AdamState state{steps[i], {}, {}};
+      const std::pair<const char*, torch::Tensor*> moments[] = {{"exp_avg", &state.exp_avg},
+                                                                {"exp_avg_sq", &state.exp_avg_sq}};
+      for (const auto& [name, target] : moments) {
+        const auto key = "adam." + std::to_string(i) + "." + name;
+        const auto it = tensors.find(key);
+        if (it == tensors.end()) throw refuse("missing tensor '" + key + "'");
+        if (it->second.sizes() != params[i].sizes() || it->second.scalar_type() != params[i].scalar_type())
+          throw refuse("tensor '" + key + "' does not match its parameter's shape or dtype");
+        *target = it->second;
+        ++adam_tensors;
+      }
+      c.adam_state.push_back(state);
+    }
+    if (adam_tensors + model_state.size() != archive.tensors.size()) throw refuse("holds unexpected tensors");
+  } catch (const nlohmann::json::exception& e) {
+    throw refuse(std::string("invalid metadata: ") + e.what());
+  } catch (const FlowConfigError& e) {
+    throw refuse(e.what());
   }
   return c;
+}
+
+/// Puts a checkpoint's Adam state into a fresh optimizer over the same model.
+inline void restore_adam_state(torch::optim::Adam& optimizer, const torch::nn::Module& model,
+                               const std::vector<AdamState>& states) {
+  const auto params = model.parameters();
+  for (size_t i = 0; i < params.size() && i < states.size(); ++i) {
+    if (states[i].step == 0) continue;
+    auto state = std::make_unique<torch::optim::AdamParamState>();
+    state->step(states[i].step);
+    state->exp_avg(states[i].exp_avg.clone());
+    state->exp_avg_sq(states[i].exp_avg_sq.clone());
+    optimizer.state()[detail::optimizer_state_key(params[i])] = std::move(state);
+  }
 }
 
 /// Trains `checkpoint.model` on `features` until `options.epochs`, writing `checkpoint_path`.
 /// With options.resume, training continues from the checkpoint file (same config required).
 inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, const TrainOptions& options,
                              const std::string& checkpoint_path) {
-  torch::serialize::InputArchive optimizer_archive;
   if (options.resume) {
-    auto resumed = load_checkpoint(checkpoint_path, &optimizer_archive);
+    auto resumed = load_checkpoint(checkpoint_path);
     if (to_json(resumed.config) != to_json(checkpoint.config)) {
       throw std::runtime_error("--resume: checkpoint '" + checkpoint_path + "' is of another configuration: " +
                                to_json(resumed.config).dump() + " vs requested " + to_json(checkpoint.config).dump());
@@ -135,7 +201,7 @@ inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, 
   auto& flow = checkpoint.model.module();
   auto& flow_view = *checkpoint.model;
   auto optimizer = make_optimizer(flow, options);
-  if (options.resume) optimizer.load(optimizer_archive);
+  restore_adam_state(optimizer, flow, checkpoint.adam_state);
   const int64_t n = features.at(0).size(0);
   if (n == 0) throw std::runtime_error("no training features");
   const int64_t batches = (n + options.batch_size - 1) / options.batch_size;

@@ -26,12 +26,6 @@ class FeatureError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
-/// Thrown when a weight or model file is missing or unreadable, or its keys or shapes do not fit the model.
-class WeightImportError : public FeatureError {
- public:
-  using FeatureError::FeatureError;
-};
-
 /// Per-channel normalisation statistics for images in [0, 1].
 struct ImageNormalization {
   std::vector<double> mean;

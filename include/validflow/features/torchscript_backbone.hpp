@@ -11,6 +11,7 @@
 //   TorchScriptBackbone net(TorchScriptBackboneOptions("wrn50_layer3.pt").stride(16));
 //   MultiScaleExtractor ex(MultiScaleExtractorOptions(net).image_size(512));
 #include <validflow/features/backbone.hpp>
+#include <validflow/io/errors.hpp>
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -55,19 +56,20 @@ class TorchScriptBackboneImpl : public torch::nn::Cloneable<TorchScriptBackboneI
       module_ = module_.deepcopy();  // clone() and construction from a module: an independent copy
     } else {
       const auto& path = options.path();
-      if (path.empty()) throw WeightImportError("TorchScriptBackbone: no file given");
+      if (path.empty()) throw FileError("", "TorchScriptBackbone: no file given");
       if (!std::ifstream(path).good())
-        throw WeightImportError("TorchScriptBackbone: TorchScript file '" + path + "' not found or unreadable");
+        throw FileError(path, "TorchScriptBackbone: TorchScript file '" + path + "' not found or unreadable");
       try {
         module_ = torch::jit::load(path, torch::kCPU);
       } catch (const c10::Error& e) {
-        throw WeightImportError("TorchScriptBackbone: '" + path +
-                                "' is not a TorchScript archive (torch.jit.save): " + e.what_without_backtrace());
+        throw FileError(path, "TorchScriptBackbone: '" + path +
+                                  "' is not a TorchScript archive (torch.jit.save): " + e.what_without_backtrace());
       }
       loaded_ = true;
     }
     if (!module_.find_method("forward"))
-      throw WeightImportError("TorchScriptBackbone: the module of '" + options.path() + "' has no forward method");
+      throw FileError(options.path(),
+                      "TorchScriptBackbone: the module of '" + options.path() + "' has no forward method");
     module_.eval();
     for (auto p : module_.parameters()) p.set_requires_grad(false);
   }

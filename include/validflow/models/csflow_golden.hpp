@@ -53,25 +53,24 @@ inline ParityReport check_csflow_golden(const StateDict& golden, torch::Dtype dt
   const std::string suffix = dtype == torch::kFloat64 ? "64" : "";
   TensorList inputs;
   for (int64_t s = 0; s < model->options.scales(); ++s) {
-    inputs.push_back(detail::require_entry(golden, "input." + std::to_string(s)).to(dtype));
+    inputs.push_back(golden.at("input." + std::to_string(s)).to(dtype));
   }
   torch::NoGradGuard no_grad;
   const auto [z, log_det] = model->forward(inputs);
   for (size_t s = 0; s < z.size(); ++s) {
-    detail::track_error(report.z, z[s], detail::require_entry(golden, "z" + suffix + "." + std::to_string(s)), true);
+    detail::track_error(report.z, z[s], golden.at("z" + suffix + "." + std::to_string(s)), true);
   }
-  detail::track_error(report.log_det, log_det, detail::require_entry(golden, "log_jac_det" + suffix), false);
-  detail::track_error(report.score, image_scores(z), detail::require_entry(golden, "score" + suffix), false);
-  detail::track_error(report.loss, nll_per_dimension(z, log_det).reshape({1}),
-                      detail::require_entry(golden, "loss" + suffix).reshape({1}), false);
+  detail::track_error(report.log_det, log_det, golden.at("log_jac_det" + suffix), false);
+  detail::track_error(report.score, image_scores(z), golden.at("score" + suffix), false);
+  detail::track_error(report.loss, nll_per_dimension(z, log_det).reshape({1}), golden.at("loss" + suffix).reshape({1}),
+                      false);
   for (int64_t k = 0; k < model->options.blocks(); ++k) {
     auto& shuffle = *model->block(static_cast<size_t>(k)).get<0>();
     for (int64_t s = 0; s < model->options.scales(); ++s) {
       const auto key = "perm.module_list." + std::to_string(3 + 2 * k) + ".perm." + std::to_string(s);
-      const auto it = golden.find(key);
-      if (it == golden.end()) continue;
-      report.permutations_match =
-          report.permutations_match && it->second.to(torch::kLong).equal(shuffle.permutations[s]);
+      const auto* perm = golden.find(key);
+      if (!perm) continue;
+      report.permutations_match = report.permutations_match && perm->to(torch::kLong).equal(shuffle.permutations[s]);
       ++report.permutations_checked;
     }
   }

@@ -1,59 +1,22 @@
 #pragma once
-// Import of the official CS-Flow weights (marco-rudolph/cs-flow) into validflow::CSFlow.
+// Import of the official CS-Flow weights (marco-rudolph/cs-flow) into validflow::CSFlow: a key-renaming step
+// on the strict loader of io/state_dict.hpp.
 //
-// Input: a file written by Python's `torch.save` (zip format) of a flat dict {str: Tensor}, e.g.
-// `torch.save(model.state_dict(), path)` of the official model. Official keys are
+// Input: a state dict read from a file written by Python's `torch.save` (zip format) of the official model,
+// e.g. `torch.save(model.state_dict(), path)`. Official keys are
 //   module_list.{4+2k}.{s1|s2}.{gamma0..2 | conv_scale{0,1,2}_{0,1}.{weight,bias} | up_conv10.* | up_conv21.* |
 //                                down_conv01.* | down_conv12.*}
 // and map to this library's `flow.{k}.1.{s1|s2}.<same name>`. The configuration (channels, hidden width,
 // number of blocks, kernel size per block, gammas) is inferred from the shapes. The permutations are not in
 // the file: the official code regenerates them from seed k, and so does ChannelShuffle.
+#include <validflow/io/state_dict.hpp>
 #include <validflow/models/csflow.hpp>
 
-#include <torch/script.h>
-
-#include <fstream>
-#include <iterator>
-#include <map>
 #include <regex>
 #include <set>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 
 namespace validflow {
-
-using StateDict = std::map<std::string, torch::Tensor>;
-
-/// Thrown for unreadable files and state dicts that do not fit the model; the message names file/key.
-class ImportError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-/// Reads a `torch.save`d dict of tensors (zip format) from `path`.
-inline StateDict read_state_dict(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw ImportError("cannot open '" + path + "': no such file or not readable");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (bytes.empty()) throw ImportError("'" + path + "' is empty");
-  torch::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const std::exception& e) {
-    throw ImportError("'" + path + "' is not a readable torch.save file (truncated or corrupt?): " +
-                      std::string(e.what()).substr(0, 300));
-  }
-  if (!value.isGenericDict()) throw ImportError("'" + path + "' does not hold a dict of tensors");
-  StateDict dict;
-  for (const auto& entry : value.toGenericDict()) {
-    if (!entry.key().isString() || !entry.value().isTensor()) {
-      throw ImportError("'" + path + "' holds a non-string key or non-tensor value; expected {str: Tensor}");
-    }
-    dict.emplace(entry.key().toStringRef(), entry.value().toTensor());
-  }
-  return dict;
-}
 
 namespace detail {
 
@@ -61,12 +24,6 @@ namespace detail {
 inline std::string official_csflow_key(const std::string& prefix, int64_t block, const std::string& subnet,
                                        const std::string& name) {
   return prefix + "module_list." + std::to_string(4 + 2 * block) + "." + subnet + "." + name;
-}
-
-inline const torch::Tensor& require_entry(const StateDict& dict, const std::string& key) {
-  const auto it = dict.find(key);
-  if (it == dict.end()) throw ImportError("official CS-Flow state dict: missing key '" + key + "'");
-  return it->second;
 }
 
 }  // namespace detail
@@ -80,67 +37,53 @@ inline CSFlowOptions infer_csflow_options(const StateDict& dict, const std::stri
     std::smatch match;
     if (std::regex_match(entry.first, match, pattern)) indices.insert(std::stoll(match[1]));
   }
-  if (indices.empty()) {
-    throw ImportError("official CS-Flow state dict: no key matches '" + prefix + "module_list.<4+2k>.<s1|s2>.*'");
-  }
+  auto refuse = [&](const std::string& why) {
+    return StateDictError(dict.source, "official CS-Flow state dict" +
+                                           (dict.source.empty() ? "" : " '" + dict.source + "'") + ": " + why);
+  };
+  if (indices.empty()) throw refuse("no key matches '" + prefix + "module_list.<4+2k>.<s1|s2>.*'");
   const int64_t blocks = static_cast<int64_t>(indices.size());
   for (int64_t k = 0; k < blocks; ++k) {
-    if (!indices.count(4 + 2 * k)) {
-      throw ImportError(
-          "official CS-Flow state dict: coupling blocks must be module_list.4, .6, ...; missing module_list." +
-          std::to_string(4 + 2 * k));
-    }
+    if (!indices.count(4 + 2 * k))
+      throw refuse("coupling blocks must be module_list.4, .6, ...; missing module_list." + std::to_string(4 + 2 * k));
   }
-  const auto& first = detail::require_entry(dict, detail::official_csflow_key(prefix, 0, "s1", "conv_scale0_0.weight"));
-  if (first.dim() != 4) throw ImportError("official CS-Flow state dict: conv_scale0_0.weight must be 4-D");
+  const auto& first = dict.at(detail::official_csflow_key(prefix, 0, "s1", "conv_scale0_0.weight"));
+  if (first.dim() != 4) throw refuse("conv_scale0_0.weight must be 4-D");
   CSFlowOptions options;
   options.channels(2 * first.size(1)).hidden_channels(first.size(0)).blocks(blocks);
   std::vector<int64_t> kernels;
   for (int64_t k = 0; k < blocks; ++k) {
-    kernels.push_back(
-        detail::require_entry(dict, detail::official_csflow_key(prefix, k, "s1", "conv_scale0_0.weight")).size(2));
+    const auto& w = dict.at(detail::official_csflow_key(prefix, k, "s1", "conv_scale0_0.weight"));
+    if (w.dim() != 4) throw refuse("conv_scale0_0.weight of block " + std::to_string(k) + " must be 4-D");
+    kernels.push_back(w.size(2));
   }
   int64_t scales = 0;
-  while (
-      dict.count(detail::official_csflow_key(prefix, 0, "s1", "conv_scale" + std::to_string(scales) + "_0.weight"))) {
+  while (dict.contains(
+      detail::official_csflow_key(prefix, 0, "s1", "conv_scale" + std::to_string(scales) + "_0.weight"))) {
     ++scales;
   }
   options.kernel_sizes(kernels).scales(scales);
-  options.use_gamma(dict.count(detail::official_csflow_key(prefix, 0, "s1", "gamma0")) > 0);
+  options.use_gamma(dict.contains(detail::official_csflow_key(prefix, 0, "s1", "gamma0")));
   return options;
 }
 
-/// Copies an official state dict into `model` strictly: every parameter must be present with its exact shape,
-/// and no other key under `prefix`module_list may remain.
-inline void load_official_csflow(CSFlowImpl& model, const StateDict& dict, const std::string& prefix = "") {
-  torch::NoGradGuard no_grad;
-  std::set<std::string> used;
-  for (auto& entry : model.named_parameters()) {
-    // ours: flow.{k}.1.{s1|s2}.<name>
-    const std::string& ours = entry.key();
+/// Copies an official state dict into `model` strictly: every coupling parameter present with its exact
+/// shape, no other key under `prefix`module_list (other keys, e.g. a golden file's inputs, are ignored).
+inline LoadReport load_official_csflow(CSFlowImpl& model, const StateDict& dict, const std::string& prefix = "") {
+  static const std::regex ours(R"(^flow\.(\d+)\.1\.(s1|s2)\.(.+)$)");  // flow.{k}.1.{s1|s2}.<name>
+  std::set<std::string> parameters;
+  for (const auto& p : model.named_parameters()) parameters.insert(p.key());
+  const auto rename = [&](const std::string& key) -> std::string {
     std::smatch match;
-    static const std::regex ours_pattern(R"(^flow\.(\d+)\.1\.(s1|s2)\.(.+)$)");
-    if (!std::regex_match(ours, match, ours_pattern)) {
-      throw ImportError("CSFlow: unexpected parameter '" + ours + "' (not a coupling subnet parameter)");
+    if (!std::regex_match(key, match, ours)) {
+      if (parameters.count(key))
+        throw StateDictError(dict.source, "CSFlow: parameter '" + key + "' is not a coupling subnet parameter");
+      return "";  // buffers (the permutations): regenerated from the seeds, not in the file
     }
-    const auto key = detail::official_csflow_key(prefix, std::stoll(match[1]), match[2], match[3]);
-    const auto& source = detail::require_entry(dict, key);
-    auto& target = entry.value();
-    if (source.sizes() != target.sizes()) {
-      std::ostringstream message;
-      message << "official CS-Flow state dict: '" << key << "' has shape " << source.sizes() << ", the model expects "
-              << target.sizes();
-      throw ImportError(message.str());
-    }
-    target.copy_(source.to(target.dtype()));
-    used.insert(key);
-  }
-  for (const auto& entry : dict) {
-    if (entry.first.rfind(prefix + "module_list.", 0) == 0 && !used.count(entry.first)) {
-      throw ImportError("official CS-Flow state dict: unexpected key '" + entry.first +
-                        "' (another configuration, or not a CS-Flow state dict)");
-    }
-  }
+    return detail::official_csflow_key(prefix, std::stoll(match[1]), match[2], match[3]);
+  };
+  const auto foreign = [&](const std::string& key) { return key.rfind(prefix + "module_list.", 0) != 0; };
+  return load_state_dict(model, dict, rename, foreign);
 }
 
 /// Builds the CS-Flow an official state dict describes and loads it.

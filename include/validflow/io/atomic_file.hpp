@@ -1,0 +1,105 @@
+#pragma once
+// Atomic file writes: the bytes go to a temporary file next to the target (`<target>.tmp.<pid>.<n>`), are
+// flushed to disk, then renamed over the target. A crash, a kill -9 or a full disk therefore never leaves a
+// half-written file under the target's name, and a failed write never replaces a good file. Temporary files
+// that a killed process left behind are recognised by their dead pid and removed by remove_stale_temp_files.
+// No LibTorch needed (the programs' torch-free parts use it too).
+#include <validflow/io/errors.hpp>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+namespace validflow::io {
+
+namespace detail {
+inline std::string errno_text(int error) { return std::strerror(error); }
+
+/// The pid of a temporary file of ours (`<name>.tmp.<pid>.<n>`), or -1.
+inline long temp_file_pid(const std::string& filename) {
+  const auto at = filename.rfind(".tmp.");
+  if (at == std::string::npos) return -1;
+  const auto rest = filename.substr(at + 5);
+  const auto dot = rest.find('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == rest.size()) return -1;
+  for (size_t i = 0; i < rest.size(); ++i)
+    if (i != dot && !std::isdigit(static_cast<unsigned char>(rest[i]))) return -1;
+  try {
+    return std::stol(rest.substr(0, dot));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+}  // namespace detail
+
+/// Writes `bytes` to `path` atomically (see the top of this file); creates parent folders. Throws FileError.
+inline void write_file_atomic(const std::string& path, std::string_view bytes) {
+  namespace fs = std::filesystem;
+  static std::atomic<unsigned> counter{0};
+  const fs::path target(path);
+  std::error_code ec;
+  if (target.has_parent_path()) {
+    fs::create_directories(target.parent_path(), ec);
+    if (ec) throw FileError(path, "cannot create folder " + target.parent_path().string() + ": " + ec.message());
+  }
+  if (fs::is_directory(target, ec)) throw FileError(path, "cannot write " + path + ": it is a directory");
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw FileError(path, "cannot write " + path + ": " + detail::errno_text(errno));
+  auto fail = [&](const std::string& what, int error) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw FileError(path, what + " " + path + ": " + detail::errno_text(error));
+  };
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write failed for", errno);
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) fail("cannot flush", errno);
+  if (::close(fd) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    throw FileError(path, "cannot close " + path + ": " + detail::errno_text(error));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    throw FileError(path, "cannot rename " + tmp + " to " + path + ": " + detail::errno_text(error));
+  }
+}
+
+/// Removes the temporary files (`*.tmp.<pid>.<n>`) in `folder` whose writing process no longer exists (a run
+/// killed while writing). Files of running processes are kept. Returns the removed paths; never throws.
+inline std::vector<std::string> remove_stale_temp_files(const std::string& folder) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (!it->is_regular_file(type_ec)) continue;
+    const long pid = detail::temp_file_pid(it->path().filename().string());
+    if (pid <= 0) continue;
+    if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm_ec;
+    if (fs::remove(it->path(), rm_ec)) removed.push_back(it->path().string());
+  }
+  return removed;
+}
+
+}  // namespace validflow::io

@@ -1,0 +1,256 @@
+#pragma once
+// PyTorch state dicts: the one reader and writer of `torch.save` files (zip format, PyTorch >= 1.6) and the one
+// strict loader into a module. Used for weights that come from Python (EfficientNet backbones, the official
+// CS-Flow, the golden parity files); validflow's own files use io/tensor_archive.hpp instead.
+//
+//  * read_state_dict / write_state_dict: an ordered {name -> tensor} map <-> file. A top-level
+//    {"state_dict": ...} or {"model": ...} wrapper is unwrapped, nested dicts are flattened with ".". Files in
+//    the legacy (pre-1.6) pickle format are refused with the command that converts them.
+//  * load_state_dict: strict copy into any torch::nn::Module: every parameter and buffer present with the same
+//    shape, no unknown key unless declared ignorable. A `rename` function maps the module's keys to the file's
+//    (how foreign layouts, torchvision's or the official CS-Flow's, are imported). Every problem is listed by
+//    key (missing, unexpected, shape mismatches with both shapes) in one StateDictError.
+#include <validflow/core/flow.hpp>
+#include <validflow/io/atomic_file.hpp>
+#include <validflow/io/errors.hpp>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <iterator>
+#include <map>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace validflow {
+
+/// An ordered state dict: (key, tensor) in file order, with lookup by key.
+class StateDict {
+ public:
+  using Entry = std::pair<std::string, torch::Tensor>;
+
+  StateDict() = default;
+  StateDict(std::initializer_list<Entry> entries) {
+    for (const auto& e : entries) emplace_back(e.first, e.second);
+  }
+
+  /// Appends an entry; throws StateDictError on a duplicate key.
+  void emplace_back(std::string key, torch::Tensor tensor) {
+    if (!index_.emplace(key, entries_.size()).second)
+      throw StateDictError(source, "duplicate key '" + key + "'" + where());
+    entries_.emplace_back(std::move(key), std::move(tensor));
+  }
+  bool contains(const std::string& key) const { return index_.count(key) > 0; }
+  /// The tensor of `key`, or nullptr.
+  const torch::Tensor* find(const std::string& key) const {
+    const auto it = index_.find(key);
+    return it == index_.end() ? nullptr : &entries_[it->second].second;
+  }
+  /// The tensor of `key`; throws StateDictError naming the key and the file.
+  const torch::Tensor& at(const std::string& key) const {
+    if (const auto* t = find(key)) return *t;
+    throw StateDictError(source, "missing key '" + key + "'" + where());
+  }
+  size_t size() const { return entries_.size(); }
+  bool empty() const { return entries_.empty(); }
+  std::vector<Entry>::const_iterator begin() const { return entries_.begin(); }
+  std::vector<Entry>::const_iterator end() const { return entries_.end(); }
+  const Entry& operator[](size_t i) const { return entries_.at(i); }
+  /// Replaces the tensor of `key`, or appends it.
+  void set(const std::string& key, torch::Tensor tensor) {
+    const auto it = index_.find(key);
+    if (it == index_.end())
+      emplace_back(key, std::move(tensor));
+    else
+      entries_[it->second].second = std::move(tensor);
+  }
+  /// Removes `key` if present.
+  void erase(const std::string& key) {
+    if (!index_.count(key)) return;
+    StateDict kept;
+    kept.source = source;
+    for (auto& e : entries_)
+      if (e.first != key) kept.emplace_back(e.first, e.second);
+    *this = std::move(kept);
+  }
+  /// Renames every key (e.g. to another layout's names).
+  void rename_keys(const std::function<std::string(const std::string&)>& rename) {
+    StateDict renamed;
+    renamed.source = source;
+    for (auto& [key, tensor] : entries_) renamed.emplace_back(rename(key), tensor);
+    *this = std::move(renamed);
+  }
+
+  /// The file it was read from ("" for one built in memory), for messages.
+  std::string source;
+
+ private:
+  std::string where() const { return source.empty() ? "" : " in '" + source + "'"; }
+  std::vector<Entry> entries_;
+  std::map<std::string, size_t> index_;
+};
+
+namespace detail {
+
+inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out,
+                          const std::string& path) {
+  if (value.isTensor()) {
+    out.emplace_back(prefix, value.toTensor());
+    return;
+  }
+  if (value.isGenericDict()) {
+    for (const auto& entry : value.toGenericDict()) {
+      if (!entry.key().isString())
+        throw StateDictError(path, "'" + path + "' has a non-string key under '" + prefix + "'");
+      const std::string key = entry.key().toStringRef();
+      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path);
+    }
+    return;
+  }
+  throw StateDictError(path, "entry '" + prefix + "' of '" + path + "' is a " + value.tagKind() + ", not a tensor");
+}
+
+}  // namespace detail
+
+/// Reads a `torch.save`d dict of tensors (see the top of this file). Throws FileError / StateDictError naming
+/// the path.
+inline StateDict read_state_dict(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.empty()) throw FileError(path, "'" + path + "' is empty");
+  // The legacy format starts with a pickled magic number: PROTO 2, LONG1 (0x80 0x02 0x8a 0x0a).
+  if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
+    throw FileError(path, "'" + path +
+                              "' is in PyTorch's legacy (pre-1.6) serialization format, which LibTorch cannot read; "
+                              "convert it once with: python3 tools/export_backbone.py convert '" +
+                              path + "' OUT.pt");
+  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K')
+    throw FileError(path, "'" + path + "' is not a torch.save zip archive");
+  static const char* const unpickle_hint =
+      " (truncated or corrupt? LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict "
+      "such as {'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "
+      "python3 tools/export_backbone.py convert IN OUT)";
+  c10::IValue value;
+  try {
+    value = torch::jit::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    throw FileError(path, "cannot read '" + path + "': " + e.what_without_backtrace() + unpickle_hint);
+  } catch (const std::exception& e) {
+    throw FileError(path, "cannot read '" + path + "': " + e.what() + unpickle_hint);
+  }
+  if (!value.isGenericDict())
+    throw FileError(path, "'" + path + "' holds a " + value.tagKind() + ", expected a dict of tensors (a state_dict)");
+  auto dict = value.toGenericDict();
+  for (const char* wrapper : {"state_dict", "model"}) {
+    if (dict.size() == 1 && dict.begin()->key().isString() && dict.begin()->key().toStringRef() == wrapper &&
+        dict.begin()->value().isGenericDict()) {
+      value = dict.begin()->value();
+      dict = value.toGenericDict();
+    }
+  }
+  StateDict out;
+  out.source = path;
+  detail::flatten_state(value, "", out, path);
+  return out;
+}
+
+/// Writes a state dict as a zip archive that Python's `torch.load` and read_state_dict read, atomically.
+inline void write_state_dict(const StateDict& state, const std::string& path) {
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  for (const auto& [key, tensor] : state) dict.insert(key, tensor.detach().cpu().contiguous());
+  const auto bytes = torch::jit::pickle_save(c10::IValue(dict));
+  io::write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
+}
+
+/// The module's parameters and buffers as a state dict (its own key names).
+inline StateDict module_state_dict(const torch::nn::Module& module) {
+  StateDict out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+/// What a load did.
+struct LoadReport {
+  std::size_t loaded = 0;            ///< tensors copied into the module
+  std::vector<std::string> skipped;  ///< file keys declared ignorable (e.g. blocks cut off by truncation)
+};
+
+/// Strict load (see the top of this file). `rename` maps a module key to its key in the file (identity if
+/// empty); it returns "" for module entries the file does not provide (they keep their values, e.g. buffers
+/// that a layout regenerates). `ignorable` says which file keys the module may lack. Values are converted to
+/// the module's dtype. Nothing is copied unless everything fits.
+inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& state,
+                                  const std::function<std::string(const std::string&)>& rename = {},
+                                  const std::function<bool(const std::string&)>& ignorable = {}) {
+  std::vector<std::string> missing, mismatched, unexpected;
+  std::vector<std::pair<torch::Tensor, const torch::Tensor*>> copies;
+  std::map<std::string, bool> used;
+  for (const auto& [own_key, target] : module_state_dict(module)) {
+    if (!target.defined()) continue;
+    const std::string key = rename ? rename(own_key) : own_key;
+    if (key.empty()) continue;
+    const auto* source = state.find(key);
+    if (!source) {
+      missing.push_back(key);
+      continue;
+    }
+    used[key] = true;
+    if (source->sizes() != target.sizes()) {
+      mismatched.push_back(key + ": file " + detail::shape_string(source->sizes()) + " vs model " +
+                           detail::shape_string(target.sizes()));
+      continue;
+    }
+    if (source->is_floating_point() != target.is_floating_point() ||
+        (source->scalar_type() == torch::kBool) != (target.scalar_type() == torch::kBool)) {
+      mismatched.push_back(key + ": file dtype " + std::string(c10::toString(source->scalar_type())) + " vs model " +
+                           c10::toString(target.scalar_type()));
+      continue;
+    }
+    copies.emplace_back(target, source);
+  }
+  LoadReport report;
+  for (const auto& [key, tensor] : state) {
+    if (used.count(key)) continue;
+    if (ignorable && ignorable(key))
+      report.skipped.push_back(key);
+    else
+      unexpected.push_back(key);
+  }
+  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
+    std::ostringstream m;
+    m << "the tensors" << (state.source.empty() ? "" : " of '" + state.source + "'") << " do not fit " << module.name()
+      << ":";
+    auto list = [&](const char* what, const std::vector<std::string>& keys) {
+      if (keys.empty()) return;
+      m << " " << keys.size() << " " << what << " (";
+      for (std::size_t i = 0; i < keys.size() && i < 8; ++i) m << (i ? ", " : "") << keys[i];
+      if (keys.size() > 8) m << ", ... " << keys.size() - 8 << " more";
+      m << ");";
+    };
+    list("missing key(s)", missing);
+    list("unexpected key(s)", unexpected);
+    list("mismatch(es)", mismatched);
+    throw StateDictError(state.source, m.str());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [target, source] : copies) {
+    auto t = target;
+    t.copy_(*source);
+  }
+  report.loaded = copies.size();
+  return report;
+}
+
+}  // namespace validflow

@@ -1,0 +1,293 @@
+#pragma once
+// The one file container of validflow's own files (model files, training checkpoints, feature caches): a
+// JSON header (kind, metadata, entry table) and raw little-endian tensor data, every part with a CRC-32.
+// It is parsed by this code alone: no pickle, no code of any kind runs while a file is read, every offset and
+// size is checked against the file before it is used, and a file that fails any check is refused as a whole
+// with a FileError naming the path and the problem. docs/reliability.md states what this guarantees.
+//
+// Layout:
+//   0   magic      8 bytes  89 56 46 41 0D 0A 1A 0A   ("\x89VFA\r\n\x1a\n": catches text-mode mangling)
+//   8   version    u32      container version (1)
+//   12  header_crc u32      CRC-32 of the header bytes
+//   16  header_len u64      length of the header (at most 64 MiB)
+//   24  header     JSON     {"kind", "kind_version", "meta", "payload_size",
+//                            "tensors": [{"name","dtype","shape","offset","size","crc32"}],
+//                            "blobs":   [{"name","offset","size","crc32"}]}
+//   P   payload    bytes    P = 24 + header_len rounded up to 64; entry offsets are relative to P, 64-aligned
+//   The file ends exactly at P + payload_size (a truncated or extended file is refused).
+#include <validflow/io/atomic_file.hpp>
+#include <validflow/io/crc32.hpp>
+#include <validflow/io/errors.hpp>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "validflow's file container is little-endian; this platform is not supported"
+#endif
+
+namespace validflow::io {
+
+/// An archive in memory: what a file holds once it was read and verified, or what write_archive writes.
+struct TensorArchive {
+  std::string kind;          ///< e.g. "validflow-model"; a reader refuses files of another kind
+  int64_t kind_version = 1;  ///< the layout of `meta` and of the entry names for this kind
+  nlohmann::json meta = nlohmann::json::object();
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;  ///< in file order; CPU, contiguous when read
+  std::vector<std::pair<std::string, std::string>> blobs;      ///< opaque bytes
+
+  bool has_tensor(const std::string& name) const {
+    for (const auto& kv : tensors)
+      if (kv.first == name) return true;
+    return false;
+  }
+};
+
+constexpr uint32_t kArchiveVersion = 1;
+constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
+constexpr size_t kMaxArchiveEntries = 1u << 20;
+constexpr size_t kMaxEntryNameBytes = 1024;
+constexpr int64_t kMaxTensorDims = 8;
+
+namespace detail {
+
+inline const unsigned char* archive_magic() {
+  static const unsigned char magic[8] = {0x89, 'V', 'F', 'A', '\r', '\n', 0x1a, '\n'};
+  return magic;
+}
+
+inline uint64_t align64(uint64_t v) { return (v + 63) / 64 * 64; }
+
+struct DtypeName {
+  torch::Dtype dtype;
+  const char* name;
+};
+inline const std::vector<DtypeName>& dtype_names() {
+  static const std::vector<DtypeName> names = {{torch::kFloat32, "float32"}, {torch::kFloat64, "float64"},
+                                               {torch::kFloat16, "float16"}, {torch::kBFloat16, "bfloat16"},
+                                               {torch::kInt64, "int64"},     {torch::kInt32, "int32"},
+                                               {torch::kInt16, "int16"},     {torch::kInt8, "int8"},
+                                               {torch::kUInt8, "uint8"},     {torch::kBool, "bool"}};
+  return names;
+}
+inline std::string dtype_name(torch::Dtype dtype) {
+  for (const auto& d : dtype_names())
+    if (d.dtype == dtype) return d.name;
+  throw std::invalid_argument(std::string("tensor archive: unsupported dtype ") + c10::toString(dtype));
+}
+
+template <typename T>
+void put(std::string& out, T value) {
+  out.append(reinterpret_cast<const char*>(&value), sizeof value);
+}
+template <typename T>
+T get(std::string_view bytes, size_t at) {
+  T value;
+  std::memcpy(&value, bytes.data() + at, sizeof value);
+  return value;
+}
+
+}  // namespace detail
+
+/// The bytes of an archive (see the top of this file). Tensors may live on any device; they are copied to the
+/// CPU. Throws std::invalid_argument for duplicate or empty names and unsupported dtypes.
+inline std::string serialize_archive(const TensorArchive& archive) {
+  nlohmann::json tensors = nlohmann::json::array(), blobs = nlohmann::json::array();
+  std::set<std::string> names;
+  auto check_name = [&](const std::string& name) {
+    if (name.empty() || name.size() > kMaxEntryNameBytes)
+      throw std::invalid_argument("tensor archive: entry names must have 1.." + std::to_string(kMaxEntryNameBytes) +
+                                  " bytes");
+    if (!names.insert(name).second) throw std::invalid_argument("tensor archive: duplicate entry '" + name + "'");
+  };
+  std::vector<torch::Tensor> data;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : archive.tensors) {
+    check_name(name);
+    if (!tensor.defined()) throw std::invalid_argument("tensor archive: entry '" + name + "' is undefined");
+    auto cpu = tensor.detach().to(torch::kCPU).contiguous();
+    const uint64_t size = static_cast<uint64_t>(cpu.numel()) * cpu.element_size();
+    tensors.push_back({{"name", name},
+                       {"dtype", detail::dtype_name(cpu.scalar_type())},
+                       {"shape", cpu.sizes().vec()},
+                       {"offset", offset},
+                       {"size", size},
+                       {"crc32", crc32(cpu.data_ptr(), size)}});
+    offset = detail::align64(offset + size);
+    data.push_back(std::move(cpu));
+  }
+  for (const auto& [name, bytes] : archive.blobs) {
+    check_name(name);
+    blobs.push_back(
+        {{"name", name}, {"offset", offset}, {"size", bytes.size()}, {"crc32", crc32(bytes.data(), bytes.size())}});
+    offset = detail::align64(offset + bytes.size());
+  }
+  const nlohmann::json header_json = {{"kind", archive.kind}, {"kind_version", archive.kind_version},
+                                      {"meta", archive.meta}, {"payload_size", offset},
+                                      {"tensors", tensors},   {"blobs", blobs}};
+  const std::string header = header_json.dump();
+  std::string out;
+  const uint64_t payload_start = detail::align64(24 + header.size());
+  out.reserve(payload_start + offset);
+  out.append(reinterpret_cast<const char*>(detail::archive_magic()), 8);
+  detail::put<uint32_t>(out, kArchiveVersion);
+  detail::put<uint32_t>(out, crc32(header.data(), header.size()));
+  detail::put<uint64_t>(out, header.size());
+  out += header;
+  out.resize(payload_start, '\0');
+  for (size_t i = 0; i < data.size(); ++i) {
+    out.resize(payload_start + tensors[i]["offset"].get<uint64_t>(), '\0');
+    out.append(static_cast<const char*>(data[i].data_ptr()), tensors[i]["size"].get<size_t>());
+  }
+  for (size_t i = 0; i < archive.blobs.size(); ++i) {
+    out.resize(payload_start + blobs[i]["offset"].get<uint64_t>(), '\0');
+    out += archive.blobs[i].second;
+  }
+  out.resize(payload_start + offset, '\0');
+  return out;
+}
+
+/// Parses and verifies archive bytes; `path` names the source in messages. Throws FileError on any defect.
+inline TensorArchive parse_archive(std::string_view bytes, const std::string& path) {
+  auto refuse = [&](const std::string& why) -> FileError {
+    return FileError(path, "'" + path + "' is not a valid validflow file: " + why);
+  };
+  if (bytes.size() < 24 || std::memcmp(bytes.data(), detail::archive_magic(), 8) != 0) {
+    if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] == 'K')
+      throw refuse("it is a zip archive (a torch.save file or a checkpoint of validflow < 0.2), not a validflow file");
+    throw refuse(bytes.size() < 24 ? "too short (" + std::to_string(bytes.size()) + " bytes)" : "wrong magic bytes");
+  }
+  const auto version = detail::get<uint32_t>(bytes, 8);
+  if (version != kArchiveVersion)
+    throw refuse("container version " + std::to_string(version) + ", this build reads version " +
+                 std::to_string(kArchiveVersion));
+  const auto header_crc = detail::get<uint32_t>(bytes, 12);
+  const auto header_len = detail::get<uint64_t>(bytes, 16);
+  if (header_len == 0 || header_len > kMaxHeaderBytes || header_len > bytes.size() - 24)
+    throw refuse("header length " + std::to_string(header_len) + " does not fit the file (" +
+                 std::to_string(bytes.size()) + " bytes; truncated?)");
+  const std::string_view header = bytes.substr(24, header_len);
+  if (crc32(header.data(), header.size()) != header_crc) throw refuse("header checksum mismatch (corrupt file)");
+  nlohmann::json h;
+  try {
+    h = nlohmann::json::parse(header.begin(), header.end());
+  } catch (const nlohmann::json::exception& e) {
+    throw refuse(std::string("unreadable header: ") + e.what());
+  }
+  TensorArchive archive;
+  const uint64_t payload_start = detail::align64(24 + header_len);
+  try {
+    if (!h.is_object()) throw refuse("the header is not a JSON object");
+    archive.kind = h.at("kind").get<std::string>();
+    archive.kind_version = h.at("kind_version").get<int64_t>();
+    archive.meta = h.at("meta");
+    const auto payload_size = h.at("payload_size").get<uint64_t>();
+    if (payload_start > bytes.size() || bytes.size() - payload_start != payload_size)
+      throw refuse("the file has " + std::to_string(bytes.size()) + " bytes, the header describes " +
+                   std::to_string(payload_start) + " + " + std::to_string(payload_size) + " (truncated or extended)");
+    const auto& tensors = h.at("tensors");
+    const auto& blobs = h.at("blobs");
+    if (!tensors.is_array() || !blobs.is_array() || tensors.size() + blobs.size() > kMaxArchiveEntries)
+      throw refuse("bad entry table");
+    std::set<std::string> names;
+    auto entry_bytes = [&](const nlohmann::json& e, std::string& name) -> std::string_view {
+      name = e.at("name").get<std::string>();
+      if (name.empty() || name.size() > kMaxEntryNameBytes) throw refuse("an entry has an empty or overlong name");
+      if (!names.insert(name).second) throw refuse("duplicate entry '" + name + "'");
+      const auto offset = e.at("offset").get<uint64_t>();
+      const auto size = e.at("size").get<uint64_t>();
+      if (offset > payload_size || size > payload_size - offset)
+        throw refuse("entry '" + name + "' lies outside the file");
+      const std::string_view data = bytes.substr(payload_start + offset, size);
+      if (crc32(data.data(), data.size()) != e.at("crc32").get<uint32_t>())
+        throw refuse("checksum mismatch in entry '" + name + "' (corrupt file)");
+      return data;
+    };
+    for (const auto& e : tensors) {
+      std::string name;
+      const auto data = entry_bytes(e, name);
+      const auto dtype_text = e.at("dtype").get<std::string>();
+      const detail::DtypeName* dtype = nullptr;
+      for (const auto& d : detail::dtype_names())
+        if (dtype_text == d.name) dtype = &d;
+      if (!dtype) throw refuse("entry '" + name + "' has unknown dtype '" + dtype_text + "'");
+      const auto shape = e.at("shape").get<std::vector<int64_t>>();
+      if (static_cast<int64_t>(shape.size()) > kMaxTensorDims) throw refuse("entry '" + name + "' has too many dims");
+      const auto element = static_cast<uint64_t>(c10::elementSize(dtype->dtype));
+      uint64_t numel = 1;
+      for (auto d : shape) {
+        if (d < 0) throw refuse("entry '" + name + "' has a negative dimension");
+        if (d > 0 && numel > std::numeric_limits<uint64_t>::max() / element / static_cast<uint64_t>(d))
+          throw refuse("entry '" + name + "' is impossibly large");
+        numel *= static_cast<uint64_t>(d);
+      }
+      if (numel * element != data.size())
+        throw refuse("entry '" + name + "': shape and dtype need " + std::to_string(numel * element) +
+                     " bytes, the entry has " + std::to_string(data.size()));
+      if (dtype->dtype == torch::kBool)
+        for (char c : data)
+          if (static_cast<unsigned char>(c) > 1) throw refuse("entry '" + name + "' holds bool values other than 0/1");
+      auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype->dtype));
+      if (!data.empty()) std::memcpy(t.data_ptr(), data.data(), data.size());
+      archive.tensors.emplace_back(name, std::move(t));
+    }
+    for (const auto& e : blobs) {
+      std::string name;
+      const auto data = entry_bytes(e, name);
+      archive.blobs.emplace_back(name, std::string(data));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw refuse(std::string("malformed header: ") + e.what());
+  }
+  return archive;
+}
+
+/// Reads and verifies the archive at `path`; with `kind` set, refuses files of another kind or of a newer
+/// kind_version than `max_kind_version`. Throws FileError naming the path.
+inline TensorArchive read_archive(const std::string& path, const std::string& kind = "",
+                                  int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw FileError(path, "error while reading '" + path + "'");
+  auto archive = parse_archive(bytes, path);
+  if (!kind.empty() && archive.kind != kind)
+    throw FileError(path, "'" + path + "' is a " + archive.kind + " file, expected a " + kind + " file");
+  if (archive.kind_version < 1 || archive.kind_version > max_kind_version)
+    throw FileError(path, "'" + path + "' is a " + archive.kind + " file of version " +
+                              std::to_string(archive.kind_version) + "; this build reads versions 1.." +
+                              std::to_string(max_kind_version) + " (a newer validflow wrote it)");
+  return archive;
+}
+
+/// Writes the archive to `path` atomically (temporary file, fsync, rename). Throws FileError.
+inline void write_archive(const std::string& path, const TensorArchive& archive) {
+  write_file_atomic(path, serialize_archive(archive));
+}
+
+/// The named tensors of an archive whose names start with `prefix`, prefix removed, in file order.
+inline std::vector<std::pair<std::string, torch::Tensor>> tensors_with_prefix(const TensorArchive& archive,
+                                                                              const std::string& prefix) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& [name, t] : archive.tensors)
+    if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
+  return out;
+}
+
+}  // namespace validflow::io

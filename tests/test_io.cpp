@@ -1,0 +1,276 @@
+// The io part: the verified file container (every defect refused with a message naming the file), atomic
+// writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts.
+#include "catch_torch.hpp"
+
+#include <validflow/io/crc32.hpp>
+#include <validflow/io/state_dict.hpp>
+#include <validflow/io/tensor_archive.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using namespace validflow;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("validflow_test_io_" + name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+io::TensorArchive sample_archive() {
+  torch::manual_seed(0);
+  io::TensorArchive a;
+  a.kind = "validflow-test";
+  a.kind_version = 2;
+  a.meta = {{"answer", 42}, {"name", "ünïcode"}};
+  a.tensors.emplace_back("float", torch::randn({3, 5}));
+  a.tensors.emplace_back("double", torch::randn({2}, torch::kFloat64));
+  a.tensors.emplace_back("half", torch::randn({4, 1, 2}).to(torch::kFloat16));
+  a.tensors.emplace_back("bf16", torch::randn({7}).to(torch::kBFloat16));
+  a.tensors.emplace_back("long", torch::arange(10));
+  a.tensors.emplace_back("flag", torch::tensor(true));
+  a.tensors.emplace_back("empty", torch::zeros({0, 3}));
+  a.tensors.emplace_back("strided", torch::randn({4, 6}).t());  // non-contiguous: written contiguous
+  a.blobs.emplace_back("notes", std::string("a\0b", 3));
+  return a;
+}
+
+std::string error_of_parse(const std::string& bytes) {
+  try {
+    io::parse_archive(bytes, "x.vf");
+  } catch (const FileError& e) {
+    return e.what();
+  }
+  return "<accepted>";
+}
+
+}  // namespace
+
+TEST_CASE("crc32 matches the standard check value", "[io]") {
+  CHECK(io::crc32("123456789", 9) == 0xCBF43926u);
+  CHECK(io::crc32("", 0) == 0u);
+  const std::string text = "The quick brown fox jumps over the lazy dog";
+  CHECK(io::crc32(text.data(), text.size()) == 0x414FA339u);
+  // Incremental equals one pass, at every split point (exercises the 8-byte and the byte loops).
+  for (size_t split = 0; split <= text.size(); ++split)
+    CHECK(io::crc32(text.data() + split, text.size() - split, io::crc32(text.data(), split)) == 0x414FA339u);
+}
+
+TEST_CASE("tensor archive: round trip of every dtype, metadata and blobs", "[io]") {
+  TempDir dir("roundtrip");
+  const auto original = sample_archive();
+  io::write_archive(dir.file("a.vf"), original);
+  const auto read = io::read_archive(dir.file("a.vf"), "validflow-test", 2);
+  CHECK(read.kind == "validflow-test");
+  CHECK(read.kind_version == 2);
+  CHECK(read.meta == original.meta);
+  REQUIRE(read.tensors.size() == original.tensors.size());
+  for (size_t i = 0; i < read.tensors.size(); ++i) {
+    INFO(original.tensors[i].first);
+    CHECK(read.tensors[i].first == original.tensors[i].first);
+    CHECK(read.tensors[i].second.scalar_type() == original.tensors[i].second.scalar_type());
+    CHECK(torch::equal(read.tensors[i].second, original.tensors[i].second));
+    CHECK(read.tensors[i].second.is_contiguous());
+  }
+  REQUIRE(read.blobs.size() == 1);
+  CHECK(read.blobs[0].second == std::string("a\0b", 3));
+  CHECK(io::tensors_with_prefix(read, "fl").size() == 2);  // float, flag
+  CHECK(read.has_tensor("long"));
+  CHECK_FALSE(read.has_tensor("nope"));
+  // Payload entries are 64-byte aligned and the file ends exactly at the payload's end.
+  CHECK(fs::file_size(dir.file("a.vf")) % 64 == 0);
+}
+
+TEST_CASE("tensor archive: every defect is refused with a message naming the file", "[io][errors]") {
+  const auto good = io::serialize_archive(sample_archive());
+  REQUIRE(error_of_parse(good) == "<accepted>");
+  CHECK(error_of_parse("").find("x.vf") != std::string::npos);
+  CHECK(error_of_parse("short").find("too short") != std::string::npos);
+  CHECK(error_of_parse("PK\x03\x04" + std::string(40, '\0')).find("zip archive") != std::string::npos);
+  CHECK(error_of_parse(std::string(64, 'x')).find("magic") != std::string::npos);
+  // Truncated anywhere, or extended.
+  for (size_t cut : {size_t{20}, size_t{30}, good.size() / 2, good.size() - 1})
+    CHECK(error_of_parse(good.substr(0, cut)) != "<accepted>");
+  CHECK(error_of_parse(good + "junk").find("truncated or extended") != std::string::npos);
+  // One flipped bit in the header, and in every payload entry, is caught by a checksum.
+  auto flipped = good;
+  flipped[30] ^= 0x01;
+  CHECK(error_of_parse(flipped).find("header checksum") != std::string::npos);
+  const uint64_t header_len = *reinterpret_cast<const uint64_t*>(good.data() + 16);
+  const size_t payload = (24 + header_len + 63) / 64 * 64;
+  int caught = 0;
+  for (size_t at = payload; at < good.size(); at += 7) {
+    auto bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 0x10);
+    const auto message = error_of_parse(bad);
+    // Padding between entries is not covered by a checksum, every entry byte is.
+    if (message != "<accepted>") {
+      CHECK(message.find("checksum mismatch in entry") != std::string::npos);
+      ++caught;
+    }
+  }
+  CHECK(caught > 10);
+  // Container version and header length out of range.
+  auto version = good;
+  version[8] = 9;
+  CHECK(error_of_parse(version).find("container version 9") != std::string::npos);
+  auto huge = good;
+  const uint64_t enormous = 1ull << 62;
+  std::memcpy(&huge[16], &enormous, 8);
+  CHECK(error_of_parse(huge).find("header length") != std::string::npos);
+}
+
+TEST_CASE("tensor archive: a well-formed header that lies is refused", "[io][errors]") {
+  // Rebuild valid files around hand-made headers: the checks behind the checksums.
+  auto with_header = [](nlohmann::json header, const std::string& payload) {
+    const auto text = header.dump();
+    std::string out(reinterpret_cast<const char*>(io::detail::archive_magic()), 8);
+    io::detail::put<uint32_t>(out, io::kArchiveVersion);
+    io::detail::put<uint32_t>(out, io::crc32(text.data(), text.size()));
+    io::detail::put<uint64_t>(out, text.size());
+    out += text;
+    out.resize((out.size() + 63) / 64 * 64, '\0');
+    return out + payload;
+  };
+  const std::string payload(64, '\x02');
+  const uint32_t crc8 = io::crc32(payload.data(), 8);
+  nlohmann::json base = {{"kind", "k"},
+                         {"kind_version", 1},
+                         {"meta", nlohmann::json::object()},
+                         {"payload_size", 64},
+                         {"blobs", nlohmann::json::array()}};
+  auto entry = [&](nlohmann::json e) {
+    auto h = base;
+    h["tensors"] = nlohmann::json::array({e});
+    return error_of_parse(with_header(h, payload));
+  };
+  const nlohmann::json ok = {{"name", "t"}, {"dtype", "int64"}, {"shape", {1}},
+                             {"offset", 0}, {"size", 8},        {"crc32", crc8}};
+  CHECK(entry(ok) == "<accepted>");
+  auto e = ok;
+  e["dtype"] = "complex128";
+  CHECK(entry(e).find("unknown dtype") != std::string::npos);
+  e = ok;
+  e["shape"] = {2};
+  CHECK(entry(e).find("need 16 bytes") != std::string::npos);
+  e = ok;
+  e["shape"] = {-1};
+  CHECK(entry(e).find("negative dimension") != std::string::npos);
+  e = ok;
+  e["shape"] = {1ll << 40, 1ll << 40};
+  CHECK(entry(e).find("impossibly large") != std::string::npos);
+  e = ok;
+  e["offset"] = 60;
+  CHECK(entry(e).find("outside the file") != std::string::npos);
+  e = ok;
+  e["offset"] = std::numeric_limits<uint64_t>::max();
+  CHECK(entry(e).find("outside the file") != std::string::npos);
+  e = ok;
+  e["dtype"] = "bool";
+  e["shape"] = {8};  // eight bytes of value 2
+  CHECK(entry(e).find("bool values") != std::string::npos);
+  e = ok;
+  e["name"] = "";
+  CHECK(entry(e).find("empty or overlong name") != std::string::npos);
+  e = ok;
+  e.erase("crc32");
+  CHECK(entry(e).find("malformed header") != std::string::npos);
+  auto h = base;
+  h["tensors"] = nlohmann::json::array({ok, ok});
+  CHECK(error_of_parse(with_header(h, payload)).find("duplicate entry 't'") != std::string::npos);
+  h = base;
+  h["tensors"] = "not a list";
+  CHECK(error_of_parse(with_header(h, payload)).find("entry table") != std::string::npos);
+  CHECK(error_of_parse(with_header(nlohmann::json::array({1, 2}), payload)).find("not a JSON object") !=
+        std::string::npos);
+}
+
+TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing files", "[io][errors]") {
+  TempDir dir("kinds");
+  io::write_archive(dir.file("a.vf"), sample_archive());
+  CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-model"),
+                    Catch::Contains("is a validflow-test file, expected a validflow-model file"));
+  CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-test", 1), Catch::Contains("version 2"));
+  CHECK_THROWS_WITH(io::read_archive(dir.path.string()), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(io::read_archive(dir.file("absent.vf")), Catch::Contains("absent.vf' not found"));
+  CHECK_THROWS_AS(io::write_archive(dir.path.string(), sample_archive()), FileError);  // a folder as target
+}
+
+TEST_CASE("atomic writes never leave a half-written target; stale temp files of dead runs are removed", "[io]") {
+  TempDir dir("atomic");
+  const auto target = dir.file("out.bin");
+  io::write_file_atomic(target, "good");
+  // A write that cannot complete (its folder is a file) leaves the good file alone and no temp file.
+  std::ofstream(dir.file("blocker")) << "x";
+  CHECK_THROWS_WITH(io::write_file_atomic(dir.file("blocker") + "/x", "bad"), Catch::Contains("blocker"));
+  std::ifstream in(target);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(content == "good");
+
+  // A child process that writes a temp file and dies by SIGKILL before renaming it.
+  const pid_t child = fork();
+  if (child == 0) {
+    std::ofstream(target + ".tmp." + std::to_string(::getpid()) + ".0") << "partial";
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  REQUIRE(WIFSIGNALED(status));
+  const auto ours = target + ".tmp." + std::to_string(::getpid()) + ".7";  // a live writer's file: kept
+  std::ofstream(ours) << "in progress";
+  std::ofstream(dir.file("notes.tmp.txt")) << "not ours";  // not our naming pattern: kept
+  const auto removed = io::remove_stale_temp_files(dir.path.string());
+  REQUIRE(removed.size() == 1);
+  CHECK(removed[0].find(".tmp." + std::to_string(child) + ".0") != std::string::npos);
+  CHECK(fs::exists(ours));
+  CHECK(fs::exists(dir.file("notes.tmp.txt")));
+  CHECK(io::remove_stale_temp_files(dir.file("absent")).empty());
+}
+
+TEST_CASE("state dicts: ordered, strict lookups, renaming and strict loading", "[io]") {
+  StateDict state{{"a", torch::ones({2})}, {"b", torch::zeros({3})}};
+  CHECK(state.size() == 2);
+  CHECK(state.contains("a"));
+  CHECK(state.find("c") == nullptr);
+  CHECK_THROWS_WITH(state.at("c"), Catch::Contains("missing key 'c'"));
+  CHECK_THROWS_AS(state.emplace_back("a", torch::ones({1})), StateDictError);
+  state.set("b", torch::ones({3}));
+  CHECK(state.at("b").sum().item<double>() == 3);
+  state.erase("a");
+  CHECK(state[0].first == "b");
+  state.rename_keys([](const std::string& k) { return "x." + k; });
+  CHECK(state.contains("x.b"));
+
+  torch::nn::Linear linear(2, 3);
+  auto saved = module_state_dict(*linear);
+  saved.source = "weights.pt";
+  torch::nn::Linear other(2, 3);
+  CHECK(load_state_dict(*other, saved).loaded == 2);
+  CHECK(torch::equal(other->weight, linear->weight));
+  // Everything that does not fit is listed in one line, nothing is copied.
+  StateDict wrong{{"weight", torch::zeros({4, 2})}, {"extra", torch::zeros({1})}};
+  wrong.source = "w.pt";
+  const auto before = other->weight.clone();
+  try {
+    load_state_dict(*other, wrong);
+    FAIL("accepted");
+  } catch (const StateDictError& e) {
+    const std::string m = e.what();
+    CHECK(m.find("'w.pt'") != std::string::npos);
+    CHECK(m.find("1 missing key(s) (bias)") != std::string::npos);
+    CHECK(m.find("1 unexpected key(s) (extra)") != std::string::npos);
+    CHECK(m.find("weight: file [4, 2] vs model [3, 2]") != std::string::npos);
+    CHECK(m.find('\n') == std::string::npos);
+  }
+  CHECK(torch::equal(other->weight, before));
+}
