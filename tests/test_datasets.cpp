@@ -308,10 +308,11 @@ TEST_CASE("load_image: gray replicated to RGB, BGR files become RGB, resized, in
   CHECK(c.at<cv::Vec3f>(3, 3)[2] == 1.0f);  // B
   CHECK(va::load_image(deep.string(), 4).at<cv::Vec3f>(1, 1)[1] == Approx(1.0));
 
-  const auto chw = va::image_to_chw(c);
-  REQUIRE(chw.size() == 3u * 8 * 8);
-  CHECK(chw[0 * 64 + 3 * 8 + 3] == 0.0f);
-  CHECK(chw[2 * 64 + 3 * 8 + 3] == 1.0f);
+  // decode_image keeps the file's size and 8-bit values (the library's resize takes it from there).
+  const cv::Mat raw = va::decode_image(color.string());
+  CHECK(raw.type() == CV_8UC3);
+  CHECK(raw.at<cv::Vec3b>(3, 3)[2] == 255);  // RGB order: B is last
+  CHECK(va::decode_image(deep.string()).type() == CV_32FC3);
   CHECK_THROWS_WITH(va::load_image((t.path / "missing.png").string(), 8), Catch::Contains("missing.png"));
 }
 

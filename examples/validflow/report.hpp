@@ -10,7 +10,7 @@
 //   write_scores_csv     scores.csv: path,label,type,score
 //   write_index_html     index.html showing the metrics, the ROC, the histogram and the heatmaps
 // Every file is written atomically (temporary file in the same folder, then rename); parent folders are
-// created. Failures throw ReportError naming the path.
+// created. Write failures throw validflow::FileError naming the path; invalid plot inputs throw ReportError.
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -42,107 +42,9 @@ class ReportError : public std::runtime_error {
 };
 
 /// Encodes img as PNG (8-bit gray/BGR/BGRA) and writes it atomically.
-inline void write_png_atomic(const std::string& path, const cv::Mat& img) {
-  std::vector<unsigned char> buf;
-  if (img.empty() || !cv::imencode(".png", img, buf)) throw ReportError("cannot encode PNG for " + path);
-  io::write_file_atomic(path, std::string_view(reinterpret_cast<const char*>(buf.data()), buf.size()));
-}
+void write_png_atomic(const std::string& path, const cv::Mat& img);
 
 // ---- plotting helpers -------------------------------------------------------------------------------
-
-namespace detail {
-
-struct PlotArea {
-  cv::Rect r;  // pixel rectangle of the axes
-  double x0, x1, y0, y1;
-  cv::Point map(double x, double y) const {
-    const double fx = (x - x0) / (x1 - x0), fy = (y - y0) / (y1 - y0);
-    return {r.x + static_cast<int>(std::lround(fx * r.width)),
-            r.y + r.height - static_cast<int>(std::lround(fy * r.height))};
-  }
-};
-
-inline const cv::Scalar& palette(std::size_t i) {
-  static const std::vector<cv::Scalar> p{{180, 90, 20},  {40, 40, 215},  {60, 160, 40}, {20, 140, 230},
-                                         {160, 60, 150}, {140, 140, 20}, {90, 90, 90},  {40, 180, 200}};
-  return p[i % p.size()];
-}
-
-inline void put_text(cv::Mat& img, const std::string& s, cv::Point org, double scale = 0.45,
-                     const cv::Scalar& color = {30, 30, 30}, int thickness = 1) {
-  cv::putText(img, s, org, cv::FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv::LINE_AA);
-}
-
-inline cv::Size text_size(const std::string& s, double scale = 0.45, int thickness = 1) {
-  int base = 0;
-  return cv::getTextSize(s, cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &base);
-}
-
-/// Text rotated 90 degrees counter-clockwise, centred vertically on `center_y`, left edge at x.
-inline void put_vertical_text(cv::Mat& img, const std::string& s, int x, int center_y, double scale = 0.5) {
-  const cv::Size ts = text_size(s, scale);
-  cv::Mat t(ts.height + 8, ts.width + 4, CV_8UC3, cv::Scalar(255, 255, 255));
-  put_text(t, s, {2, ts.height + 2}, scale);
-  cv::Mat r;
-  cv::rotate(t, r, cv::ROTATE_90_COUNTERCLOCKWISE);
-  const int y = std::max(0, center_y - r.rows / 2);
-  cv::Rect roi(x, y, std::min(r.cols, img.cols - x), std::min(r.rows, img.rows - y));
-  r(cv::Rect(0, 0, roi.width, roi.height)).copyTo(img(roi));
-}
-
-inline std::string fmt(double v, const char* f = "%.3g") {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
-
-/// Axes box, grid, tick labels and axis labels.
-inline void draw_axes(cv::Mat& img, const PlotArea& a, const std::vector<double>& xt, const std::vector<double>& yt,
-                      const std::string& xlabel, const std::string& ylabel, const char* xfmt, const char* yfmt) {
-  for (double x : xt) {
-    const cv::Point p = a.map(x, a.y0);
-    cv::line(img, {p.x, a.r.y}, {p.x, a.r.y + a.r.height}, {225, 225, 225}, 1);
-    const std::string s = fmt(x, xfmt);
-    put_text(img, s, {p.x - text_size(s).width / 2, a.r.y + a.r.height + 18});
-  }
-  for (double y : yt) {
-    const cv::Point p = a.map(a.x0, y);
-    cv::line(img, {a.r.x, p.y}, {a.r.x + a.r.width, p.y}, {225, 225, 225}, 1);
-    const std::string s = fmt(y, yfmt);
-    put_text(img, s, {a.r.x - 8 - text_size(s).width, p.y + 5});
-  }
-  cv::rectangle(img, a.r, {40, 40, 40}, 1);
-  const cv::Size xs = text_size(xlabel, 0.55);
-  put_text(img, xlabel, {a.r.x + a.r.width / 2 - xs.width / 2, a.r.y + a.r.height + 44}, 0.55);
-  put_vertical_text(img, ylabel, 6, a.r.y + a.r.height / 2, 0.55);
-}
-
-inline void draw_title(cv::Mat& img, const std::string& title) {
-  const cv::Size ts = text_size(title, 0.6);
-  put_text(img, title, {img.cols / 2 - ts.width / 2, 26}, 0.6, {20, 20, 20}, 1);
-}
-
-/// Legend box in the given corner of the axes: entries of (colour, text, filled box or line).
-inline void draw_legend(cv::Mat& img, const cv::Rect& axes,
-                        const std::vector<std::pair<cv::Scalar, std::string>>& items, bool boxes, bool bottom_right) {
-  int w = 0;
-  for (const auto& it : items) w = std::max(w, text_size(it.second).width);
-  const int row = 20, bw = w + 44, bh = static_cast<int>(items.size()) * row + 10;
-  const int x = axes.x + axes.width - bw - 10;
-  const int y = bottom_right ? axes.y + axes.height - bh - 10 : axes.y + 10;
-  cv::rectangle(img, {x, y, bw, bh}, {255, 255, 255}, cv::FILLED);
-  cv::rectangle(img, {x, y, bw, bh}, {160, 160, 160}, 1);
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    const int cy = y + 15 + static_cast<int>(i) * row;
-    if (boxes)
-      cv::rectangle(img, {x + 8, cy - 6, 20, 11}, items[i].first, cv::FILLED);
-    else
-      cv::line(img, {x + 8, cy}, {x + 28, cy}, items[i].first, 2, cv::LINE_AA);
-    put_text(img, items[i].second, {x + 36, cy + 5});
-  }
-}
-
-}  // namespace detail
 
 // ---- ROC -------------------------------------------------------------------------------------------
 
@@ -154,124 +56,22 @@ struct RocSeries {
 };
 
 /// ROC plot (BGR, size x size). The first series is drawn thicker (the overall curve).
-inline cv::Mat render_roc(const std::vector<RocSeries>& series, int size = 600,
-                          const std::string& title = "ROC curve") {
-  if (series.empty()) throw ReportError("render_roc: no ROC series given");
-  cv::Mat img(size, size, CV_8UC3, cv::Scalar(255, 255, 255));
-  detail::PlotArea a{cv::Rect(72, 40, size - 72 - 24, size - 40 - 66), 0.0, 1.0, 0.0, 1.0};
-  const std::vector<double> ticks{0.0, 0.2, 0.4, 0.6, 0.8, 1.0};
-  detail::draw_axes(img, a, ticks, ticks, "False positive rate", "True positive rate", "%.1f", "%.1f");
-  for (int k = 0; k < 40; k += 2) {  // dashed chance diagonal
-    cv::line(img, a.map(k / 40.0, k / 40.0), a.map((k + 1) / 40.0, (k + 1) / 40.0), {150, 150, 150}, 1, cv::LINE_AA);
-  }
-  std::vector<std::pair<cv::Scalar, std::string>> legend;
-  for (std::size_t i = series.size(); i-- > 0;) {  // overall curve last, on top
-    const auto& s = series[i];
-    if (s.fpr.size() != s.tpr.size() || s.fpr.empty())
-      throw ReportError("render_roc: series \"" + s.name + "\" has mismatched or empty fpr/tpr");
-    std::vector<cv::Point> pts;
-    for (std::size_t k = 0; k < s.fpr.size(); ++k) pts.push_back(a.map(s.fpr[k], s.tpr[k]));
-    cv::polylines(img, pts, false, detail::palette(i), i == 0 ? 2 : 1, cv::LINE_AA);
-  }
-  for (std::size_t i = 0; i < series.size(); ++i)
-    legend.emplace_back(detail::palette(i), series[i].name + " (AUROC " + detail::fmt(series[i].auroc, "%.4f") + ")");
-  detail::draw_legend(img, a.r, legend, false, true);
-  detail::draw_title(img, title);
-  return img;
-}
+cv::Mat render_roc(const std::vector<RocSeries>& series, int size = 600, const std::string& title = "ROC curve");
 
-inline void write_roc_png(const std::string& path, const std::vector<RocSeries>& series, int size = 600,
-                          const std::string& title = "ROC curve") {
-  write_png_atomic(path, render_roc(series, size, title));
-}
+void write_roc_png(const std::string& path, const std::vector<RocSeries>& series, int size = 600,
+                   const std::string& title = "ROC curve");
 
 // ---- histogram -------------------------------------------------------------------------------------
 
 /// Histogram of the scores of good (label 0) and defective (label 1) images, overlaid semi-transparently,
 /// with an optional threshold line.
-inline cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<int>& labels,
-                                std::optional<double> threshold = std::nullopt, int bins = 40, int width = 760,
-                                int height = 460, const std::string& xlabel = "anomaly score",
-                                const std::string& title = "Score distribution") {
-  if (scores.empty()) throw ReportError("render_histogram: no scores");
-  if (scores.size() != labels.size())
-    throw ReportError("render_histogram: " + std::to_string(scores.size()) + " scores but " +
-                      std::to_string(labels.size()) + " labels");
-  if (bins < 1) throw ReportError("render_histogram: bins must be >= 1");
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-  for (double s : scores) {
-    if (!std::isfinite(s)) throw ReportError("render_histogram: a score is not finite");
-    lo = std::min(lo, s);
-    hi = std::max(hi, s);
-  }
-  if (threshold && std::isfinite(*threshold)) {
-    lo = std::min(lo, *threshold);
-    hi = std::max(hi, *threshold);
-  }
-  if (hi - lo < 1e-12) {
-    lo -= 0.5;
-    hi += 0.5;
-  }
-  std::vector<int> good(static_cast<std::size_t>(bins), 0), bad(static_cast<std::size_t>(bins), 0);
-  int n_good = 0, n_bad = 0;
-  for (std::size_t i = 0; i < scores.size(); ++i) {
-    int b = static_cast<int>((scores[i] - lo) / (hi - lo) * bins);
-    b = std::clamp(b, 0, bins - 1);
-    (labels[i] == 1 ? bad : good)[static_cast<std::size_t>(b)]++;
-    (labels[i] == 1 ? n_bad : n_good)++;
-  }
-  const int ymax_count =
-      std::max(1, std::max(*std::max_element(good.begin(), good.end()), *std::max_element(bad.begin(), bad.end())));
-  // "nice" y axis
-  const double raw_step = ymax_count / 5.0;
-  const double mag = std::pow(10.0, std::floor(std::log10(std::max(raw_step, 1.0))));
-  double step = mag;
-  for (double m : {1.0, 2.0, 5.0, 10.0})
-    if (m * mag >= raw_step) {
-      step = m * mag;
-      break;
-    }
-  step = std::max(1.0, step);
-  const double ytop = std::ceil(ymax_count * 1.1 / step) * step;
+cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<int>& labels,
+                         std::optional<double> threshold = std::nullopt, int bins = 40, int width = 760,
+                         int height = 460, const std::string& xlabel = "anomaly score",
+                         const std::string& title = "Score distribution");
 
-  cv::Mat img(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
-  detail::PlotArea a{cv::Rect(72, 40, width - 72 - 24, height - 40 - 66), lo, hi, 0.0, ytop};
-  std::vector<double> xt, yt;
-  for (int k = 0; k <= 5; ++k) xt.push_back(lo + (hi - lo) * k / 5.0);
-  for (double y = 0; y <= ytop + 1e-9; y += step) yt.push_back(y);
-  detail::draw_axes(img, a, xt, yt, xlabel, "count", "%.3g", "%.0f");
-  const cv::Scalar c_good(200, 120, 40), c_bad(40, 40, 210);
-  for (int pass = 0; pass < 2; ++pass) {
-    const auto& counts = pass == 0 ? good : bad;
-    cv::Mat layer = img.clone();
-    for (int b = 0; b < bins; ++b) {
-      if (!counts[static_cast<std::size_t>(b)]) continue;
-      const cv::Point p0 = a.map(lo + (hi - lo) * b / bins, 0),
-                      p1 = a.map(lo + (hi - lo) * (b + 1) / bins, counts[static_cast<std::size_t>(b)]);
-      cv::rectangle(layer, cv::Rect(cv::Point(p0.x + 1, p1.y), cv::Point(p1.x, p0.y)), pass == 0 ? c_good : c_bad,
-                    cv::FILLED);
-    }
-    cv::addWeighted(layer, 0.55, img, 0.45, 0.0, img);
-  }
-  cv::rectangle(img, a.r, {40, 40, 40}, 1);
-  std::vector<std::pair<cv::Scalar, std::string>> legend{{c_good, "good (n=" + std::to_string(n_good) + ")"},
-                                                         {c_bad, "defective (n=" + std::to_string(n_bad) + ")"}};
-  if (threshold && std::isfinite(*threshold)) {
-    const int x = a.map(*threshold, 0).x;
-    for (int y = a.r.y; y < a.r.y + a.r.height; y += 10)
-      cv::line(img, {x, y}, {x, std::min(y + 5, a.r.y + a.r.height)}, {20, 20, 20}, 1);
-    legend.emplace_back(cv::Scalar(20, 20, 20), "threshold " + detail::fmt(*threshold, "%.4g"));
-  }
-  detail::draw_legend(img, a.r, legend, true, false);
-  detail::draw_title(img, title);
-  return img;
-}
-
-inline void write_histogram_png(const std::string& path, const std::vector<double>& scores,
-                                const std::vector<int>& labels, std::optional<double> threshold = std::nullopt,
-                                int bins = 40) {
-  write_png_atomic(path, render_histogram(scores, labels, threshold, bins));
-}
+void write_histogram_png(const std::string& path, const std::vector<double>& scores, const std::vector<int>& labels,
+                         std::optional<double> threshold = std::nullopt, int bins = 40);
 
 // ---- heatmaps --------------------------------------------------------------------------------------
 
@@ -284,65 +84,14 @@ struct OverlayOptions {
   bool side_by_side = false;                               // [image | overlay]
 };
 
-namespace detail {
-/// Any of CV_32FC3 RGB [0,1] (load_image), CV_8UC3 RGB, CV_8UC1, CV_32FC1 [0,1]  ->  CV_8UC3 BGR.
-inline cv::Mat to_bgr8(const cv::Mat& image) {
-  cv::Mat u8, bgr;
-  if (image.depth() == CV_32F)
-    image.convertTo(u8, CV_8U, 255.0);
-  else if (image.depth() == CV_8U)
-    u8 = image;
-  else
-    throw ReportError("heatmap overlay: image must be 8-bit or float");
-  if (u8.channels() == 1)
-    cv::cvtColor(u8, bgr, cv::COLOR_GRAY2BGR);
-  else if (u8.channels() == 3)
-    cv::cvtColor(u8, bgr, cv::COLOR_RGB2BGR);
-  else
-    throw ReportError("heatmap overlay: image must have 1 or 3 channels");
-  return bgr;
-}
-}  // namespace detail
-
 /// The anomaly map (CV_32FC1, any size, e.g. the finest feature scale) bilinearly upsampled to the image,
 /// colour mapped and alpha-blended over it; `mask` (CV_8UC1, non-zero = defect, any size; may be empty)
 /// is outlined in white. Returns CV_8UC3 BGR.
-inline cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask = {},
-                                      const OverlayOptions& opt = {}) {
-  if (image.empty()) throw ReportError("heatmap overlay: empty image");
-  if (anomaly_map.empty() || anomaly_map.channels() != 1)
-    throw ReportError("heatmap overlay: anomaly map must be a non-empty single-channel matrix");
-  const cv::Mat base = detail::to_bgr8(image);
-  cv::Mat m;
-  anomaly_map.convertTo(m, CV_32F);
-  cv::resize(m, m, base.size(), 0, 0, cv::INTER_LINEAR);
-  double lo = opt.vmin, hi = opt.vmax;
-  if (!std::isfinite(lo) || !std::isfinite(hi)) cv::minMaxLoc(m, &lo, &hi);
-  if (!(hi > lo)) hi = lo + 1e-12;
-  cv::Mat u8;
-  m.convertTo(u8, CV_8U, 255.0 / (hi - lo), -lo * 255.0 / (hi - lo));  // saturating
-  cv::Mat colored, out;
-  cv::applyColorMap(u8, colored, opt.colormap);
-  cv::addWeighted(colored, opt.alpha, base, 1.0 - opt.alpha, 0.0, out);
-  if (opt.mask_contour && !mask.empty()) {
-    cv::Mat mk = mask != 0;
-    if (mk.size() != base.size()) cv::resize(mk, mk, base.size(), 0, 0, cv::INTER_NEAREST);
-    std::vector<std::vector<cv::Point>> contours;
-    cv::findContours(mk, contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_NONE);
-    cv::drawContours(out, contours, -1, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
-  }
-  if (opt.side_by_side) {
-    cv::Mat both;
-    cv::hconcat(base, out, both);
-    return both;
-  }
-  return out;
-}
+cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask = {},
+                               const OverlayOptions& opt = {});
 
-inline void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& anomaly_map,
-                              const cv::Mat& mask = {}, const OverlayOptions& opt = {}) {
-  write_png_atomic(path, render_heatmap_overlay(image, anomaly_map, mask, opt));
-}
+void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& anomaly_map,
+                       const cv::Mat& mask = {}, const OverlayOptions& opt = {});
 
 // ---- metrics.json, scores.csv ------------------------------------------------------------------------
 
@@ -360,31 +109,9 @@ struct MetricsSummary {
   nlohmann::json extra = nlohmann::json::object();  // merged at top level (dataset, model, timings, ...)
 };
 
-inline nlohmann::json to_json(const MetricsSummary& m) {
-  auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
-  nlohmann::json j = nlohmann::json::object();
-  j["image_auroc"] = num(m.image_auroc);
-  j["image_auroc_per_type"] = nlohmann::json::object();
-  for (const auto& [k, v] : m.image_auroc_per_type) j["image_auroc_per_type"][k] = num(v);
-  j["pixel_auroc"] = m.pixel_auroc ? num(*m.pixel_auroc) : nlohmann::json(nullptr);
-  j["aupro"] = m.aupro ? num(*m.aupro) : nlohmann::json(nullptr);
-  j["n_test"] = m.n_test;
-  j["n_defective"] = m.n_defective;
-  j["threshold"] = num(m.threshold);
-  j["f1"] = num(m.f1);
-  j["precision"] = num(m.precision);
-  j["recall"] = num(m.recall);
-  if (!m.extra.is_null() && !m.extra.is_object()) throw ReportError("MetricsSummary::extra must be a JSON object");
-  for (auto it = m.extra.begin(); it != m.extra.end(); ++it) {
-    if (j.contains(it.key())) throw ReportError("MetricsSummary::extra must not redefine \"" + it.key() + "\"");
-    j[it.key()] = it.value();
-  }
-  return j;
-}
+nlohmann::json to_json(const MetricsSummary& m);
 
-inline void write_metrics_json(const std::string& path, const MetricsSummary& m) {
-  io::write_file_atomic(path, to_json(m).dump(2) + "\n");
-}
+void write_metrics_json(const std::string& path, const MetricsSummary& m);
 
 struct ScoreRow {
   std::string path;
@@ -393,27 +120,8 @@ struct ScoreRow {
   double score = 0.0;
 };
 
-namespace detail {
-inline std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string o = "\"";
-  for (char c : s) {
-    if (c == '"') o += '"';
-    o += c;
-  }
-  return o + "\"";
-}
-}  // namespace detail
-
 /// scores.csv with header `path,label,type,score` (RFC 4180 quoting; scores with round-trip precision).
-inline void write_scores_csv(const std::string& path, const std::vector<ScoreRow>& rows) {
-  std::ostringstream o;
-  o << "path,label,type,score\n";
-  o.precision(std::numeric_limits<double>::max_digits10);
-  for (const auto& r : rows)
-    o << detail::csv_field(r.path) << ',' << r.label << ',' << detail::csv_field(r.type) << ',' << r.score << '\n';
-  io::write_file_atomic(path, o.str());
-}
+void write_scores_csv(const std::string& path, const std::vector<ScoreRow>& rows);
 
 // ---- index.html ----------------------------------------------------------------------------------
 
@@ -435,87 +143,9 @@ struct ReportPage {
   std::vector<std::pair<std::string, std::string>> info;  // extra key/value rows (dataset, model, command)
 };
 
-namespace detail {
-inline std::string html_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        o += "&amp;";
-        break;
-      case '<':
-        o += "&lt;";
-        break;
-      case '>':
-        o += "&gt;";
-        break;
-      case '"':
-        o += "&quot;";
-        break;
-      case '\'':
-        o += "&#39;";
-        break;
-      default:
-        o += c;
-    }
-  }
-  return o;
-}
-inline std::string html_num(const std::optional<double>& v, const char* f = "%.4f") {
-  return v && std::isfinite(*v) ? fmt(*v, f) : "n/a";
-}
-}  // namespace detail
+std::string render_index_html(const ReportPage& p);
 
-inline std::string render_index_html(const ReportPage& p) {
-  using detail::html_escape;
-  const auto& m = p.metrics;
-  std::ostringstream h;
-  h << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" << html_escape(p.title)
-    << "</title>\n<style>\n"
-       "body{font-family:sans-serif;margin:24px;color:#222;background:#fafafa}\n"
-       "table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px "
-       "10px;text-align:left}\n"
-       ".plots img{max-width:48%;margin-right:1%;border:1px solid #ddd;background:#fff}\n"
-       ".grid{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid "
-       "#ddd;padding:6px;width:280px}\n"
-       ".card img{width:100%;image-rendering:auto}.card .cap{font-size:12px;word-break:break-all}\n"
-       ".def{color:#b00}.good{color:#070}\n</style>\n</head>\n<body>\n";
-  h << "<h1>" << html_escape(p.title) << "</h1>\n<table>\n";
-  h << "<tr><th>image AUROC</th><td>" << detail::html_num(m.image_auroc) << "</td></tr>\n";
-  for (const auto& [k, v] : m.image_auroc_per_type)
-    h << "<tr><th>image AUROC: " << html_escape(k) << "</th><td>" << detail::html_num(v) << "</td></tr>\n";
-  h << "<tr><th>pixel AUROC</th><td>" << detail::html_num(m.pixel_auroc) << "</td></tr>\n";
-  h << "<tr><th>AUPRO (FPR &le; 0.3)</th><td>" << detail::html_num(m.aupro) << "</td></tr>\n";
-  h << "<tr><th>test images</th><td>" << m.n_test << " (" << m.n_defective << " defective)</td></tr>\n";
-  h << "<tr><th>F1-optimal threshold</th><td>" << detail::html_num(m.threshold, "%.6g") << " (F1 "
-    << detail::html_num(m.f1) << ", precision " << detail::html_num(m.precision) << ", recall "
-    << detail::html_num(m.recall) << ")</td></tr>\n";
-  for (const auto& [k, v] : p.info)
-    h << "<tr><th>" << html_escape(k) << "</th><td>" << html_escape(v) << "</td></tr>\n";
-  h << "</table>\n<div class=\"plots\">\n<img src=\"" << html_escape(p.roc_png) << "\" alt=\"ROC curve\">\n<img src=\""
-    << html_escape(p.histogram_png) << "\" alt=\"score histogram\">\n</div>\n";
-  std::vector<std::string> groups;
-  for (const auto& e : p.heatmaps)
-    if (std::find(groups.begin(), groups.end(), e.group) == groups.end()) groups.push_back(e.group);
-  for (const auto& g : groups) {
-    h << "<h2>" << html_escape(g.empty() ? "Anomaly maps" : g) << "</h2>\n<div class=\"grid\">\n";
-    for (const auto& e : p.heatmaps) {
-      if (e.group != g) continue;
-      h << "<div class=\"card\"><a href=\"" << html_escape(e.file) << "\"><img src=\"" << html_escape(e.file)
-        << "\" alt=\"" << html_escape(e.image_path) << "\" loading=\"lazy\"></a>\n<div class=\"cap\">score <b>"
-        << detail::fmt(e.score, "%.5g") << "</b> &middot; <span class=\"" << (e.label ? "def" : "good") << "\">"
-        << html_escape(e.type) << "</span><br>" << html_escape(e.image_path) << "</div></div>\n";
-    }
-    h << "</div>\n";
-  }
-  h << "<p style=\"font-size:12px;color:#777\">metrics.json and scores.csv hold the numbers of this page.</p>\n"
-       "</body>\n</html>\n";
-  return h.str();
-}
-
-inline void write_index_html(const std::string& path, const ReportPage& p) {
-  io::write_file_atomic(path, render_index_html(p));
-}
+void write_index_html(const std::string& path, const ReportPage& p);
 
 }  // namespace app
 }  // namespace validflow

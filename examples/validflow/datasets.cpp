@@ -1,0 +1,397 @@
+#include "datasets.hpp"
+
+#include <validflow/core/text.hpp>
+
+namespace validflow {
+namespace app {
+bool has_masks(const std::vector<Sample>& samples) {
+  const bool any_defective = std::any_of(samples.begin(), samples.end(), [](const Sample& s) { return s.label == 1; });
+  return any_defective && std::all_of(samples.begin(), samples.end(),
+                                      [](const Sample& s) { return s.label == 0 || !s.mask_path.empty(); });
+}
+
+namespace detail {
+namespace fs = std::filesystem;
+
+struct DagmRow {
+  std::string image;
+  int label = 0;
+  std::string mask;  // empty if none
+};
+
+bool is_image_file(const fs::path& p) {
+  static const std::set<std::string> ext{".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"};
+  return ext.count(to_lower(p.extension().string())) > 0;
+}
+
+void require_dir(const fs::path& p, const std::string& what) {
+  std::error_code ec;
+  if (!fs::is_directory(p, ec)) throw DatasetError(what + ": folder not found: " + p.string());
+}
+
+std::vector<fs::path> list_images(const fs::path& dir, const std::string& ext_filter = "") {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const fs::path& p = it->path();
+    if (ext_filter.empty() ? is_image_file(p) : to_lower(p.extension().string()) == ext_filter) out.push_back(p);
+  }
+  if (ec) throw DatasetError("cannot list folder " + dir.string() + ": " + ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<fs::path> list_subdirs(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_directory(ec)) out.push_back(it->path());
+  if (ec) throw DatasetError("cannot list folder " + dir.string() + ": " + ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool file_exists(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+std::uint64_t uniform_below(std::mt19937_64& rng, std::uint64_t n) {
+  const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % n;
+  std::uint64_t x;
+  do x = rng();
+  while (x >= limit);
+  return x % n;
+}
+
+template <class T>
+void shuffle(std::vector<T>& v, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[uniform_below(rng, i)]);
+}
+
+void require_train(const Dataset& d, const fs::path& where) {
+  if (d.train.empty())
+    throw DatasetError(d.kind + " dataset: empty training set (no good images) in " + where.string());
+}
+
+void require_test(const Dataset& d, const fs::path& where) {
+  if (d.test.empty()) throw DatasetError(d.kind + " dataset: empty test set in " + where.string());
+}
+
+void read_test_folders(Dataset& d, const fs::path& root, bool masks_required) {
+  const fs::path test = root / "test";
+  require_dir(test, d.kind + " dataset");
+  const fs::path gt = root / "ground_truth";
+  if (masks_required) require_dir(gt, d.kind + " dataset");
+  for (const auto& sub : list_subdirs(test)) {
+    const std::string type = sub.filename().string();
+    const int label = type == "good" ? 0 : 1;
+    const fs::path gt_dir = gt / type;
+    const bool type_has_masks = label == 1 && fs::is_directory(gt_dir);
+    if (label == 1 && masks_required && !type_has_masks)
+      throw DatasetError(d.kind + " dataset: mask folder not found: " + gt_dir.string());
+    for (const auto& img : list_images(sub)) {
+      Sample s;
+      s.path = img.string();
+      s.label = label;
+      s.type = type;
+      if (type_has_masks) {
+        const std::string stem = img.stem().string();
+        const fs::path a = gt_dir / (stem + "_mask.png"), b = gt_dir / (stem + ".png");
+        if (file_exists(a))
+          s.mask_path = a.string();
+        else if (file_exists(b))
+          s.mask_path = b.string();
+        else
+          throw DatasetError(d.kind + " dataset: mask not found for " + img.string() + " (expected " + a.string() +
+                             ")");
+      }
+      d.test.push_back(std::move(s));
+    }
+  }
+}
+
+std::vector<std::string> split_ws(const std::string& line) {
+  std::istringstream is(line);
+  std::vector<std::string> t;
+  std::string w;
+  while (is >> w) t.push_back(w);
+  return t;
+}
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+}
+
+std::vector<DagmRow> read_dagm_labels(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw DatasetError("dagm dataset: cannot open labels file " + file.string());
+  std::vector<DagmRow> rows;
+  std::string line;
+  std::size_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto t = split_ws(line);
+    if (t.empty()) continue;
+    if (line_no == 1) continue;  // header line (the DAGM files hold a single number there)
+    auto bad = [&](const std::string& why) {
+      return DatasetError("dagm dataset: " + file.string() + " line " + std::to_string(line_no) + ": " + why +
+                          " (expected `id label image 0 mask-file`): \"" + line + "\"");
+    };
+    if (t.size() < 3) throw bad("too few columns");
+    if (!all_digits(t[0])) throw bad("id is not a number");
+    if (t[1] != "0" && t[1] != "1") throw bad("label is not 0 or 1");
+    DagmRow r;
+    r.label = t[1] == "1" ? 1 : 0;
+    r.image = t[2];
+    if (t.size() >= 5 && t[4] != "0") r.mask = t[4];
+    if (r.label == 0 && !r.mask.empty()) throw bad("a good image (label 0) names a mask file");
+    rows.push_back(std::move(r));
+  }
+  if (rows.empty()) throw DatasetError("dagm dataset: no rows in labels file " + file.string());
+  return rows;
+}
+
+Dataset load_good_and_test_folders(const std::string& root_path, const std::string& kind, bool masks_required) {
+  namespace fs = std::filesystem;
+  const fs::path root(root_path);
+  require_dir(root, kind + " dataset");
+  Dataset d;
+  d.kind = kind;
+  d.root = root.string();
+  const fs::path train = root / "train" / "good";
+  require_dir(train, kind + " dataset");
+  for (const auto& p : list_images(train)) d.train.push_back({p.string(), 0, "good", ""});
+  require_train(d, train);
+  read_test_folders(d, root, masks_required);
+  require_test(d, root / "test");
+  return d;
+}
+
+}  // namespace detail
+Dataset load_mvtec(const std::string& root_path) {
+  return detail::load_good_and_test_folders(root_path, "mvtec", /*masks_required=*/true);
+}
+
+Dataset load_folder(const std::string& root_path) {
+  return detail::load_good_and_test_folders(root_path, "folder", /*masks_required=*/false);
+}
+
+Dataset load_mtd(const std::string& root_path, std::uint64_t seed, double test_fraction) {
+  namespace fs = std::filesystem;
+  const fs::path root(root_path);
+  detail::require_dir(root, "mtd dataset");
+  if (!(test_fraction > 0.0 && test_fraction < 1.0))
+    throw DatasetError("mtd dataset: test fraction must be in (0, 1), got " + std::to_string(test_fraction));
+  Dataset d;
+  d.kind = "mtd";
+  d.root = root.string();
+  const fs::path free_dir = root / "MT_Free" / "Imgs";
+  detail::require_dir(free_dir, "mtd dataset");
+
+  auto read_class = [&](const fs::path& imgs, int label, const std::string& type) {
+    std::vector<Sample> out;
+    for (const auto& p : detail::list_images(imgs, ".jpg")) {
+      Sample s{p.string(), label, type, ""};
+      fs::path mask = p;
+      mask.replace_extension(".png");
+      if (detail::file_exists(mask))
+        s.mask_path = mask.string();
+      else if (label == 1)
+        throw DatasetError("mtd dataset: mask not found for " + p.string() + " (expected " + mask.string() + ")");
+      out.push_back(std::move(s));
+    }
+    return out;
+  };
+
+  std::vector<Sample> good = read_class(free_dir, 0, "good");
+  if (good.empty()) throw DatasetError("mtd dataset: empty training set (no .jpg images) in " + free_dir.string());
+  detail::shuffle(good, seed);
+  const auto n_test = static_cast<std::size_t>(std::llround(static_cast<double>(good.size()) * test_fraction));
+  const std::size_t n_train = good.size() - n_test;
+  d.train.assign(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(n_train));
+  std::vector<Sample> test_good(good.begin() + static_cast<std::ptrdiff_t>(n_train), good.end());
+  auto by_path = [](const Sample& a, const Sample& b) { return a.path < b.path; };
+  std::sort(d.train.begin(), d.train.end(), by_path);
+  std::sort(test_good.begin(), test_good.end(), by_path);
+  detail::require_train(d, free_dir);
+  d.test = std::move(test_good);
+
+  std::size_t n_defect_dirs = 0;
+  for (const auto& sub : detail::list_subdirs(root)) {
+    const std::string name = sub.filename().string();
+    if (name.rfind("MT_", 0) != 0 || name == "MT_Free") continue;
+    const fs::path imgs = sub / "Imgs";
+    detail::require_dir(imgs, "mtd dataset");
+    auto s = read_class(imgs, 1, to_lower(name.substr(3)));
+    d.test.insert(d.test.end(), s.begin(), s.end());
+    ++n_defect_dirs;
+  }
+  if (n_defect_dirs == 0)
+    throw DatasetError("mtd dataset: no defect folders (MT_Blowhole, MT_Crack, ...) in " + root.string());
+  return d;
+}
+
+Dataset load_dagm(const std::string& root_path) {
+  namespace fs = std::filesystem;
+  const fs::path root(root_path);
+  detail::require_dir(root, "dagm dataset");
+  Dataset d;
+  d.kind = "dagm";
+  d.root = root.string();
+  for (const char* split : {"Train", "Test"}) {
+    const fs::path dir = root / split;
+    detail::require_dir(dir, "dagm dataset");
+    const fs::path labels = dir / "Label" / "Labels.txt";
+    if (!detail::file_exists(labels)) throw DatasetError("dagm dataset: labels file not found: " + labels.string());
+    for (const auto& r : detail::read_dagm_labels(labels)) {
+      const fs::path img = dir / r.image;
+      if (!detail::file_exists(img))
+        throw DatasetError("dagm dataset: image listed in " + labels.string() + " not found: " + img.string());
+      Sample s{img.string(), r.label, r.label ? "defect" : "good", ""};
+      if (!r.mask.empty()) {
+        const fs::path m = dir / "Label" / r.mask;
+        if (!detail::file_exists(m))
+          throw DatasetError("dagm dataset: mask listed in " + labels.string() + " not found: " + m.string());
+        s.mask_path = m.string();
+      }
+      if (std::string(split) == "Train") {
+        if (s.label == 0) d.train.push_back(std::move(s));
+      } else {
+        d.test.push_back(std::move(s));
+      }
+    }
+    if (std::string(split) == "Train") detail::require_train(d, labels);
+  }
+  detail::require_test(d, root / "Test");
+  return d;
+}
+
+namespace detail {
+cv::Mat read_file(const std::string& path, int flags, const std::string& what) {
+  if (!file_exists(path)) throw DatasetError(what + " not found: " + path);
+  cv::Mat m;
+  try {
+    m = cv::imread(path, flags);
+  } catch (const cv::Exception& e) {
+    throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path + ": " + e.what());
+  }
+  if (m.empty()) throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path);
+  return m;
+}
+
+}  // namespace detail
+cv::Mat decode_image(const std::string& path) {
+  const cv::Mat raw = detail::read_file(path, cv::IMREAD_UNCHANGED, "image");
+  double scale;
+  switch (raw.depth()) {
+    case CV_8U:
+      scale = 1.0;
+      break;
+    case CV_16U:
+      scale = 1.0 / 65535.0;
+      break;
+    case CV_32F:
+      scale = 1.0;
+      break;
+    default:
+      throw DatasetError("unsupported pixel depth in image: " + path);
+  }
+  cv::Mat rgb;
+  switch (raw.channels()) {
+    case 1:
+      cv::cvtColor(raw, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    case 2: {  // gray + alpha
+      std::vector<cv::Mat> ch;
+      cv::split(raw, ch);
+      cv::cvtColor(ch[0], rgb, cv::COLOR_GRAY2RGB);
+      break;
+    }
+    case 3:
+      cv::cvtColor(raw, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB);
+      break;
+    default:
+      throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + path);
+  }
+  if (raw.depth() == CV_8U) return rgb;
+  cv::Mat f;
+  rgb.convertTo(f, CV_32FC3, scale);
+  return f;
+}
+
+cv::Mat load_image(const std::string& path, int size) {
+  const cv::Mat decoded = decode_image(path);
+  cv::Mat f;
+  decoded.convertTo(f, CV_32FC3, decoded.depth() == CV_8U ? 1.0 / 255.0 : 1.0);
+  if (size > 0 && (f.rows != size || f.cols != size)) cv::resize(f, f, cv::Size(size, size), 0, 0, cv::INTER_LINEAR);
+  return f;
+}
+
+cv::Mat load_mask(const std::string& path, int size, int threshold) {
+  if (path.empty()) {
+    if (size <= 0) throw std::invalid_argument("load_mask: an empty mask path needs a size > 0");
+    return cv::Mat::zeros(size, size, CV_8UC1);
+  }
+  cv::Mat m = detail::read_file(path, cv::IMREAD_GRAYSCALE, "mask");
+  if (size > 0 && (m.rows != size || m.cols != size)) cv::resize(m, m, cv::Size(size, size), 0, 0, cv::INTER_NEAREST);
+  cv::Mat out;
+  cv::threshold(m, out, threshold - 1, 1, cv::THRESH_BINARY);  // > threshold-1  <=>  >= threshold
+  return out;
+}
+
+void check_dataset_images(Dataset& d, bool skip_bad_images,
+                          const std::function<void(std::size_t, std::size_t)>& on_progress) {
+  const std::size_t total = d.train.size() + d.test.size();
+  std::size_t done = 0;
+  auto filter = [&](std::vector<Sample>& v) {
+    std::vector<Sample> kept;
+    kept.reserve(v.size());
+    for (auto& s : v) {
+      try {
+        (void)decode_image(s.path);
+        if (!s.mask_path.empty()) (void)load_mask(s.mask_path, 0);
+        kept.push_back(std::move(s));
+      } catch (const DatasetError& e) {
+        if (!skip_bad_images) throw;
+        d.skipped.push_back({s.path, e.what()});
+      }
+      if (on_progress) on_progress(++done, total);
+    }
+    v = std::move(kept);
+  };
+  filter(d.train);
+  filter(d.test);
+  if (d.train.empty())
+    throw DatasetError(d.kind + " dataset: empty training set after skipping bad images in " + d.root);
+  if (d.test.empty()) throw DatasetError(d.kind + " dataset: empty test set after skipping bad images in " + d.root);
+}
+
+Dataset load_dataset(const std::string& spec, const DatasetOptions& opt) {
+  const auto colon = spec.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())
+    throw DatasetError("dataset spec \"" + spec + "\" is not KIND:PATH (KIND: mvtec, mtd, dagm, folder)");
+  const std::string kind = spec.substr(0, colon), path = spec.substr(colon + 1);
+  Dataset d;
+  if (kind == "mvtec")
+    d = load_mvtec(path);
+  else if (kind == "mtd")
+    d = load_mtd(path, opt.seed, opt.mtd_test_fraction);
+  else if (kind == "dagm")
+    d = load_dagm(path);
+  else if (kind == "folder")
+    d = load_folder(path);
+  else
+    throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec + "\" (known: mvtec, mtd, dagm, folder)");
+  if (opt.check_images) check_dataset_images(d, opt.skip_bad_images);
+  return d;
+}
+
+}  // namespace app
+}  // namespace validflow
