@@ -5,6 +5,7 @@
 // Counters: items_per_second = images/s; GFLOP/s from the analytic MAC count (2 FLOP per MAC).
 // Random weights (denormals flushed to zero, see run()): the speed does not depend on the weight values.
 #include <validflow/features.hpp>
+#include <validflow/features/info.hpp>
 
 #include <benchmark/benchmark.h>
 

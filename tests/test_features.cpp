@@ -3,6 +3,9 @@
 // LibTorch first: Debian's build pulls in glog, whose CHECK(condition) macro would replace Catch's CHECK if
 // torch came second.
 #include <validflow/features.hpp>
+#include <validflow/features/imagenet_classes.hpp>
+#include <validflow/features/info.hpp>
+#include <validflow/features/torchscript_backbone.hpp>
 #ifdef CHECK
 #undef CHECK
 #endif

@@ -1,6 +1,7 @@
 // Subnets (CBAM, CrossConvolutions, r1, r2), CS-Flow and ValidFlow compositions, official CS-Flow import/parity.
 #include "flow_harness.hpp"
 
+#include <validflow/models/csflow_golden.hpp>
 #include <validflow/validflow.hpp>
 
 #include <cstdio>

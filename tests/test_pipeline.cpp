@@ -175,6 +175,7 @@ TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   cache.test_samples = {{"a.png", 0, "good", ""}, {"b.png", 1, "crack", "b_mask.png"}, {"c.png", 1, "spot", ""}};
   const nlohmann::json request = {{"dataset", "folder:x"}, {"backbone", "efficientnet-b0"}};
   cache.meta = {{"request", request}, {"scales", 3}};
+  cache.backbone_state = StateDict{{"_conv_stem.weight", torch::randn({4, 3, 3, 3})}};
   save_feature_cache(cache, dir.file("features.pt"));
   CHECK_FALSE(has_temp_files(dir.path));
 
@@ -216,5 +217,5 @@ TEST_CASE("scoring: scores and maps follow the shared definitions", "[pipeline][
   const auto z = model->forward(features).tensors;
   CHECK(scored.scores.allclose(image_scores(z)));
   CHECK(scored.maps.allclose(anomaly_maps(z)));
-  CHECK(upsampled_map(scored.maps[0], 32).size() == cv::Size(32, 32));
+  CHECK(to_mat(resize_maps(scored.maps, 32, 32)[0]).size() == cv::Size(32, 32));
 }

@@ -373,6 +373,60 @@ void check_dataset_images(Dataset& d, bool skip_bad_images,
   if (d.test.empty()) throw DatasetError(d.kind + " dataset: empty test set after skipping bad images in " + d.root);
 }
 
+void hold_out(Dataset& d, double fraction, std::uint64_t seed) {
+  if (!(fraction >= 0.0 && fraction <= 0.5))
+    throw DatasetError("the held-out fraction must be in 0..0.5, got " + std::to_string(fraction));
+  if (fraction == 0.0 || d.train.empty()) return;
+  if (d.train.size() < 2)
+    throw DatasetError(d.kind + " dataset: one training image cannot be split for a hold-out set");
+  auto count = static_cast<std::size_t>(std::llround(fraction * static_cast<double>(d.train.size())));
+  count = std::clamp<std::size_t>(count, 1, d.train.size() - 1);
+  std::vector<std::size_t> order(d.train.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  detail::shuffle(order, seed ^ 0x9E3779B97F4A7C15ull);  // independent of the MTD split's stream
+  std::vector<bool> held(d.train.size(), false);
+  for (std::size_t i = 0; i < count; ++i) held[order[i]] = true;
+  std::vector<Sample> train;
+  for (std::size_t i = 0; i < d.train.size(); ++i) (held[i] ? d.holdout : train).push_back(d.train[i]);
+  d.train = std::move(train);
+}
+
+std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> files;
+  for (const auto& path : paths) {
+    std::error_code ec;
+    const auto status = fs::status(path, ec);
+    if (fs::is_symlink(fs::symlink_status(path, ec)) && !fs::exists(status)) {
+      problems.push_back({path, "dangling symbolic link"});
+      continue;
+    }
+    if (!fs::exists(status)) {
+      problems.push_back({path, "no such file or folder"});
+      continue;
+    }
+    if (!fs::is_directory(status)) {
+      files.push_back(path);
+      continue;
+    }
+    std::vector<std::string> found;
+    fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec), end;
+    if (ec) problems.push_back({path, "cannot list folder: " + ec.message()});
+    for (; !ec && it != end; it.increment(ec)) {
+      std::error_code entry_ec;
+      if (it->is_symlink(entry_ec) && !fs::exists(it->path(), entry_ec)) {
+        problems.push_back({it->path().string(), "dangling symbolic link"});
+        continue;
+      }
+      if (it->is_regular_file(entry_ec) && detail::is_image_file(it->path())) found.push_back(it->path().string());
+    }
+    if (ec) problems.push_back({path, "cannot list folder: " + ec.message()});
+    std::sort(found.begin(), found.end());
+    files.insert(files.end(), found.begin(), found.end());
+  }
+  return files;
+}
+
 Dataset load_dataset(const std::string& spec, const DatasetOptions& opt) {
   const auto colon = spec.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())
@@ -390,6 +444,7 @@ Dataset load_dataset(const std::string& spec, const DatasetOptions& opt) {
   else
     throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec + "\" (known: mvtec, mtd, dagm, folder)");
   if (opt.check_images) check_dataset_images(d, opt.skip_bad_images);
+  hold_out(d, opt.holdout_fraction, opt.holdout_seed);
   return d;
 }
 

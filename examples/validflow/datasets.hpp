@@ -67,6 +67,7 @@ struct Dataset {
   std::string root;
   std::vector<Sample> train;
   std::vector<Sample> test;
+  std::vector<Sample> holdout;    // good training images kept out of training (DatasetOptions::holdout_fraction)
   std::vector<BadImage> skipped;  // images dropped because of DatasetOptions::skip_bad_images
 
   std::size_t n_defective() const {
@@ -96,7 +97,13 @@ struct DatasetOptions {
   double mtd_test_fraction = 0.2;  // share of MT_Free held out for testing (paper: 1/5)
   bool check_images = true;        // decode every image and mask once while loading
   bool skip_bad_images = false;    // with check_images: drop unreadable images and list them in `skipped`
+  double holdout_fraction = 0.0;   // share of the good training images held out for thresholds (0..0.5)
+  std::uint64_t holdout_seed = 0;  // seed of that choice
 };
+
+/// Moves a seeded `fraction` of d.train (at least one image when fraction > 0, at least one left for
+/// training) into d.holdout, keeping both in file order. Throws DatasetError for a fraction outside [0, 0.5].
+void hold_out(Dataset& d, double fraction, std::uint64_t seed);
 
 /// One MVTec AD category (all defective test images must have masks).
 Dataset load_mvtec(const std::string& root_path);
@@ -132,6 +139,11 @@ cv::Mat load_mask(const std::string& path, int size, int threshold = 128);
 /// on_progress(done, total) is called after each sample if given.
 void check_dataset_images(Dataset& d, bool skip_bad_images,
                           const std::function<void(std::size_t, std::size_t)>& on_progress = {});
+
+/// The image files named by `paths` for prediction: files as given, folders searched recursively for image
+/// files (by extension), each folder's files sorted. Paths that do not exist, dangling links and unreadable
+/// folders go to `problems` (path and reason) instead.
+std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems);
 
 /// Parses "KIND:PATH" and reads the dataset (see the top of this file).
 Dataset load_dataset(const std::string& spec, const DatasetOptions& opt = {});

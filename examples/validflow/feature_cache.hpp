@@ -12,6 +12,7 @@
 #include "progress.hpp"
 
 #include <validflow/features.hpp>
+#include <validflow/io/state_dict.hpp>
 
 #include <nlohmann/json.hpp>
 #include <validflow/io/tensor_archive.hpp>
@@ -24,13 +25,12 @@
 
 namespace validflow::app {
 
-/// The backbone of an extraction.
-struct BackboneSpec {
-  std::string name = "efficientnet-b5";
-  int64_t layer = -1;   ///< feature block; < 0: the backbone's default (B5: 35, as CS-Flow)
-  std::string weights;  ///< weight file; empty: random initialisation (shapes only, says so)
-  int64_t image_size = 768;
-  int64_t scales = 3;
+/// What an extraction runs: the backbone's description and its weights file (empty: random weights, whose
+/// BatchNorm statistics are then calibrated on the training images).
+struct ExtractionSpec {
+  features::BackboneSpec backbone;
+  std::string weights;
+  bool fp16 = false;  ///< store the features in float16 (half the disk; scores change by ~1e-4 relative)
 };
 
 /// Fingerprint of a file: size and FNV-1a of its bytes ("none" for no file).
@@ -58,6 +58,8 @@ struct FeatureCache {
   TensorList holdout;  ///< per scale [N_holdout, C, H_s, W_s]: good training images kept out of training, for
                        ///< the threshold at a target false-positive rate (empty when nothing was held out)
   std::vector<Sample> test_samples;
+  std::vector<Sample> holdout_samples;
+  StateDict backbone_state;  ///< the extractor's backbone exactly as it extracted (export puts it in the model file)
 
   int64_t channels() const { return train.at(0).size(1); }
   int64_t scales() const { return static_cast<int64_t>(train.size()); }
@@ -69,14 +71,21 @@ struct FeatureCache {
 };
 
 /// What identifies an extraction: a cache with a different request is stale.
-inline nlohmann::json extraction_request(const Dataset& dataset, const std::string& dataset_spec, const BackboneSpec& b,
-                                         bool fp16) {
-  nlohmann::json files = nlohmann::json::array();
-  for (const auto& s : dataset.train) files.push_back(s.path);
-  for (const auto& s : dataset.test) files.push_back(s.path);
-  return {{"dataset", dataset_spec},    {"files", files},       {"backbone", b.name},
-          {"layer", b.layer},           {"weights", b.weights}, {"weights_fingerprint", file_fingerprint(b.weights)},
-          {"image_size", b.image_size}, {"scales", b.scales},   {"fp16", fp16}};
+inline nlohmann::json extraction_request(const Dataset& dataset, const std::string& dataset_spec,
+                                         const ExtractionSpec& e) {
+  auto paths = [](const std::vector<Sample>& samples) {
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& s : samples) files.push_back(s.path);
+    return files;
+  };
+  return {{"dataset", dataset_spec},
+          {"train_files", paths(dataset.train)},
+          {"test_files", paths(dataset.test)},
+          {"holdout_files", paths(dataset.holdout)},
+          {"backbone", features::to_json(e.backbone.resolved())},
+          {"weights", e.weights},
+          {"weights_fingerprint", file_fingerprint(e.weights)},
+          {"fp16", e.fp16}};
 }
 
 /// The kind of validflow file a feature cache is (io/tensor_archive.hpp) and its layout version.
@@ -94,6 +103,9 @@ inline void save_feature_cache(const FeatureCache& cache, const std::string& pat
         {{"path", s.path}, {"label", s.label}, {"type", s.type}, {"mask", s.mask_path}});
   }
   archive.meta["holdout_images"] = cache.holdout.empty() ? 0 : cache.holdout[0].size(0);
+  archive.meta["holdout_samples"] = nlohmann::json::array();
+  for (const auto& s : cache.holdout_samples) archive.meta["holdout_samples"].push_back(s.path);
+  for (const auto& [key, tensor] : cache.backbone_state) archive.tensors.emplace_back("backbone." + key, tensor);
   for (size_t s = 0; s < cache.train.size(); ++s) {
     archive.tensors.emplace_back("train." + std::to_string(s), cache.train[s]);
     archive.tensors.emplace_back("test." + std::to_string(s), cache.test[s]);
@@ -114,10 +126,19 @@ inline FeatureCache load_feature_cache(const std::string& path) {
     cache.meta = archive.meta;
     const int64_t scales = cache.meta.at("scales").get<int64_t>();
     if (scales < 1 || scales > 8) throw refuse("invalid number of scales " + std::to_string(scales));
-    std::map<std::string, torch::Tensor> tensors(archive.tensors.begin(), archive.tensors.end());
+    std::map<std::string, torch::Tensor> tensors;
+    cache.backbone_state.source = path;
+    for (const auto& [key, tensor] : archive.tensors) {
+      if (key.rfind("backbone.", 0) == 0)
+        cache.backbone_state.emplace_back(key.substr(9), tensor);
+      else
+        tensors.emplace(key, tensor);
+    }
+    if (cache.backbone_state.empty()) throw refuse("holds no backbone weights");
     const int64_t holdout = cache.meta.at("holdout_images").get<int64_t>();
     if (static_cast<int64_t>(tensors.size()) != scales * (holdout > 0 ? 3 : 2))
-      throw refuse("holds " + std::to_string(tensors.size()) + " tensors for " + std::to_string(scales) + " scales");
+      throw refuse("holds " + std::to_string(tensors.size()) + " feature tensors for " + std::to_string(scales) +
+                   " scales");
     auto split = [&](const std::string& name, TensorList& out) {
       for (int64_t s = 0; s < scales; ++s) {
         const auto key = name + "." + std::to_string(s);
@@ -145,6 +166,9 @@ inline FeatureCache load_feature_cache(const std::string& path) {
       throw refuse(std::to_string(cache.test_samples.size()) + " test samples for " +
                    std::to_string(cache.test[0].size(0)) + " test feature maps");
     if (holdout > 0 && cache.holdout[0].size(0) != holdout) throw refuse("holdout_images disagrees with the tensors");
+    for (const auto& p : cache.meta.at("holdout_samples")) cache.holdout_samples.push_back({p.get<std::string>()});
+    if (static_cast<int64_t>(cache.holdout_samples.size()) != holdout)
+      throw refuse("holdout_samples disagrees with holdout_images");
   } catch (const nlohmann::json::exception& e) {
     throw refuse(std::string("invalid metadata: ") + e.what());
   }
@@ -168,12 +192,18 @@ inline std::optional<FeatureCache> load_matching_cache(const std::string& path, 
   return std::nullopt;
 }
 
-/// Builds the multi-scale extractor of a spec (pretrained if `weights` is set); images are normalised with the
-/// backbone's own statistics.
-inline features::MultiScaleExtractor make_extractor(const BackboneSpec& b) {
-  auto net = features::make_efficientnet(b.name, b.layer, b.weights);
-  return features::MultiScaleExtractor(
-      features::MultiScaleExtractorOptions(net).image_size(b.image_size).n_scales(b.scales));
+/// The extractor of a spec, with its weights file (random weights when empty).
+inline features::MultiScaleExtractor make_extractor(const ExtractionSpec& e) {
+  return features::build_extractor(e.backbone, e.weights);
+}
+
+/// The extractor a cache was extracted with, rebuilt from the cache itself (its stored backbone weights).
+inline features::MultiScaleExtractor extractor_of(const FeatureCache& cache) {
+  auto extractor =
+      features::build_extractor(features::backbone_spec_from_json(cache.meta.at("request").at("backbone")));
+  load_state_dict(extractor->backbone.module(), cache.backbone_state);
+  extractor->eval();
+  return extractor;
 }
 
 /// A decoded image (decode_image) as the tensor features::prepare_image takes: uint8 [H, W, 3] or float [3, H, W].

@@ -1,9 +1,11 @@
 #pragma once
-// Subnets and model compositions: CS-Flow and ValidFlow, losses and scores, official CS-Flow import.
+// Subnets and model compositions: CS-Flow and ValidFlow, their description (FlowConfig), losses, scores and
+// maps, reduced precision, official CS-Flow import. Opt-in, not included here: models/csflow_golden.hpp (the
+// parity check against reference outputs, for tests and `validflow check-csflow`).
 #include <validflow/models/csflow.hpp>
-#include <validflow/models/csflow_golden.hpp>
 #include <validflow/models/csflow_import.hpp>
 #include <validflow/models/flow_config.hpp>
+#include <validflow/models/maps.hpp>
 #include <validflow/models/objectives.hpp>
 #include <validflow/models/precision.hpp>
 #include <validflow/models/scoring.hpp>

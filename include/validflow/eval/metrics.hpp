@@ -200,31 +200,54 @@ inline ThresholdResult f1_optimal_threshold(const std::vector<double>& scores, c
   return best;
 }
 
-/// AUROC of all good samples (label 0) against the defective samples of each defect type, keyed by type.
-/// types[i] is the defect type of sample i (ignored for good samples).
-inline std::map<std::string, double> auroc_per_type(const std::vector<double>& scores, const std::vector<int>& labels,
-                                                    const std::vector<std::string>& types) {
+/// All good samples (label 0) with the defective samples of one defect type.
+struct TypeSubset {
+  std::vector<double> scores;
+  std::vector<int> labels;
+};
+
+/// The per-defect-type subsets (good samples + that type's defects), keyed by type. types[i] is the defect
+/// type of sample i (ignored for good samples).
+inline std::map<std::string, TypeSubset> subsets_per_type(const std::vector<double>& scores,
+                                                          const std::vector<int>& labels,
+                                                          const std::vector<std::string>& types) {
   std::size_t n_pos = 0, n_neg = 0;
-  detail::check_scores_labels("auroc_per_type", scores, labels, n_pos, n_neg);
+  detail::check_scores_labels("subsets_per_type", scores, labels, n_pos, n_neg);
   if (types.size() != scores.size()) {
     std::ostringstream m;
-    m << detail::where("auroc_per_type") << "size mismatch: " << scores.size() << " scores but " << types.size()
+    m << detail::where("subsets_per_type") << "size mismatch: " << scores.size() << " scores but " << types.size()
       << " types";
     throw MetricError(m.str());
   }
-  std::map<std::string, double> out;
+  std::map<std::string, TypeSubset> out;
   for (std::size_t i = 0; i < types.size(); ++i) {
     if (labels[i] != 1 || out.count(types[i])) continue;
-    std::vector<double> s;
-    std::vector<int> l;
+    auto& subset = out[types[i]];
     for (std::size_t j = 0; j < types.size(); ++j) {
       if (labels[j] == 0 || types[j] == types[i]) {
-        s.push_back(scores[j]);
-        l.push_back(labels[j]);
+        subset.scores.push_back(scores[j]);
+        subset.labels.push_back(labels[j]);
       }
     }
-    out[types[i]] = auroc(s, l);
   }
+  return out;
+}
+
+/// AUROC of all good samples against the defective samples of each defect type, keyed by type.
+inline std::map<std::string, double> auroc_per_type(const std::vector<double>& scores, const std::vector<int>& labels,
+                                                    const std::vector<std::string>& types) {
+  std::map<std::string, double> out;
+  for (const auto& [type, subset] : subsets_per_type(scores, labels, types))
+    out[type] = auroc(subset.scores, subset.labels);
+  return out;
+}
+
+/// ROC curve of all good samples against the defective samples of each defect type, keyed by type.
+inline std::map<std::string, RocCurve> roc_per_type(const std::vector<double>& scores, const std::vector<int>& labels,
+                                                    const std::vector<std::string>& types) {
+  std::map<std::string, RocCurve> out;
+  for (const auto& [type, subset] : subsets_per_type(scores, labels, types))
+    out[type] = roc_curve(subset.scores, subset.labels);
   return out;
 }
 

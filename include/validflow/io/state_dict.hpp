@@ -14,7 +14,6 @@
 #include <validflow/io/atomic_file.hpp>
 #include <validflow/io/errors.hpp>
 
-#include <torch/script.h>
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -143,7 +142,7 @@ inline StateDict read_state_dict(const std::string& path) {
       "python3 tools/export_backbone.py convert IN OUT)";
   c10::IValue value;
   try {
-    value = torch::jit::pickle_load(bytes);
+    value = torch::pickle_load(bytes);
   } catch (const c10::Error& e) {
     throw FileError(path, "cannot read '" + path + "': " + e.what_without_backtrace() + unpickle_hint);
   } catch (const std::exception& e) {
@@ -169,7 +168,7 @@ inline StateDict read_state_dict(const std::string& path) {
 inline void write_state_dict(const StateDict& state, const std::string& path) {
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
   for (const auto& [key, tensor] : state) dict.insert(key, tensor.detach().cpu().contiguous());
-  const auto bytes = torch::jit::pickle_save(c10::IValue(dict));
+  const auto bytes = torch::pickle_save(c10::IValue(dict));
   io::write_file_atomic(path, std::string_view(bytes.data(), bytes.size()));
 }
 

@@ -81,6 +81,28 @@ inline void check_precision_supported(Precision precision, const torch::Device& 
   }
 }
 
+/// Whether the CPU running this process has native bf16 arithmetic (AVX512_BF16; AMX implies it). Without it,
+/// LibTorch emulates bf16 and a bf16 model runs several times slower than fp32 (measured on an AVX2-only AMD
+/// EPYC: docs/benchmarks.md).
+inline bool cpu_has_native_bf16() {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+  return false;
+#endif
+}
+
+/// Throws UnsupportedPrecision when `precision` cannot run on `device`, or would run slower than fp32 there
+/// (bf16 on a CPU without native bf16): never a silent slow-down.
+inline void check_precision_fast(Precision precision, const torch::Device& device) {
+  check_precision_supported(precision, device);
+  if (precision == Precision::BFloat16 && device.is_cpu() && !cpu_has_native_bf16())
+    throw UnsupportedPrecision(
+        "precision bf16 needs a CPU with native bf16 (AVX512_BF16); this CPU has none, so bf16 would run several "
+        "times slower than fp32: use fp32");
+}
+
 /// Converts every 4-D parameter and buffer of `module` (convolution weights) to `format`
 /// (torch::MemoryFormat::ChannelsLast or Contiguous). Values are unchanged.
 inline void set_memory_format(torch::nn::Module& module, torch::MemoryFormat format) {

@@ -1,0 +1,374 @@
+// The command line of `validflow`: every option declared with its allowed range (checked while parsing,
+// before any file is read or written), the subcommands dispatched to commands.hpp, and the one error boundary
+// that turns every error into one clear line and an exit code (docs/reliability.md).
+#include "commands.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+#include <thread>
+
+namespace validflow::app {
+namespace {
+
+/// A finite number in [lo, hi] (or (lo, hi] when `open_low`); CLI11's Range lets NaN through.
+CLI::Validator finite_range(double lo, double hi, bool open_low = false) {
+  std::ostringstream text;
+  text << (open_low ? "(" : "[") << lo << ", " << hi << "]";
+  const std::string name = text.str();
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double v = 0;
+        try {
+          size_t used = 0;
+          v = std::stod(text, &used);
+          if (used != text.size()) return "'" + text + "' is not a number";
+        } catch (const std::exception&) {
+          return "'" + text + "' is not a number";
+        }
+        if (!std::isfinite(v) || v < lo || v > hi || (open_low && v == lo))
+          return "value " + text + " is not a finite number in " + name;
+        return "";
+      },
+      name);
+}
+
+/// A whole number in [lo, hi]; a value too large for 64 bits is out of range, not saturated.
+CLI::Validator int_range(int64_t lo, int64_t hi) {
+  const std::string name = "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        try {
+          size_t used = 0;
+          const long long v = std::stoll(text, &used);
+          if (used != text.size()) return "'" + text + "' is not a whole number";
+          if (v < lo || v > hi) return "value " + text + " is not in " + name;
+        } catch (const std::out_of_range&) {
+          return "value " + text + " is not in " + name;
+        } catch (const std::exception&) {
+          return "'" + text + "' is not a whole number";
+        }
+        return "";
+      },
+      name);
+}
+
+constexpr int64_t kMaxThreads = 1024;
+
+struct ModelFlags {
+  CLI::Option* modules = nullptr;
+  CLI::Option* blocks = nullptr;
+  std::vector<CLI::Option*> validflow_only;
+  CLI::Option* kernel_sizes = nullptr;
+};
+
+/// Model options shared by info, train, run.
+ModelFlags add_model_options(CLI::App& cmd, FlowConfig& c) {
+  ModelFlags f;
+  cmd.add_option("--model", c.model, "Flow: validflow or csflow")
+      ->check(CLI::IsMember({"validflow", "csflow"}))
+      ->capture_default_str();
+  f.modules = cmd.add_option("--modules", c.modules, "ValidFlow: FA+FB modules n (each is two coupling blocks)")
+                  ->check(int_range(1, FlowConfig::max_depth))
+                  ->capture_default_str();
+  f.blocks = cmd.add_option("--blocks", c.blocks, "CS-Flow: coupling blocks (official 4; the ValidFlow paper uses 6)")
+                 ->check(int_range(1, FlowConfig::max_depth))
+                 ->capture_default_str();
+  cmd.add_option("--hidden", c.hidden, "Hidden width of the subnets")
+      ->check(int_range(1, FlowConfig::max_width))
+      ->capture_default_str();
+  f.validflow_only.push_back(
+      cmd.add_option("--kernel-size", c.kernel_size, "ValidFlow: kernel size of every conv (odd)")
+          ->check(int_range(1, FlowConfig::max_kernel))
+          ->capture_default_str());
+  f.kernel_sizes =
+      cmd.add_option("--kernel-sizes", c.kernel_sizes, "CS-Flow: kernel size per block (default [3]*(n-1)+[5])")
+          ->check(int_range(1, FlowConfig::max_kernel));
+  cmd.add_option("--clamp", c.clamp, "Soft clamp of the log-scales")
+      ->check(finite_range(0, 100, true))
+      ->capture_default_str();
+  f.validflow_only.push_back(cmd.add_flag("!--no-actnorm", c.actnorm, "ValidFlow: no ActNorm in the blocks"));
+  f.validflow_only.push_back(cmd.add_flag("!--no-fa-cbam", c.fa_cbam, "ValidFlow: no CBAM in r1 (FA)"));
+  f.validflow_only.push_back(cmd.add_flag("!--no-fb-cbam", c.fb_cbam, "ValidFlow: no CBAM in r2 (FB) (Table 7)"));
+  f.validflow_only.push_back(
+      cmd.add_flag("!--no-long-branches", c.long_branches, "ValidFlow: no scale 1<->3 branches in r2 (Table 7)"));
+  return f;
+}
+
+/// Options of one model kind given with the other: a usage error, not a silent no-op.
+void check_model_flags(const ModelFlags& f, const FlowConfig& c) {
+  if (c.is_csflow()) {
+    if (f.modules->count() > 0)
+      throw CLI::ValidationError("--modules", "counts ValidFlow's FA+FB modules; CS-Flow's depth is --blocks");
+    for (auto* o : f.validflow_only)
+      if (o->count() > 0) throw CLI::ValidationError(o->get_name(), "applies to --model validflow only");
+  } else {
+    if (f.blocks->count() > 0)
+      throw CLI::ValidationError("--blocks", "counts CS-Flow's coupling blocks; ValidFlow's depth is --modules (n)");
+    if (f.kernel_sizes->count() > 0) throw CLI::ValidationError("--kernel-sizes", "applies to --model csflow only");
+  }
+  try {
+    FlowConfig probe = c;
+    probe.channels = 304;  // the real value comes from the features; checked here for the rest
+    probe.validate();
+  } catch (const FlowConfigError& e) {
+    throw CLI::ValidationError("model options", e.what());
+  }
+}
+
+void add_train_options(CLI::App& cmd, TrainOptions& t) {
+  cmd.add_option("--epochs", t.epochs, "Training epochs (paper: 300 MVTec, 60 MTD)")
+      ->check(int_range(1, 100000))
+      ->capture_default_str();
+  cmd.add_option("--batch-size", t.batch_size, "Batch size")->check(int_range(1, 4096))->capture_default_str();
+  cmd.add_option("--lr", t.lr, "Adam learning rate")->check(finite_range(0, 10, true))->capture_default_str();
+  cmd.add_option("--adam-eps", t.adam_eps, "Adam epsilon")->check(finite_range(0, 1, true))->capture_default_str();
+  cmd.add_option("--weight-decay", t.weight_decay, "Adam L2 weight decay")
+      ->check(finite_range(0, 1))
+      ->capture_default_str();
+  cmd.add_option("--max-grad-norm", t.max_grad_norm, "Gradient clipping (global norm)")
+      ->check(finite_range(0, 1e6, true))
+      ->capture_default_str();
+  cmd.add_option("--seed", t.seed, "Seed of initialisation and shuffling")->capture_default_str();
+  cmd.add_option("--checkpoint-every", t.checkpoint_every, "Write the checkpoint every N epochs")
+      ->check(int_range(1, 100000))
+      ->capture_default_str();
+  cmd.add_flag("--resume", t.resume, "Continue from the checkpoint in --out");
+}
+
+void add_extract_options(CLI::App& cmd, ExtractArgs& e) {
+  cmd.add_option("--dataset", e.dataset, "KIND:PATH with KIND mvtec, mtd, dagm or folder")->required();
+  cmd.add_option("--backbone", e.spec.backbone.name, "Backbone (efficientnet-b0..b7, efficientnet-lite0..4)")
+      ->capture_default_str();
+  cmd.add_option("--layer", e.spec.backbone.layer, "Feature block (default: the backbone's, B5: 35 as CS-Flow)")
+      ->check(int_range(0, 100));
+  cmd.add_option("--weights", e.weights,
+                 "Backbone weight file; 'auto': the converted pretrained file in $VALIDFLOW_WEIGHTS_DIR or "
+                 "~/.cache/validflow/weights if present; 'none': random weights")
+      ->capture_default_str();
+  cmd.add_option("--image-size", e.spec.backbone.image_size, "Input size of scale 0 (scales halve)")
+      ->check(int_range(32, features::BackboneSpec::max_image_size))
+      ->capture_default_str();
+  cmd.add_option("--extract-batch-size", e.batch_size, "Images per extraction batch")
+      ->check(int_range(1, 1024))
+      ->capture_default_str();
+  cmd.add_flag("--fp16", e.spec.fp16, "Store the features in float16");
+  cmd.add_flag("--skip-bad-images", e.skip_bad_images, "Skip unreadable images (listed) instead of failing");
+  cmd.add_option("--split-seed", e.split_seed, "Seed of the MTD train/test split")->capture_default_str();
+  cmd.add_option("--holdout", e.holdout_fraction,
+                 "Share of the good training images kept out of training, for the threshold at a target "
+                 "false-positive rate (0: every image trains, as the paper)")
+      ->check(finite_range(0, 0.5))
+      ->capture_default_str();
+  cmd.add_option("--holdout-seed", e.holdout_seed, "Seed of the held-out choice")->capture_default_str();
+}
+
+/// Turns the error of a run into one line on stderr and an exit code (docs/reliability.md).
+int report_error(const std::exception& e, bool debug) {
+  std::string message = e.what();
+  int code = kExitInternal;
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
+    message = c10->what_without_backtrace();  // LibTorch's checks: bad values that reached a module
+    code = kExitBadInput;
+  } else if (dynamic_cast<const TrainingDiverged*>(&e)) {
+    code = kExitDiverged;
+  } else if (dynamic_cast<const FileError*>(&e) || dynamic_cast<const DatasetError*>(&e) ||
+             dynamic_cast<const std::invalid_argument*>(&e) || dynamic_cast<const ReportError*>(&e)) {
+    code = kExitBadInput;
+  } else if (dynamic_cast<const std::bad_alloc*>(&e)) {
+    message = "out of memory (try a smaller --batch-size or --extract-batch-size)";
+    code = kExitBadInput;
+  } else {
+    message = "internal error (please report it): " + message;
+  }
+  if (!debug) {  // one line: LibTorch messages may carry a C++ trace after the first line
+    const auto newline = message.find('\n');
+    if (newline != std::string::npos) message = message.substr(0, newline);
+  }
+  std::cerr << "error: " << message << "\n";
+  if (!debug && code == kExitInternal) std::cerr << "       (run again with --debug for details)\n";
+  if (debug) std::cerr << "debug: " << e.what() << "\n";
+  return code;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"validflow: unsupervised defect detection with normalizing flows (ValidFlow, CS-Flow)"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options (--threads, --debug) may follow the subcommand
+  app.set_version_flag("--version", std::string("validflow ") + version_string);
+
+  FlowConfig config;
+  TrainOptions train;
+  EvalOptions eval_options;
+  ExtractArgs extract;
+  ExportArgs export_args;
+  PredictArgs predict;
+  std::string out = "validflow-out";
+  std::vector<ModelFlags> model_flags;
+
+  auto* info = app.add_subcommand("info", "Architecture, exact parameter count and GFLOPs of a flow or a backbone");
+  model_flags.push_back(add_model_options(*info, config));
+  int64_t map_size = 24, image_size = 768, layer = -1;
+  std::string backbone;
+  bool json = false;
+  info->add_option("--channels", config.channels, "Feature channels per scale")
+      ->check(int_range(2, FlowConfig::max_width))
+      ->capture_default_str();
+  info->add_option("--map-size", map_size, "Finest feature map size (768 px: 24)")
+      ->check(int_range(1, 1024))
+      ->capture_default_str();
+  info->add_option("--backbone", backbone, "Show a backbone instead (efficientnet-b0..b7, efficientnet-lite0..4)");
+  info->add_option("--layer", layer, "Backbone feature block (default: the backbone's)")->check(int_range(0, 100));
+  info->add_option("--image-size", image_size, "Backbone input size")
+      ->check(int_range(32, features::BackboneSpec::max_image_size))
+      ->capture_default_str();
+  info->add_flag("--json", json, "Print JSON");
+
+  auto* check = app.add_subcommand("check-csflow", "Compare the C++ CS-Flow with official outputs (golden file)");
+  std::string golden_file;
+  double tolerance = 1e-5;
+  check->add_option("file", golden_file, "Golden file (torch.save dict, see shared/golden/README.md)")->required();
+  check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
+      ->check(finite_range(0, 1))
+      ->capture_default_str();
+
+  auto* ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
+  add_extract_options(*ext, extract);
+  ext->add_option("--out", out, "Output folder")->capture_default_str();
+
+  auto* trn = app.add_subcommand("train", "Train a flow on OUT/features.pt; writes OUT/checkpoint.pt");
+  model_flags.push_back(add_model_options(*trn, config));
+  add_train_options(*trn, train);
+  trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")->capture_default_str();
+
+  auto* evl = app.add_subcommand("eval", "Score the test set; writes OUT/report/ (metrics, plots, heatmaps)");
+  evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")->capture_default_str();
+  evl->add_option("--heatmaps", eval_options.heatmaps_per_group,
+                  "Heatmaps of the most and of the least anomalous images")
+      ->check(int_range(0, 1000))
+      ->capture_default_str();
+  evl->add_option("--map-sigma", eval_options.map_sigma, "Gaussian smoothing of the anomaly maps (pixels at 256)")
+      ->check(finite_range(0, 64))
+      ->capture_default_str();
+  std::string precision_name = "fp32";
+  evl->add_option("--precision", precision_name, "Flow inference precision: fp32, bf16 (report in OUT/report-bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
+
+  auto* exp = app.add_subcommand("export", "Write a trained run (OUT) as one self-contained model file");
+  exp->add_option("--out", out, "The run folder (features.pt, checkpoint.pt)")->capture_default_str();
+  exp->add_option("--to", export_args.to, "The model file to write (e.g. model.vfm)")->required();
+  exp->add_option("--threshold-from", export_args.threshold_from,
+                  "auto: F1-optimal when the test set has defects, else a target false-positive rate; f1; fpr")
+      ->check(CLI::IsMember({"auto", "f1", "fpr"}))
+      ->capture_default_str();
+  exp->add_option("--target-fpr", export_args.target_fpr, "False-positive rate of the fpr threshold")
+      ->check(finite_range(0, 0.5))
+      ->capture_default_str();
+  exp->add_option("--map-sigma", export_args.map_sigma, "Gaussian smoothing of the anomaly maps (input pixels)")
+      ->check(finite_range(0, 64))
+      ->capture_default_str();
+
+  auto* pred = app.add_subcommand("predict", "Score new images with a model file");
+  pred->add_option("--model", predict.model, "Model file (validflow export)")->required();
+  pred->add_option("paths", predict.paths, "Image files or folders of images (searched recursively)")->required();
+  pred->add_option("--out", predict.out, "Folder for predictions.csv, predictions.json and heatmaps/");
+  pred->add_option("--threshold", predict.threshold, "Image threshold (raw score); default: the model file's")
+      ->check(finite_range(-1e30, 1e30));
+  pred->add_option("--pixel-threshold", predict.pixel_threshold, "Pixel threshold; default: the model file's")
+      ->check(finite_range(-1e30, 1e30));
+  auto* heatmaps = pred->add_flag("--heatmaps", predict.heatmaps, "Write an overlay PNG per image (needs --out)");
+  pred->add_option("--batch-size", predict.batch_size, "Images per batch")
+      ->check(int_range(1, 256))
+      ->capture_default_str();
+  pred->add_option("--precision", predict.precision, "fp32, or bf16 where the device runs it natively")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  pred->add_option("--device", predict.device, "cpu or cuda (cuda:N)")
+      ->check([](const std::string& d) -> std::string {
+        if (d == "cpu" || d == "cuda" ||
+            (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 9 &&
+             d.find_first_not_of("0123456789", 5) == std::string::npos))
+          return "";
+        return "expected cpu, cuda or cuda:N, got '" + d + "'";
+      })
+      ->capture_default_str();
+
+  auto* run = app.add_subcommand("run", "extract + train + eval");
+  add_extract_options(*run, extract);
+  model_flags.push_back(add_model_options(*run, config));
+  add_train_options(*run, train);
+  run->add_option("--out", out, "Output folder")->capture_default_str();
+
+  auto* demo = app.add_subcommand("demo", "Synthetic defects -> extract -> train -> eval -> export (no download)");
+  std::string demo_out = "validflow-demo";
+  demo->add_option("--out", demo_out, "Output folder")->capture_default_str();
+  int64_t demo_epochs = 40;
+  demo->add_option("--epochs", demo_epochs, "Training epochs")->check(int_range(1, 100000))->capture_default_str();
+
+  int64_t threads = 0;
+  bool debug = false;
+  app.add_option("--threads", threads, "CPU threads (default: $OMP_NUM_THREADS, else every core)")
+      ->check(int_range(1, kMaxThreads));
+  app.add_flag("--debug", debug, "On an error, print LibTorch's full message (with its C++ trace)");
+
+  try {
+    app.parse(argc, argv);
+    for (size_t i = 0; i < model_flags.size(); ++i) {
+      CLI::App* owner = i == 0 ? info : i == 1 ? trn : run;
+      if (*owner) check_model_flags(model_flags[i], config);
+    }
+    if (*pred && predict.heatmaps && predict.out.empty())
+      throw CLI::ValidationError(heatmaps->get_name(), "needs --out (the folder the heatmaps go to)");
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  eval_options.precision = parse_precision(precision_name);
+  // Debian's LibTorch starts with one intra-op thread unless OMP_NUM_THREADS is set.
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+  } else if (!std::getenv("OMP_NUM_THREADS")) {
+    torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  }
+
+  try {
+    if (*info) return run_info(config, map_size, backbone, layer, image_size, json);
+    if (*check) return run_check_csflow(golden_file, tolerance);
+    if (*ext) {
+      run_extract(extract, out);
+      return kExitOk;
+    }
+    if (*trn) {
+      run_train(config, train, load_feature_cache(features_path(out)), out);
+      return kExitOk;
+    }
+    if (*evl) {
+      run_eval(load_checkpoint(checkpoint_path(out)), load_feature_cache(features_path(out)), out, eval_options);
+      return kExitOk;
+    }
+    if (*exp) {
+      run_export(out, export_args);
+      return kExitOk;
+    }
+    if (*pred) return run_predict(predict);
+    if (*run) {
+      const auto cache = run_extract(extract, out);
+      run_eval(run_train(config, train, cache, out), cache, out, eval_options);
+      return kExitOk;
+    }
+    if (*demo) return run_demo(demo_out, demo_epochs);
+  } catch (const std::exception& e) {
+    return report_error(e, debug);
+  }
+  return kExitOk;
+}
+
+}  // namespace validflow::app
+
+int main(int argc, char** argv) { return validflow::app::run_cli(argc, argv); }

@@ -1,0 +1,332 @@
+// `validflow export` (a trained run -> one model file) and `validflow predict` (a model file + new images ->
+// decisions, scores, maps). See commands.hpp and docs/usage.md.
+#include "commands.hpp"
+
+#include <validflow/detect.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace validflow::app {
+namespace {
+
+/// A threshold and where it came from, with the range of the values it was chosen on (for normalisation).
+struct ThresholdChoice {
+  double threshold = 0;
+  std::string source;
+  double lo = 0, hi = 1;
+};
+
+/// The range [lo, hi] of `values`, widened to a non-empty interval.
+void set_range(ThresholdChoice& c, const std::vector<double>& values) {
+  c.lo = *std::min_element(values.begin(), values.end());
+  c.hi = *std::max_element(values.begin(), values.end());
+  if (!(c.hi > c.lo)) c.hi = c.lo + std::max(1e-12, std::abs(c.lo) * 1e-6);
+}
+
+/// F1-optimal on labelled values, or the target false-positive rate on good values (see detect/decision.hpp).
+ThresholdChoice choose_threshold(const std::string& mode, double target_fpr, const std::vector<double>& labelled,
+                                 const std::vector<int>& labels, const std::vector<double>& holdout_good,
+                                 const std::string& what) {
+  const bool has_defects = std::count(labels.begin(), labels.end(), 1) > 0;
+  ThresholdChoice c;
+  std::ostringstream source;
+  if (mode == "f1" || (mode == "auto" && has_defects)) {
+    if (!has_defects)
+      throw DatasetError("--threshold-from f1 needs defective test " + what + "; this run's test set has none");
+    const auto best = eval::f1_optimal_threshold(labelled, labels);
+    c.threshold = best.threshold;
+    source << "F1-optimal on the labelled test set (" << labelled.size() << " " << what << ", F1 " << std::fixed
+           << std::setprecision(4) << best.f1 << ")";
+    set_range(c, labelled);
+  } else {
+    std::vector<double> good = holdout_good;
+    std::string from = "held-out good training " + what;
+    if (good.empty()) {
+      for (size_t i = 0; i < labels.size(); ++i)
+        if (labels[i] == 0) good.push_back(labelled[i]);
+      from = "good test " + what + " (no images were held out: extract with --holdout)";
+    }
+    if (good.empty()) throw DatasetError("no good " + what + " to set a threshold on");
+    c.threshold = threshold_at_false_positive_rate(good, target_fpr);
+    source << "target false-positive rate " << target_fpr << " on " << good.size() << " " << from;
+    set_range(c, good);
+  }
+  c.source = source.str();
+  return c;
+}
+
+/// FNV-1a of a text (the file lists of an extraction).
+std::string text_fingerprint(const std::string& text) {
+  uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ull;
+  std::ostringstream s;
+  s << std::hex << hash;
+  return s.str();
+}
+
+std::string utc_now() {
+  const auto t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return b;
+}
+
+/// Pixel values of maps [N, S, S] (every `stride`-th pixel of each image) with their mask labels when `masks`.
+void sample_pixels(const torch::Tensor& maps, const std::vector<Sample>* samples, int64_t first, int64_t stride,
+                   std::vector<double>& values, std::vector<int>& labels) {
+  const int64_t size = maps.size(1);
+  for (int64_t i = 0; i < maps.size(0); ++i) {
+    const auto flat = maps[i].reshape({-1}).to(torch::kFloat64).contiguous();
+    const double* v = flat.data_ptr<double>();
+    cv::Mat mask;
+    if (samples) mask = load_mask((*samples)[static_cast<size_t>(first + i)].mask_path, static_cast<int>(size));
+    for (int64_t p = 0; p < flat.numel(); p += stride) {
+      values.push_back(v[p]);
+      labels.push_back(samples ? mask.data[p] : 0);
+    }
+  }
+}
+
+}  // namespace
+
+std::string run_export(const std::string& out, const ExportArgs& e) {
+  const auto checkpoint = load_checkpoint(checkpoint_path(out));
+  const auto cache = load_feature_cache(features_path(out));
+  const auto& request = cache.meta.at("request");
+  auto extractor = extractor_of(cache);
+  if (checkpoint.config.channels != cache.channels() || checkpoint.config.scales != cache.scales())
+    throw FileError(checkpoint_path(out), "the checkpoint in " + out + " was trained on other features than " +
+                                              features_path(out) + " holds: run `validflow train` again");
+  ModelInfo info;
+  info.backbone = features::backbone_spec_from_json(request.at("backbone"));
+  info.flow = checkpoint.config;
+  const int64_t size = info.backbone.image_size;
+  std::cerr << "export    " << out << ": " << checkpoint.config.model << " (" << checkpoint.epoch << " epochs), "
+            << info.backbone.name << " at " << size << " px\n";
+
+  // Image threshold.
+  EvalOptions scoring;
+  scoring.pixel_size = static_cast<int>(size);
+  scoring.map_sigma = e.map_sigma;
+  const auto test = score_test_set(checkpoint.model, cache.test, scoring);
+  std::vector<int> labels;
+  for (const auto& s : cache.test_samples) labels.push_back(s.label);
+  TestScores holdout;
+  if (!cache.holdout.empty()) holdout = score_test_set(checkpoint.model, cache.holdout, scoring);
+  const auto image = choose_threshold(e.threshold_from, e.target_fpr, test.scores, labels, holdout.scores, "images");
+
+  // Pixel threshold, on a sample of pixels of the maps at the model's input size (at most ~4 M values).
+  const bool masks = has_masks(cache.test_samples);
+  const auto& pixel_maps = (masks || cache.holdout.empty()) ? test.maps : holdout.maps;
+  const int64_t stride = std::max<int64_t>(1, pixel_maps.numel() / (int64_t{4} << 20));
+  std::vector<double> pixel_values, holdout_pixels;
+  std::vector<int> pixel_labels, unused;
+  if (masks) {
+    sample_pixels(test.maps, &cache.test_samples, 0, stride, pixel_values, pixel_labels);
+    if (!cache.holdout.empty()) sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
+  } else if (!cache.holdout.empty()) {
+    sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
+  } else {  // good test images only
+    for (size_t i = 0; i < cache.test_samples.size(); ++i) {
+      if (labels[i] != 0) continue;
+      const auto one = test.maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
+      sample_pixels(one, nullptr, 0, stride, pixel_values, pixel_labels);
+    }
+  }
+  const auto pixel = choose_threshold(masks ? e.threshold_from : "fpr", e.target_fpr, pixel_values, pixel_labels,
+                                      holdout_pixels, "pixels");
+
+  info.decision.threshold = image.threshold;
+  info.decision.threshold_source = image.source;
+  info.decision.score_min = image.lo;
+  info.decision.score_max = image.hi;
+  info.decision.pixel_threshold = pixel.threshold;
+  info.decision.pixel_threshold_source = pixel.source;
+  info.decision.map_min = pixel.lo;
+  info.decision.map_max = pixel.hi;
+  info.decision.map_sigma = e.map_sigma;
+  info.provenance = {
+      {"dataset", request.at("dataset")},
+      {"files_fingerprint", text_fingerprint(request.at("train_files").dump() + request.at("test_files").dump() +
+                                             request.at("holdout_files").dump())},
+      {"train_images", cache.train[0].size(0)},
+      {"test_images", cache.test[0].size(0)},
+      {"holdout_images", cache.holdout.empty() ? 0 : cache.holdout[0].size(0)},
+      {"backbone_weights", request.at("weights")},
+      {"backbone_weights_fingerprint", request.at("weights_fingerprint")},
+      {"training", checkpoint.train_options},
+      {"epochs", checkpoint.epoch},
+      {"final_loss", checkpoint.loss_history.empty() ? 0.0 : checkpoint.loss_history.back()},
+      {"exported", utc_now()},
+      {"exported_by", std::string("validflow ") + version_string}};
+  if (std::count(labels.begin(), labels.end(), 1) > 0)
+    info.provenance["test_image_auroc"] = eval::auroc(test.scores, labels);
+
+  // Written next to the target, checked by loading it back and scoring test images from disk, then renamed:
+  // a failed export never replaces a good model file.
+  const fs::path target(e.to);
+  if (target.has_parent_path()) fs::create_directories(target.parent_path());
+  io::remove_stale_temp_files(target.has_parent_path() ? target.parent_path().string() : ".");
+  const std::string staging = e.to + ".tmp." + std::to_string(::getpid()) + ".export";
+  save_model_file(staging, info, *extractor, checkpoint.model);
+  try {
+    const Detector detector(staging);
+    std::vector<torch::Tensor> images;
+    std::vector<double> expected;
+    for (size_t i = 0; i < cache.test_samples.size() && images.size() < 4; ++i) {
+      try {
+        images.push_back(image_tensor(decode_image(cache.test_samples[i].path)));
+        expected.push_back(test.scores[i]);
+      } catch (const DatasetError&) {  // moved or deleted since extraction: nothing to compare with
+      }
+    }
+    if (!images.empty()) {
+      const auto predicted = detector.predict(images, PredictOptions().maps(false));
+      for (size_t i = 0; i < images.size(); ++i) {
+        const double rel = std::abs(predicted[i].score - expected[i]) / std::max(std::abs(expected[i]), 1e-12);
+        if (rel > 1e-4)
+          throw std::runtime_error("the exported model scores a test image " + std::to_string(predicted[i].score) +
+                                   ", the run's features gave " + std::to_string(expected[i]) +
+                                   " (images changed since extraction?)");
+      }
+      std::cerr << "checked   the file reproduces the run's scores on " << images.size() << " test images\n";
+    } else {
+      std::cerr << "checked   not compared with the run's scores: its test images are no longer readable\n";
+    }
+  } catch (...) {
+    fs::remove(staging);
+    throw;
+  }
+  fs::rename(staging, target);
+  std::cerr << "threshold " << std::setprecision(6) << info.decision.threshold << ": " << image.source << "\n";
+  std::cerr << "pixels    " << info.decision.pixel_threshold << ": " << pixel.source << "\n";
+  std::cout << "model     " << e.to << " (" << std::fixed << std::setprecision(1)
+            << static_cast<double>(fs::file_size(target)) / (1 << 20) << " MiB)\n";
+  return e.to;
+}
+
+int run_predict(const PredictArgs& p) {
+  const auto start = std::chrono::steady_clock::now();
+  DetectorOptions options;
+  options.device(torch::Device(p.device)).precision(parse_precision(p.precision));
+  if (options.device().is_cuda() && !torch::cuda::is_available())
+    throw std::invalid_argument("--device cuda: this LibTorch has no CUDA, or no GPU is visible");
+  const Detector detector(p.model, options);
+  const auto& decision = detector.info().decision;
+  const double threshold = p.threshold ? *p.threshold : decision.threshold;
+  std::cerr << "model     " << p.model << ": " << detector.info().flow.model << " on " << detector.info().backbone.name
+            << " at " << detector.image_size() << " px, threshold " << threshold << (p.threshold ? " (given)" : "")
+            << ", " << p.device << " " << p.precision << "\n";
+  std::vector<BadImage> problems;
+  const auto files = collect_image_files(p.paths, problems);
+  if (files.empty() && problems.empty()) throw DatasetError("no image files found in the given paths");
+  if (!p.out.empty()) {
+    fs::create_directories(p.out);
+    io::remove_stale_temp_files(p.out);
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  std::ostringstream csv;
+  csv << "path,score,normalized_score,anomalous,heatmap\n";
+  auto csv_field = [](const std::string& s) {
+    if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+  };
+  size_t anomalous = 0, index = 0;
+  ProgressBar bar(files.size(), "predict", {"img"});
+  const auto predict_options =
+      PredictOptions().threshold(p.threshold).pixel_threshold(p.pixel_threshold).maps(p.heatmaps);
+  for (size_t start_index = 0; start_index < files.size(); start_index += static_cast<size_t>(p.batch_size)) {
+    const size_t end = std::min(files.size(), start_index + static_cast<size_t>(p.batch_size));
+    std::vector<torch::Tensor> images;
+    std::vector<cv::Mat> decoded;
+    std::vector<std::string> names;
+    for (size_t i = start_index; i < end; ++i) {
+      try {
+        decoded.push_back(decode_image(files[i]));
+        images.push_back(image_tensor(decoded.back()));
+        names.push_back(files[i]);
+      } catch (const DatasetError& err) {
+        problems.push_back({files[i], err.what()});
+      }
+    }
+    if (!images.empty()) {
+      const auto predictions = detector.predict(images, predict_options);
+      for (size_t i = 0; i < predictions.size(); ++i) {
+        const auto& r = predictions[i];
+        anomalous += r.anomalous ? 1 : 0;
+        std::string heatmap;
+        if (p.heatmaps && !p.out.empty()) {
+          heatmap = (fs::path("heatmaps") / (std::to_string(index) + "_" + fs::path(names[i]).stem().string() + ".png"))
+                        .string();
+          cv::Mat shown;
+          decoded[i].convertTo(shown, CV_32FC3, decoded[i].depth() == CV_8U ? 1.0 / 255.0 : 1.0);
+          OverlayOptions overlay;
+          overlay.side_by_side = true;
+          overlay.vmin = 0;
+          overlay.vmax = 1;
+          write_heatmap_png((fs::path(p.out) / heatmap).string(), shown,
+                            to_mat(detector.normalized_map(r.anomaly_map, p.pixel_threshold)),
+                            to_mat(r.defect_mask.to(torch::kFloat32)) > 0.5f, overlay);
+        }
+        rows.push_back({{"path", names[i]},
+                        {"score", r.score},
+                        {"normalized_score", r.normalized_score},
+                        {"anomalous", r.anomalous},
+                        {"heatmap", heatmap}});
+        std::ostringstream line;
+        line << std::setprecision(9) << csv_field(names[i]) << "," << r.score << "," << r.normalized_score << ","
+             << (r.anomalous ? 1 : 0) << "," << csv_field(heatmap) << "\n";
+        csv << line.str();
+        if (p.out.empty())
+          std::cout << (r.anomalous ? "ANOMALOUS " : "ok        ") << std::fixed << std::setprecision(4)
+                    << r.normalized_score << "  " << names[i] << "\n";
+        ++index;
+      }
+    }
+    bar.update(end);
+  }
+  bar.finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& b : problems) {
+    std::cerr << "skipped   " << b.path << ": " << b.reason << "\n";
+    skipped.push_back({{"path", b.path}, {"reason", b.reason}});
+  }
+  const double rate = static_cast<double>(index) / seconds;
+  if (!p.out.empty()) {
+    const nlohmann::json report = {
+        {"model", p.model},
+        {"threshold", threshold},
+        {"pixel_threshold", p.pixel_threshold ? *p.pixel_threshold : decision.pixel_threshold},
+        {"images", rows},
+        {"skipped", skipped},
+        {"anomalous", anomalous},
+        {"seconds", seconds},
+        {"images_per_second", rate},
+        {"device", p.device},
+        {"precision", p.precision}};
+    io::write_file_atomic((fs::path(p.out) / "predictions.csv").string(), csv.str());
+    io::write_file_atomic((fs::path(p.out) / "predictions.json").string(), report.dump(2) + "\n");
+  }
+  std::cout << "images      " << index << " scored, " << anomalous << " anomalous, " << problems.size() << " skipped\n";
+  std::cout << "speed       " << std::fixed << std::setprecision(2) << rate
+            << " images/s end to end (decoding, preprocessing, features, flow, maps)\n";
+  if (!p.out.empty()) std::cout << "results     " << (fs::path(p.out) / "predictions.csv").string() << "\n";
+  return problems.empty() ? kExitOk : kExitSkipped;
+}
+
+}  // namespace validflow::app

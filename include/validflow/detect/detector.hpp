@@ -1,0 +1,168 @@
+#pragma once
+// validflow::Detector: a trained detector loaded from a model file (detect/model_file.hpp), predicting on
+// decoded images. The library itself reads no image files (no OpenCV): give it tensors as OpenCV or PIL
+// decode them.
+//
+//   validflow::Detector detector("model.vfm");                 // CPU, fp32
+//   auto p = detector.predict(image);   // uint8 [H, W, 3] RGB (or [H, W] gray, or float [3, H, W] in [0, 1])
+//   if (p.anomalous) ...;                // p.score, p.normalized_score, p.anomaly_map [H, W], p.defect_mask [H, W]
+//
+// The path of an image is exactly the one of `validflow extract / train / eval`: the one resize and the
+// backbone's normalisation (features/preprocess.hpp), the multi-scale extractor, the flow, the score and the
+// maps (models/objectives.hpp, models/maps.hpp). So the scores equal `eval`'s for the same images.
+//
+// Thread safety: predict() is const and may be called from several threads at once on one Detector; results
+// are identical to a single thread (tested). Devices: CPU and CUDA. Precision: fp32, or bf16 where the device
+// runs it natively (checked at construction: a CPU without AVX512_BF16 is refused, never silently slower).
+// Results (maps, masks) are CPU tensors.
+#include <validflow/detect/model_file.hpp>
+#include <validflow/features/preprocess.hpp>
+#include <validflow/models/maps.hpp>
+#include <validflow/models/objectives.hpp>
+#include <validflow/models/precision.hpp>
+#include <validflow/models/scoring.hpp>
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace validflow {
+
+struct DetectorOptions {
+  /// Where the networks run (images may be given on any device).
+  TORCH_ARG(torch::Device, device) = torch::kCPU;
+  /// fp32, or bf16 (autocast of the extractor and the flow; scores and maps are computed in fp32).
+  TORCH_ARG(Precision, precision) = Precision::Float32;
+};
+
+struct PredictOptions {
+  /// Overrides the model file's image threshold for this call.
+  TORCH_ARG(c10::optional<double>, threshold) = c10::nullopt;
+  /// Overrides the model file's pixel threshold for this call.
+  TORCH_ARG(c10::optional<double>, pixel_threshold) = c10::nullopt;
+  /// Compute anomaly maps and defect masks (the image score alone is cheaper).
+  TORCH_ARG(bool, maps) = true;
+};
+
+/// What the detector says about one image.
+struct Prediction {
+  double score = 0;             ///< raw score: mean z^2 / 2 (CS-Flow's definition)
+  double normalized_score = 0;  ///< in [0, 1], 0.5 at the threshold (detect/decision.hpp)
+  bool anomalous = false;       ///< score >= threshold
+  torch::Tensor anomaly_map;    ///< float32 [H, W] at the image's own resolution (undefined without maps)
+  torch::Tensor defect_mask;    ///< bool [H, W]: anomaly_map >= pixel threshold (undefined without maps)
+};
+
+class Detector {
+ public:
+  /// Loads and verifies a model file. Throws FileError (the file), UnsupportedPrecision (the precision on
+  /// this device).
+  explicit Detector(const std::string& model_file, DetectorOptions options = {})
+      : Detector(load_model_file(model_file), options) {}
+
+  Detector(LoadedModel model, DetectorOptions options) : model_(std::move(model)), options_(options) {
+    check_precision_fast(options_.precision(), options_.device());
+    model_.extractor->to(options_.device());
+    model_.flow.module().to(options_.device());
+    model_.extractor->eval();
+    model_.flow.module().eval();
+  }
+
+  /// Predicts on decoded images of any sizes (see the top of this file), in one batch. Throws FeatureError
+  /// naming the image for an image it cannot read, std::invalid_argument for a non-finite threshold.
+  std::vector<Prediction> predict(const std::vector<torch::Tensor>& images, const PredictOptions& options = {}) const {
+    const double threshold = checked_threshold(options.threshold(), info().decision.threshold, "threshold");
+    const double pixel_threshold =
+        checked_threshold(options.pixel_threshold(), info().decision.pixel_threshold, "pixel threshold");
+    torch::NoGradGuard no_grad;
+    const auto scored = score(features(preprocess(images)));
+    const auto scores = scored.scores.to(torch::kCPU, torch::kFloat64);
+    torch::Tensor maps;
+    if (options.maps()) maps = maps_at_input_size(scored.maps, image_size(), info().decision.map_sigma);
+    std::vector<Prediction> out(images.size());
+    for (size_t i = 0; i < images.size(); ++i) {
+      auto& p = out[i];
+      p.score = scores[static_cast<int64_t>(i)].item<double>();
+      p.normalized_score = info().decision.normalized_score(p.score, threshold);
+      p.anomalous = p.score >= threshold;
+      if (!options.maps()) continue;
+      const auto [height, width] = image_height_width(images[i]);
+      p.anomaly_map = resize_maps(maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1), height, width)
+                          .squeeze(0)
+                          .to(torch::kCPU)
+                          .contiguous();
+      p.defect_mask = p.anomaly_map >= pixel_threshold;
+    }
+    return out;
+  }
+
+  Prediction predict(const torch::Tensor& image, const PredictOptions& options = {}) const {
+    return predict(std::vector<torch::Tensor>{image}, options).at(0);
+  }
+
+  // The stages of predict(), for benchmarks and custom pipelines -----------------------------------------
+
+  /// Decoded images -> float batch [N, 3, S, S] in [0, 1] on the detector's device (the one resize).
+  torch::Tensor preprocess(const std::vector<torch::Tensor>& images) const {
+    if (images.empty()) throw features::FeatureError("Detector::predict: no images");
+    std::vector<torch::Tensor> on_device;
+    on_device.reserve(images.size());
+    for (const auto& image : images) {
+      if (!image.defined()) throw features::FeatureError("Detector::predict: an image tensor is undefined");
+      on_device.push_back(image.to(options_.device()));
+    }
+    return features::prepare_images(on_device, image_size(), image_size());
+  }
+
+  /// Image batch [N, 3, S, S] -> multi-scale features (fp32).
+  TensorList features(const torch::Tensor& batch) const {
+    torch::NoGradGuard no_grad;
+    if (options_.precision() == Precision::Float32) return model_.extractor.ptr()->forward(batch);
+    detail::AutocastRegion autocast(options_.device(), precision_dtype(options_.precision()));
+    auto out = model_.extractor.ptr()->forward(batch);
+    for (auto& f : out) f = f.to(torch::kFloat32);
+    return out;
+  }
+
+  /// Features -> image scores [N] and finest-scale maps [N, h0, w0] (fp32).
+  FeatureScores score(const TensorList& features) const {
+    const auto z = forward_at_precision(*model_.flow, features, options_.precision()).tensors;
+    return {image_scores(z), anomaly_maps(z)};
+  }
+
+  // What the model is -------------------------------------------------------------------------------------
+
+  const ModelInfo& info() const { return model_.info; }
+  /// The model's input size: every image is resized to image_size() x image_size().
+  int64_t image_size() const { return model_.info.backbone.image_size; }
+  /// The model file's image threshold (PredictOptions::threshold overrides it per call).
+  double threshold() const { return model_.info.decision.threshold; }
+  const DetectorOptions& options() const { return options_; }
+  /// Maps normalised like the scores (0.5 at the pixel threshold), for display.
+  torch::Tensor normalized_map(const torch::Tensor& anomaly_map, c10::optional<double> pixel_threshold = {}) const {
+    const auto& d = info().decision;
+    const double t = pixel_threshold ? *pixel_threshold : d.pixel_threshold;
+    return ((anomaly_map - t) / (d.map_max - d.map_min) + 0.5).clamp(0, 1);
+  }
+
+ private:
+  static double checked_threshold(const c10::optional<double>& override, double stored, const char* what) {
+    if (!override) return stored;
+    if (!std::isfinite(*override)) throw std::invalid_argument(std::string("the ") + what + " must be finite");
+    return *override;
+  }
+
+  /// Height and width of a decoded image (uint8 [H, W, C] / [H, W], float [C, H, W]); prepare_image has
+  /// already checked the layout.
+  static std::pair<int64_t, int64_t> image_height_width(const torch::Tensor& image) {
+    if (image.scalar_type() == torch::kByte) return {image.size(0), image.size(1)};
+    return {image.size(1), image.size(2)};
+  }
+
+  LoadedModel model_;
+  DetectorOptions options_;
+};
+
+}  // namespace validflow
