@@ -1,0 +1,318 @@
+// The deploy part: model files (strict, verified), decision rules, and validflow::Detector (the same scores as
+// the extractor + flow path, maps at image resolution, thread safety, errors).
+#include "catch_torch.hpp"
+
+#include <validflow/detect.hpp>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+namespace fs = std::filesystem;
+using namespace validflow;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("validflow_test_detect_" + name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+/// A tiny detector: EfficientNet-B0 cut after block 3 (40 channels, stride 8) at 64 px, ValidFlow n = 1 with
+/// hidden 8, ActNorm initialised on features of random images, parameters randomised (non-trivial scores).
+struct TinyModel {
+  ModelInfo info;
+  features::MultiScaleExtractor extractor{nullptr};
+  AnyFlow flow;
+
+  TinyModel() {
+    torch::manual_seed(7);
+    info.backbone.name = "efficientnet-b0";
+    info.backbone.layer = 3;
+    info.backbone.image_size = 64;
+    info.backbone = info.backbone.resolved();
+    extractor = features::build_extractor(info.backbone);
+    info.flow.model = "validflow";
+    info.flow.channels = extractor->backbone->feature_channels();
+    info.flow.modules = 1;
+    info.flow.hidden = 8;
+    info.flow.cbam_reduction = 4;
+    flow = build_flow(info.flow);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : flow.module().parameters()) p.copy_(torch::randn_like(p) * 0.05);
+      flow.module().train();
+      flow->forward(extractor->forward(torch::rand({6, 3, 64, 64})));  // ActNorm's data-dependent init
+    }
+    flow.module().eval();
+    info.decision.threshold = 1.0;
+    info.decision.threshold_source = "test";
+    info.decision.score_min = 0.5;
+    info.decision.score_max = 2.5;
+    info.decision.pixel_threshold = 1.5;
+    info.decision.pixel_threshold_source = "test";
+    info.decision.map_min = 0;
+    info.decision.map_max = 3;
+    info.provenance = {{"dataset", "tiny"}};
+  }
+  void save(const std::string& path) const { save_model_file(path, info, *extractor, flow); }
+};
+
+std::vector<torch::Tensor> test_images() {
+  torch::manual_seed(3);
+  return {torch::randint(0, 256, {48, 80, 3}, torch::kByte), torch::randint(0, 256, {64, 64, 3}, torch::kByte),
+          torch::randint(0, 256, {100, 30}, torch::kByte), torch::rand({3, 70, 90})};
+}
+
+/// The same scores by hand: the one resize, the extractor, the flow, image_scores.
+torch::Tensor reference_scores(const TinyModel& m, const std::vector<torch::Tensor>& images) {
+  torch::NoGradGuard no_grad;
+  const auto batch = features::prepare_images(images, 64, 64);
+  return image_scores(m.flow->forward(m.extractor.ptr()->forward(batch)).tensors);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "<accepted>";
+}
+
+}  // namespace
+
+TEST_CASE("decision rules: thresholds at a false-positive rate, normalised scores, strict JSON", "[detect]") {
+  const std::vector<double> good{0.1, 0.5, 0.3, 0.9, 0.7, 0.2, 0.4, 0.6, 0.8, 1.0};
+  const double t0 = threshold_at_false_positive_rate(good, 0.0);
+  CHECK(t0 > 1.0);
+  CHECK(t0 < 1.0 + 1e-12);
+  const double t1 = threshold_at_false_positive_rate(good, 0.1);  // one of ten may be flagged
+  CHECK(std::count_if(good.begin(), good.end(), [&](double s) { return s >= t1; }) == 1);
+  const double t2 = threshold_at_false_positive_rate(good, 0.25);
+  CHECK(std::count_if(good.begin(), good.end(), [&](double s) { return s >= t2; }) == 2);
+  CHECK_THROWS(threshold_at_false_positive_rate({}, 0.1));
+  CHECK_THROWS(threshold_at_false_positive_rate(good, 1.0));
+  CHECK_THROWS(threshold_at_false_positive_rate({0.1, NAN}, 0.1));
+
+  DecisionRule d;
+  d.threshold = 2;
+  d.score_min = 1;
+  d.score_max = 5;
+  CHECK(d.normalized_score(2, 2) == Approx(0.5));
+  CHECK(d.normalized_score(4, 2) == Approx(1.0));
+  CHECK(d.normalized_score(3, 2) == Approx(0.75));
+  CHECK(d.normalized_score(-100, 2) == 0.0);
+  CHECK(d.normalized_score(3, 3) == Approx(0.5));  // an overridden threshold moves the 0.5 point
+  CHECK(to_json(decision_rule_from_json(to_json(d))) == to_json(d));
+  auto j = to_json(d);
+  j["score_max"] = 0.5;
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("score_max must exceed score_min"));
+  j = to_json(d);
+  j["extra"] = 1;
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("expected 9 fields"));
+}
+
+TEST_CASE("model file: round trip, and the detector scores exactly as extractor + flow", "[detect]") {
+  TempDir dir("roundtrip");
+  const TinyModel m;
+  m.save(dir.file("tiny.vfm"));
+  const Detector detector(dir.file("tiny.vfm"));
+  CHECK(detector.image_size() == 64);
+  CHECK(detector.threshold() == 1.0);
+  CHECK(detector.info().provenance.at("dataset") == "tiny");
+  CHECK(detector.info().library_version == version_string);
+
+  const auto images = test_images();
+  const auto predictions = detector.predict(images);
+  const auto expected = reference_scores(m, images);
+  REQUIRE(predictions.size() == images.size());
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto& p = predictions[i];
+    INFO("image " << i);
+    CHECK(p.score == Approx(expected[static_cast<int64_t>(i)].item<double>()).epsilon(1e-6));
+    CHECK(p.anomalous == (p.score >= 1.0));
+    CHECK(p.normalized_score == Approx(std::clamp((p.score - 1.0) / 2.0 + 0.5, 0.0, 1.0)));
+    const int64_t h = images[i].scalar_type() == torch::kByte ? images[i].size(0) : images[i].size(1);
+    const int64_t w = images[i].scalar_type() == torch::kByte ? images[i].size(1) : images[i].size(2);
+    CHECK(p.anomaly_map.sizes() == torch::IntArrayRef({h, w}));
+    CHECK(p.anomaly_map.device().is_cpu());
+    CHECK(p.defect_mask.scalar_type() == torch::kBool);
+    CHECK(torch::equal(p.defect_mask, p.anomaly_map >= 1.5));
+  }
+  // One image alone gives the same score as in a batch (the batch does not change a result).
+  CHECK(detector.predict(images[2]).score == Approx(predictions[2].score).epsilon(1e-5));
+  // Per-call overrides; scores alone.
+  const auto strict = detector.predict(images, PredictOptions().threshold(1e9).pixel_threshold(1e9).maps(false));
+  for (const auto& p : strict) {
+    CHECK_FALSE(p.anomalous);
+    CHECK_FALSE(p.anomaly_map.defined());
+  }
+  CHECK_THROWS_WITH(detector.predict(images, PredictOptions().threshold(NAN)), Catch::Contains("finite"));
+  // Bad images: named, never a crash.
+  CHECK_THROWS_WITH(detector.predict({images[0], torch::zeros({5, 5, 4}, torch::kByte)}), Catch::Contains("image 1"));
+  CHECK_THROWS_WITH(detector.predict(std::vector<torch::Tensor>{}), Catch::Contains("no images"));
+  CHECK_THROWS_WITH(detector.predict(torch::zeros({0, 4, 3}, torch::kByte)), Catch::Contains("empty"));
+  CHECK_THROWS(detector.predict(torch::Tensor()));
+}
+
+TEST_CASE("detector: concurrent predictions equal single-threaded ones", "[detect][threads]") {
+  TempDir dir("threads");
+  const TinyModel m;
+  m.save(dir.file("tiny.vfm"));
+  const Detector detector(dir.file("tiny.vfm"));
+  const auto images = test_images();
+  const auto reference = detector.predict(images);
+  constexpr int kThreads = 4, kRounds = 5;
+  std::atomic<int> mismatches{0}, errors{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; ++t) {
+    pool.emplace_back([&] {
+      for (int r = 0; r < kRounds; ++r) {
+        try {
+          const auto out = detector.predict(images);
+          for (size_t i = 0; i < out.size(); ++i)
+            if (out[i].score != reference[i].score || !torch::equal(out[i].anomaly_map, reference[i].anomaly_map))
+              ++mismatches;
+        } catch (const std::exception&) {
+          ++errors;
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  std::cout << "[threads] " << kThreads << " threads x " << kRounds << " rounds x " << images.size()
+            << " images: " << mismatches.load() << " mismatches, " << errors.load() << " errors\n";
+  CHECK(mismatches == 0);
+  CHECK(errors == 0);
+}
+
+TEST_CASE("model file: every defect refused with the file named", "[detect][errors]") {
+  TempDir dir("strict");
+  const TinyModel m;
+  const auto good = dir.file("good.vfm");
+  m.save(good);
+  auto archive = io::read_archive(good);
+  auto refused = [&](const io::TensorArchive& a) {
+    const auto path = dir.file("bad.vfm");
+    io::write_archive(path, a);
+    return error_of([&] { Detector d(path); });
+  };
+  {
+    auto a = archive;
+    a.tensors.pop_back();
+    const auto e = refused(a);
+    CHECK(e.find("bad.vfm") != std::string::npos);
+    CHECK(e.find("missing key") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.tensors.emplace_back("flow.surprise", torch::zeros({1}));
+    CHECK(refused(a).find("unexpected key(s) (surprise)") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.tensors.emplace_back("notes", torch::zeros({1}));
+    CHECK(refused(a).find("outside backbone.* and flow.*") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    for (auto& [name, t] : a.tensors)
+      if (name.rfind("flow.", 0) == 0 && t.dim() == 4) {
+        t = torch::zeros({t.size(0) + 1, t.size(1), t.size(2), t.size(3)});
+        break;
+      }
+    CHECK(refused(a).find("mismatch") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    for (auto& [name, t] : a.tensors)
+      if (name.rfind("flow.", 0) == 0 && t.is_floating_point()) {
+        t = t.clone();
+        t.view(-1)[0] = NAN;
+        break;
+      }
+    CHECK(refused(a).find("NaN or Inf") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    for (auto& [name, t] : a.tensors)
+      if (name.find("initialized") != std::string::npos) t = torch::tensor(false);
+    CHECK(refused(a).find("never trained") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.meta["flow"]["hidden"] = 16;  // the weights are of hidden 8
+    CHECK(refused(a).find("mismatch") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.meta["flow"]["channels"] = 2 * m.info.flow.channels;
+    const auto e = refused(a);
+    INFO(e);
+    CHECK(e.find("backbone gives") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.meta["decision"]["threshold"] = "high";
+    CHECK(refused(a).find("decision rule") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.meta["normalization"]["mean"] = {0, 0, 0};
+    CHECK(refused(a).find("normalisation") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.meta["score"] = "max of z";
+    CHECK(refused(a).find("score definition") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.kind_version = kModelFileVersion + 1;
+    CHECK(refused(a).find("a newer validflow wrote it") != std::string::npos);
+  }
+  {
+    auto a = archive;
+    a.kind = "validflow-checkpoint";
+    CHECK(refused(a).find("expected a validflow-model file") != std::string::npos);
+  }
+  // A byte changed anywhere in the weights: a checksum error, never different scores.
+  std::ifstream in(good, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  bytes[bytes.size() - 100] = static_cast<char>(bytes[bytes.size() - 100] ^ 0x40);
+  std::ofstream(dir.file("flipped.vfm"), std::ios::binary) << bytes;
+  CHECK(error_of([&] { Detector d(dir.file("flipped.vfm")); }).find("checksum mismatch") != std::string::npos);
+  CHECK(error_of([&] { Detector d(dir.file("absent.vfm")); }).find("absent.vfm' not found") != std::string::npos);
+  CHECK(error_of([&] { Detector d(dir.path.string()); }).find("not a regular file") != std::string::npos);
+  // bf16: accepted where the CPU runs it natively, refused (never silently slower) elsewhere.
+  const auto bf16 = error_of([&] { Detector d(good, DetectorOptions().precision(Precision::BFloat16)); });
+  if (cpu_has_native_bf16()) {
+    CHECK(bf16 == "<accepted>");
+  } else {
+    CHECK(bf16.find("slower than fp32") != std::string::npos);
+  }
+  CHECK(error_of([&] { Detector d(good, DetectorOptions().precision(Precision::Float16)); }).find("CUDA only") !=
+        std::string::npos);
+}
+
+TEST_CASE("maps: smoothing keeps the mean and smooths, resizing is bilinear", "[detect][maps]") {
+  torch::manual_seed(1);
+  const auto maps = torch::rand({2, 16, 16});
+  CHECK(torch::equal(smooth_maps(maps, 0), maps));
+  const auto smooth = smooth_maps(maps, 2);
+  CHECK(smooth.sizes() == maps.sizes());
+  CHECK(smooth.mean().item<double>() == Approx(maps.mean().item<double>()).epsilon(0.02));
+  CHECK(smooth.std().item<double>() < 0.5 * maps.std().item<double>());
+  CHECK(smooth_maps(torch::ones({1, 4, 4}), 3).allclose(torch::ones({1, 4, 4})));  // large kernel, tiny map
+  CHECK_THROWS(smooth_maps(maps, -1));
+  const auto up = resize_maps(torch::tensor({0.f, 1.f}).view({1, 1, 2}), 1, 4);
+  CHECK(up.allclose(torch::tensor({0.f, 0.25f, 0.75f, 1.f}).view({1, 1, 4})));
+  CHECK(maps_at_input_size(maps, 32, 0).sizes() == torch::IntArrayRef({2, 32, 32}));
+}
