@@ -13,15 +13,20 @@
 // fraction_of_peak = GFLOP/s / the best BM_ConvPeak GFLOP/s of this process (measured once, on first use).
 // tools/bench_python_extractor.py --cpp runs BM_Extractor next to the official-style Python extractor.
 // Random weights (denormals flushed to zero, see main()): the speed does not depend on the weight values.
-// Threads: every core unless OMP_NUM_THREADS is set (Debian's LibTorch 1.13 otherwise starts with one).
+// Runtime: validflow::configure_cpu_runtime() (runtime.hpp: every core unless OMP_NUM_THREADS is set, OpenBLAS
+// single-threaded, glibc malloc keeping large blocks), as the validflow program runs; `--vf_runtime=default` leaves
+// LibTorch's and glibc's defaults (except the thread count) to measure what the settings are worth. OpenMP's wait
+// policy comes from the environment (OMP_WAIT_POLICY): the context line says which.
 #include <validflow/features.hpp>
 #include <validflow/features/info.hpp>
+#include <validflow/runtime.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -155,13 +160,24 @@ int main(int argc, char** argv) {
   // ~10-50x slower and would make the timings meaningless; trained weights do not do this. Set before any
   // intra-op thread exists, so that the threads inherit it.
   at::globalContext().setFlushDenormal(true);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("libtorch", TORCH_VERSION);
-  if (std::getenv("OMP_NUM_THREADS") == nullptr) {
-    torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  bool tuned = true;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--vf_runtime=default") == 0)
+      tuned = false;
+    else if (std::strcmp(argv[i], "--vf_runtime=tuned") != 0)
+      args.push_back(argv[i]);
   }
-  benchmark::AddCustomContext("torch_threads", std::to_string(torch::get_num_threads()));
+  int n = static_cast<int>(args.size());
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+  validflow::CpuRuntimeOptions runtime;
+  runtime.single_threaded_blas = tuned;
+  runtime.keep_freed_memory = tuned;
+  const auto report = validflow::configure_cpu_runtime(runtime);
+  benchmark::AddCustomContext("libtorch", TORCH_VERSION);
+  benchmark::AddCustomContext("torch_threads", std::to_string(report.torch_threads));
+  benchmark::AddCustomContext("runtime", report.to_string());
   register_all();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -6,12 +6,14 @@
 #include <validflow/features/imagenet_classes.hpp>
 #include <validflow/features/info.hpp>
 #include <validflow/features/torchscript_backbone.hpp>
+#include <validflow/runtime.hpp>
 #ifdef CHECK
 #undef CHECK
 #endif
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -417,6 +419,27 @@ TEST_CASE("the fused path gives one result from several threads at once", "[feat
   }
   for (auto& t : threads) t.join();
   for (const auto& r : results) CHECK(torch::equal(r, single));
+}
+
+TEST_CASE("configure_cpu_runtime: threads, OpenBLAS, malloc", "[features][runtime]") {
+  const int before = torch::get_num_threads();
+  validflow::CpuRuntimeOptions o;
+  o.threads = 1;
+  auto report = validflow::configure_cpu_runtime(o);
+  CHECK(report.torch_threads == 1);
+  CHECK(torch::get_num_threads() == 1);
+#if defined(__GLIBC__)
+  CHECK(report.malloc_tuned);
+  // OpenBLAS is set to one thread exactly when it is loaded (Debian's libblas.so.3 is OpenBLAS when installed).
+  CHECK(report.blas_threads_set == (dlsym(RTLD_DEFAULT, "openblas_set_num_threads") != nullptr));
+#endif
+  CHECK(report.to_string().find("1 threads") != std::string::npos);
+  o.threads = before;
+  report = validflow::configure_cpu_runtime(o);
+  CHECK(torch::get_num_threads() == before);
+  // Large blocks now come from the heap and stay there: allocating and freeing one must still work.
+  for (int i = 0; i < 3; ++i) CHECK(torch::ones({64, 1024, 1024}).sum().item<double>() == 64.0 * 1024 * 1024);
+  validflow::release_freed_memory();
 }
 
 TEST_CASE("weight round trip through files in both layouts gives identical outputs", "[features][weights]") {

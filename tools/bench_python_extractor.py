@@ -155,7 +155,9 @@ def run_cpp(binary, model, batch, cpp_args):
         raise RuntimeError("bench_features ran nothing for %s:\n%s" % (flt, res.stderr))
     b = bench[0]
     return {"images_per_s": b["items_per_second"], "gflop_per_s": b.get("GFLOP/s", float("nan")),
-            "fraction_of_peak": b.get("fraction_of_peak", float("nan"))}
+            "fraction_of_peak": b.get("fraction_of_peak", float("nan")),
+            "peak_gflop_per_s": b.get("peak_GFLOP/s", float("nan")),
+            "runtime": data.get("context", {}).get("runtime", "")}
 
 
 def main(argv=None):
@@ -210,6 +212,8 @@ def main(argv=None):
                 line = "python  %-6s batch %2d: %8.3f images/s  %7.1f GFLOP/s" % (name, batch, ips, ips * gflop)
                 if a.cpp:
                     c = run_cpp(a.cpp, name, batch, a.cpp_arg)
+                    if not results and not cpp:
+                        print("C++ %s" % c["runtime"])
                     cpp.append(c)
                     line += "   | C++ %8.3f images/s  %7.1f GFLOP/s  (%.1f %% of conv peak)  ratio %.2f" % (
                         c["images_per_s"], c["gflop_per_s"], 100 * c["fraction_of_peak"], c["images_per_s"] / ips)
