@@ -18,6 +18,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -434,12 +435,35 @@ TEST_CASE("configure_cpu_runtime: threads, OpenBLAS, malloc", "[features][runtim
   CHECK(report.blas_threads_set == (dlsym(RTLD_DEFAULT, "openblas_set_num_threads") != nullptr));
 #endif
   CHECK(report.to_string().find("1 threads") != std::string::npos);
+  CHECK_FALSE(report.cpu_capability.empty());  // LibTorch's kernel set, e.g. AVX2 or AVX512
   o.threads = before;
   report = validflow::configure_cpu_runtime(o);
   CHECK(torch::get_num_threads() == before);
   // Large blocks now come from the heap and stay there: allocating and freeing one must still work.
   for (int i = 0; i < 3; ++i) CHECK(torch::ones({64, 1024, 1024}).sum().item<double>() == 64.0 * 1024 * 1024);
   validflow::release_freed_memory();
+}
+
+TEST_CASE("reexec_with_omp_wait_policy re-executes only without a wait policy in the environment",
+          "[features][runtime]") {
+  // Keep the caller's environment: the test changes it and restores it.
+  auto saved = [](const char* k) { return std::getenv(k) ? std::optional<std::string>(std::getenv(k)) : std::nullopt; };
+  const auto policy = saved("OMP_WAIT_POLICY"), spin = saved("GOMP_SPINCOUNT");
+  unsetenv("OMP_WAIT_POLICY");
+  unsetenv("GOMP_SPINCOUNT");
+  CHECK(validflow::omp_wait_policy_unset());
+  setenv("GOMP_SPINCOUNT", "1000", 1);
+  CHECK_FALSE(validflow::omp_wait_policy_unset());
+  char* no_args[] = {nullptr};
+  validflow::reexec_with_omp_wait_policy("PASSIVE", no_args);  // set: returns (no exec)
+  unsetenv("GOMP_SPINCOUNT");
+  setenv("OMP_WAIT_POLICY", "ACTIVE", 1);
+  CHECK_FALSE(validflow::omp_wait_policy_unset());
+  validflow::reexec_with_omp_wait_policy("PASSIVE", no_args);  // set: returns (no exec)
+  CHECK(std::string(std::getenv("OMP_WAIT_POLICY")) == "ACTIVE");
+  unsetenv("OMP_WAIT_POLICY");
+  if (policy) setenv("OMP_WAIT_POLICY", policy->c_str(), 1);
+  if (spin) setenv("GOMP_SPINCOUNT", spin->c_str(), 1);
 }
 
 TEST_CASE("weight round trip through files in both layouts gives identical outputs", "[features][weights]") {
@@ -623,17 +647,30 @@ TEST_CASE("parity with the official efficientnet_pytorch B5 features of CS-Flow"
     const auto report = vf::load_efficientnet_weights(net, weights);
     CHECK(report.loaded == weights.size());
     vf::MultiScaleExtractor ex(vf::MultiScaleExtractorOptions(net).image_size(size));
-    const auto out = ex->forward(image);
-    for (int s = 0; s < 3; ++s) {
-      const auto& expected = fixture["features" + std::to_string(s)];
-      REQUIRE(out[s].sizes() == expected.sizes());
-      const double err = (out[s] - expected).abs().max().item<double>();
-      const double scale = expected.abs().max().item<double>();
-      INFO("scale " << s << " max |C++ - Python| = " << err << " (max |feature| " << scale << ")");
-      if (padding == vf::Padding::StaticSame)
-        CHECK(err <= 1e-4 * std::max(1.0, scale));
-      else
-        CHECK(err > 1e-2 * scale);  // torchvision's padding gives different features: parity needs static-same
+    // Both paths: the fused inference path (the default) and the reference path (the same ops as Python).
+    for (bool fused : {true, false}) {
+      vf::set_fused_inference(fused);
+      const auto out = ex->forward(image);
+      vf::set_fused_inference(true);
+      for (int s = 0; s < 3; ++s) {
+        const auto& expected = fixture["features" + std::to_string(s)];
+        REQUIRE(out[s].sizes() == expected.sizes());
+        const double err = (out[s] - expected).abs().max().item<double>();
+        const double scale = expected.abs().max().item<double>();
+        INFO((fused ? "fused" : "reference")
+             << " path, scale " << s << ": max |C++ - Python| = " << err << " (max |feature| " << scale << ")");
+        if (padding == vf::Padding::StaticSame) {
+          // This random B5 (BN statistics calibrated on noise) amplifies rounding ~1000x: a 1e-7 relative change
+          // of the input moves its scale-0 features by 8e-5 of their range, and the reference path (Python's ops)
+          // at 2 threads differs from the 1-thread fixture by 6.4e-5. The fused path rounds differently (folded
+          // BN, one-kernel SiLU): 9e-5 measured. Real errors (padding, weights, order) are > 1e-2.
+          CHECK(err <= (fused ? 3e-4 : 1e-4) * std::max(1.0, scale));
+          std::cout << "B5 parity, " << (fused ? "fused" : "reference") << " path, scale " << s
+                    << ": max |C++ - Python| / max |feature| = " << err / scale << "\n";
+        } else {
+          CHECK(err > 1e-2 * scale);  // torchvision's padding gives different features: parity needs static-same
+        }
+      }
     }
   }
 }
