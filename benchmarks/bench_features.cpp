@@ -14,9 +14,10 @@
 // tools/bench_python_extractor.py --cpp runs BM_Extractor next to the official-style Python extractor.
 // Random weights (denormals flushed to zero, see main()): the speed does not depend on the weight values.
 // Runtime: validflow::configure_cpu_runtime() (runtime.hpp: every core unless OMP_NUM_THREADS is set, OpenBLAS
-// single-threaded, glibc malloc keeping large blocks), as the validflow program runs; `--vf_runtime=default` leaves
-// LibTorch's and glibc's defaults (except the thread count) to measure what the settings are worth. OpenMP's wait
-// policy comes from the environment (OMP_WAIT_POLICY): the context line says which.
+// single-threaded, glibc malloc keeping large blocks, AVX-512 kernels), as the validflow program runs;
+// `--vf_runtime=default` leaves LibTorch's and glibc's defaults (except the thread count) to measure what the
+// settings are worth. OpenMP's wait policy comes from the environment (OMP_WAIT_POLICY; the validflow program sets
+// PASSIVE itself): the context line says which.
 #include <validflow/features.hpp>
 #include <validflow/features/info.hpp>
 #include <validflow/runtime.hpp>
@@ -174,6 +175,7 @@ int main(int argc, char** argv) {
   validflow::CpuRuntimeOptions runtime;
   runtime.single_threaded_blas = tuned;
   runtime.keep_freed_memory = tuned;
+  runtime.avx512_kernels = tuned;
   const auto report = validflow::configure_cpu_runtime(runtime);
   benchmark::AddCustomContext("libtorch", TORCH_VERSION);
   benchmark::AddCustomContext("torch_threads", std::to_string(report.torch_threads));

@@ -144,9 +144,9 @@ def cpu_description():
     return "%s, %d CPUs, %s" % (model, os.cpu_count() or 0, " ".join(sorted(keep)))
 
 
-def run_cpp(binary, model, batch, cpp_args):
-    """One C++ measurement: BM_Extractor/<model>/batch:<batch> of bench_features; returns images/s, GFLOP/s."""
-    flt = "^BM_Extractor/%s/batch:%d(/|$)" % (model, batch)
+def run_cpp(binary, model, batch, cpp_args, name="BM_Extractor"):
+    """One C++ measurement: <name>/<model>/batch:<batch> of bench_features; returns images/s, GFLOP/s."""
+    flt = "^%s/%s/batch:%d(/|$)" % (name, model, batch)
     cmd = [binary, "--benchmark_filter=" + flt, "--benchmark_format=json"] + cpp_args
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
     data = json.loads(res.stdout)
@@ -170,6 +170,9 @@ def main(argv=None):
                     help="repeat the forward inside one repetition until this many seconds passed")
     ap.add_argument("--cpp", metavar="BENCH_FEATURES", help="also run this bench_features binary back to back")
     ap.add_argument("--cpp-arg", action="append", default=[], help="extra argument for bench_features")
+    ap.add_argument("--cpp-before", action="store_true",
+                    help="also run the C++ state before the speed work in the same run: the reference (unfused) "
+                         "path with LibTorch's and glibc's defaults (BM_ExtractorReference, --vf_runtime=default)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     a = ap.parse_args(argv)
 
@@ -196,7 +199,7 @@ def main(argv=None):
             x = torch.rand(batch, 3, size, size)
             with torch.no_grad():
                 ex(x)  # warm-up (oneDNN primitive creation)
-            py, cpp = [], []
+            py, cpp, before = [], [], []
             for _ in range(a.repetitions):
                 with torch.no_grad():
                     n, t0 = 0, time.perf_counter()
@@ -217,6 +220,11 @@ def main(argv=None):
                     cpp.append(c)
                     line += "   | C++ %8.3f images/s  %7.1f GFLOP/s  (%.1f %% of conv peak)  ratio %.2f" % (
                         c["images_per_s"], c["gflop_per_s"], 100 * c["fraction_of_peak"], c["images_per_s"] / ips)
+                if a.cpp and a.cpp_before:
+                    c = run_cpp(a.cpp, name, batch, a.cpp_arg + ["--vf_runtime=default"], "BM_ExtractorReference")
+                    before.append(c)
+                    line += "   | C++ before %8.3f images/s (%.1f %% of peak) ratio %.2f" % (
+                        c["images_per_s"], 100 * c["fraction_of_peak"], c["images_per_s"] / ips)
                 print(line, flush=True)
             r = {"model": name, "image_size": size, "feature_block": layer, "batch": batch,
                  "gflop_per_image": gflop, "python_images_per_s": py,
@@ -226,11 +234,19 @@ def main(argv=None):
                 r["cpp_median_images_per_s"] = statistics.median(c["images_per_s"] for c in cpp)
                 r["cpp_median_fraction_of_peak"] = statistics.median(c["fraction_of_peak"] for c in cpp)
                 r["ratio_median"] = statistics.median(c["images_per_s"] / p for c, p in zip(cpp, py))
+            if before:
+                r["cpp_before"] = before
+                r["cpp_before_median_images_per_s"] = statistics.median(c["images_per_s"] for c in before)
+                r["cpp_before_median_fraction_of_peak"] = statistics.median(c["fraction_of_peak"] for c in before)
+                r["before_ratio_median"] = statistics.median(c["images_per_s"] / p for c, p in zip(before, py))
             results.append(r)
 
     print()
     head = "| model | size | batch | GFLOP/image | Python images/s | Python GFLOP/s |"
     sep = "|---|---|---|---|---|---|"
+    if a.cpp and a.cpp_before:
+        head += " C++ before images/s | before of conv peak | before / Python |"
+        sep += "---|---|---|"
     if a.cpp:
         head += " C++ images/s | C++ GFLOP/s | C++ of conv peak | C++ / Python |"
         sep += "---|---|---|---|"
@@ -240,6 +256,9 @@ def main(argv=None):
         p = r["python_median_images_per_s"]
         row = "| %s | %d | %d | %.2f | %.3f | %.1f |" % (r["model"], r["image_size"], r["batch"], r["gflop_per_image"],
                                                         p, p * r["gflop_per_image"])
+        if a.cpp and a.cpp_before:
+            row += " %.3f | %.1f %% | %.2f |" % (r["cpp_before_median_images_per_s"],
+                                               100 * r["cpp_before_median_fraction_of_peak"], r["before_ratio_median"])
         if a.cpp:
             c = r["cpp_median_images_per_s"]
             row += " %.3f | %.1f | %.1f %% | **%.2f** |" % (c, c * r["gflop_per_image"],

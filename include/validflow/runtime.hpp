@@ -18,11 +18,11 @@
 //    takes effect only if no tensor operation ran before (LibTorch reads it once).
 //  * OpenMP's wait policy: libgomp's threads busy-wait ~300 000 spins for the next parallel region. On a machine
 //    shared with other processes (a kernel with autogroup scheduling gives each session an equal share whatever
-//    its nice value) a spinning thread burns the share the thread it waits for needs; extraction then ran up to
-//    100x slower. libgomp reads OMP_WAIT_POLICY / GOMP_SPINCOUNT only once, in its constructor, before main()
-//    (a setenv in main, or even in the executable's .preinit_array, is too late: glibc resets the environment
-//    after it). reexec_with_omp_wait_policy() therefore re-executes the program once with the variable set,
-//    unless one of the two is already in the environment (which is how a user keeps another policy).
+//    its nice value) a spinning thread burns the share the thread it waits for needs: the extractor benchmark
+//    ran up to 120x slower, `validflow extract` 7x. libgomp reads OMP_WAIT_POLICY / GOMP_SPINCOUNT only once, in
+//    its constructor, before main() (a setenv in main, or even in the executable's .preinit_array, is too late:
+//    glibc resets the environment after it). reexec_with_omp_wait_policy() therefore re-executes the program once with
+//    the variable set, unless one of the two is already in the environment (which is how a user keeps another policy).
 //
 // Example (main.cpp):
 //   int main(int argc, char** argv) {
