@@ -242,7 +242,7 @@ def group_row(label, runs, paper):
 
 
 HEADER = ("| configuration | paper | image AUROC (ours, mean ± std) | seeds | each seed | per type: blowhole / break / "
-          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | training min | flow img/s |\n"
+          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | training min | eval img/s ¹ |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -288,7 +288,9 @@ def tables_markdown(results):
         runs = by_label.get((table, label))
         if runs:
             lines.append(group_row(label + (" (full FB; the Table 3 runs)" if table == "table3" else ""), runs, paper))
-    lines.append("")
+    lines.append("¹ Training minutes and eval img/s (the flow's scoring speed during `validflow eval`) were measured while "
+                 "other jobs shared the 2 cores, with a varying load: they are not comparable between runs. The "
+                 "same-run speed comparison of the models is `bench_flows` in `docs/benchmarks.md`.\n")
     return "\n".join(lines) + "\n"
 
 
