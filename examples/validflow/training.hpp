@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace validflow::app {
 
@@ -78,8 +79,19 @@ constexpr const char* kCheckpointKind = "validflow-checkpoint";
 constexpr int64_t kCheckpointVersion = 1;
 
 namespace detail {
-/// LibTorch's key of a parameter's optimizer state (what torch::optim uses internally, a public map).
-inline std::string optimizer_state_key(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
+/// LibTorch's key of a parameter's optimizer state in the public `Optimizer::state()` map: the TensorImpl's address,
+/// printed as a string in LibTorch 1.x, the pointer itself in 2.x.
+template <class Optimizer = torch::optim::Adam>
+auto optimizer_state_key(const torch::Tensor& p) {
+  using Key = typename std::decay_t<decltype(std::declval<Optimizer&>().state())>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;
+    key << p.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return static_cast<Key>(p.unsafeGetTensorImpl());
+  }
+}
 }  // namespace detail
 
 /// Adam's state as tensors (per parameter, in parameter order): step count and both moment estimates.
