@@ -269,8 +269,10 @@ inline std::optional<std::string> check_image_input(const InputInfo& in, const M
   if (in.shape[1] > settings.max_image_side || in.shape[2] > settings.max_image_side)
     return "IMAGE height and width must be at most max_image_side " + std::to_string(settings.max_image_side) +
            ", not " + std::to_string(in.shape[1]) + " x " + std::to_string(in.shape[2]);
-  const uint64_t expected =
-      static_cast<uint64_t>(in.shape[0]) * static_cast<uint64_t>(in.shape[1]) * static_cast<uint64_t>(in.shape[2]) * 3u;
+  uint64_t expected = 3;
+  for (int i = 0; i < 3; ++i)
+    if (__builtin_mul_overflow(expected, static_cast<uint64_t>(in.shape[i]), &expected))
+      return "IMAGE shape " + detail::dims_string(in.shape) + " is too large";
   if (in.byte_size != expected)
     return "IMAGE holds " + std::to_string(in.byte_size) + " bytes, its shape " + detail::dims_string(in.shape) +
            " needs " + std::to_string(expected);
