@@ -242,7 +242,7 @@ inline std::optional<std::string> check_api_version(uint32_t server_major, uint3
                                                     uint32_t built_minor) {
   if (server_major == built_major && server_minor >= built_minor) return std::nullopt;
   const auto v = [](uint32_t major, uint32_t minor) { return std::to_string(major) + "." + std::to_string(minor); };
-  return "the validflow backend needs TRITONBACKEND API " + v(built_major, built_minor) + " (major " +
+  return "built for TRITONBACKEND API " + v(built_major, built_minor) + " (needs a server with API major " +
          std::to_string(built_major) + ", minor >= " + std::to_string(built_minor) + "); this Triton server has API " +
          v(server_major, server_minor);
 }

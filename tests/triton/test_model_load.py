@@ -32,7 +32,8 @@ def future_api(args):
     with server:
         check(server.exit_code is not None, "the server started with a backend built for TRITONBACKEND API 1.999")
     log = server.log_text()
-    needle = "the validflow backend needs TRITONBACKEND API 1.999 (major 1, minor >= 999); this Triton server has API 1.19"
+    needle = ("validflow backend: built for TRITONBACKEND API 1.999 (needs a server with API major 1, minor >= 999); "
+              "this Triton server has API 1.19")
     check(needle in log, f"the server log lacks the refusal '{needle}':\n{server.log_tail()}")
     print(f"API version: a backend built for 1.999 is refused (server exit code {server.exit_code}): {needle}")
 
@@ -114,6 +115,7 @@ def broken_models(args, expected):
             status, message = load(server, name)
             check(status == 400, f"loading {name}: HTTP {status}, expected 400 ({message})")
             check(needle in message, f"loading {name}: the error does not say '{needle}': {message}")
+            message = message.strip()
             check(len(message.splitlines()) == 1, f"loading {name}: the error is not one line: {message!r}")
             check(client.is_model_ready(args.model), f"after {name} the good model is not ready")
             got = results_of(infer_one(client, "http", args.model, image, ["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"]), 1)

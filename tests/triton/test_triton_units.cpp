@@ -203,7 +203,8 @@ TEST_CASE("API version: same major, server minor at least ours") {
   CHECK_FALSE(vt::check_api_version(1, 19, 1, 19));
   CHECK_FALSE(vt::check_api_version(1, 20, 1, 19));
   CHECK(*vt::check_api_version(1, 18, 1, 19) ==
-        "the validflow backend needs TRITONBACKEND API 1.19 (major 1, minor >= 19); this Triton server has API 1.18");
+        "built for TRITONBACKEND API 1.19 (needs a server with API major 1, minor >= 19); this Triton server has API "
+        "1.18");
   CHECK(vt::check_api_version(2, 19, 1, 19));
   CHECK(vt::check_api_version(0, 30, 1, 19));
 }
