@@ -1,6 +1,7 @@
 """Load test of the validflow backend in the real Triton server (CTest triton.load): `--clients` concurrent clients
 (half HTTP, half gRPC) each send `--requests` one-image requests on loopback, with dynamic batching on. Every
-response must equal the sequential result for its image (relative <= 1e-5); none may fail or be lost; the test stops
+response must equal the sequential result for its image (relative <= 1e-5); none may fail or be lost; two CPU
+model instances serve concurrently, with dynamic batching as exported. The test stops
 by itself at `--deadline` seconds (and then fails). Prints throughput, p50/p99 latency and the mean dynamic batch.
 
 Usage (inside the venv of scripts/triton_env.sh):
@@ -33,8 +34,10 @@ def main():
     images = {p: load_image(p) for p in paths}
     repo = os.path.join(args.work, "load-repo")
     os.makedirs(repo, exist_ok=True)
-    config_variant(os.path.join(args.repo, args.model), os.path.join(repo, args.model))
-    server = TritonServer(repo, args.backend_dir, os.path.join(args.work, "load-server.log"))
+    # Two CPU instances (two Detectors executing concurrently), dynamic batching as exported.
+    config_variant(os.path.join(args.repo, args.model), os.path.join(repo, args.model), instances=2)
+    server = TritonServer(repo, args.backend_dir, os.path.join(args.work, "load-server.log"),
+                          extra_args=["--backend-config=validflow,intra-op-threads=1"])
     with server:
         # The sequential result of every image (and it equals validflow predict's).
         client = make_client("http", server)
@@ -51,6 +54,9 @@ def main():
         check(server.http_status("/v2/health/ready") == 200, "the server is not ready after the load")
         code = server.stop()
     requests, executions = after[0] - before[0], after[1] - before[1]
+    log = server.log_text()
+    check("validflow instance '" + args.model + "_0_0'" in log and "validflow instance '" + args.model + "_0_1'" in log,
+          "the server did not start two model instances")
     print(f"load: {r['clients']} clients (HTTP and gRPC) x {args.requests} requests of one image "
           f"({len(images)} distinct images {images[paths[0]].shape[1]}x{images[paths[0]].shape[0]}): "
           f"{r['ok']} correct, {len(r['failures'])} failed, {r['requests'] - r['sent']} not sent in {r['wall_s']:.1f} s")
