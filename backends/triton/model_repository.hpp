@@ -4,11 +4,12 @@
 //   REPO/NAME/config.pbtxt       backend "validflow", the I/O contract, batching, instances, parameters
 //   REPO/NAME/VERSION/model.EXT  a copy of the model file
 //
-// Header-only, C++17, no LibTorch and no Triton needed. Both files are written to a temporary name and renamed, so
-// a failed export never leaves a half-written repository entry that Triton would try to load.
+// Header-only, C++17, no LibTorch and no Triton needed. Both files are written atomically (validflow::io), so a
+// failed export never leaves a half-written repository entry that Triton would try to load.
 #include "model_config.hpp"
 
-#include <atomic>
+#include <validflow/io/atomic_file.hpp>
+
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -18,8 +19,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-
-#include <unistd.h>
 
 namespace validflow::triton {
 
@@ -79,29 +78,12 @@ inline std::string dims_text(const std::vector<int64_t>& dims) {
   return s + " ]";
 }
 
-/// Writes bytes to 'target' through a temporary file in the same directory and a rename.
+/// Writes bytes to 'target' atomically (validflow::io: a temporary file, fsync, rename).
 inline void write_atomic(const std::filesystem::path& target, const std::string& bytes) {
-  static std::atomic<unsigned> counter{0};
-  const std::filesystem::path tmp =
-      target.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw RepositoryError("cannot write " + tmp.string());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw RepositoryError("writing " + target.string() + " failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, target, ec);
-  if (ec) {
-    std::error_code ec2;
-    std::filesystem::remove(tmp, ec2);
-    throw RepositoryError("cannot rename " + tmp.string() + " to " + target.string() + ": " + ec.message());
+  try {
+    io::write_file_atomic(target.string(), bytes);
+  } catch (const FileError& e) {
+    throw RepositoryError(e.what());
   }
 }
 
