@@ -15,6 +15,7 @@
 #include "detector_engine.hpp"
 #include "model_config.hpp"
 
+#include <validflow/io/errors.hpp>
 #include <validflow/version.hpp>
 
 #include <nlohmann/json.hpp>
@@ -65,7 +66,9 @@ TRITONSERVER_Error* guarded(const std::string& context, F&& f) noexcept {
     return nullptr;
   } catch (const TritonFailure& e) {
     return TRITONSERVER_ErrorNew(e.code, (context + ": " + e.what()).c_str());
-  } catch (const vt::ConfigError& e) {
+  } catch (const std::invalid_argument& e) {  // a wrong configuration, a precision the device lacks
+    return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, (context + ": " + e.what()).c_str());
+  } catch (const validflow::FileError& e) {  // a missing, corrupt or foreign model file (the message names it)
     return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, (context + ": " + e.what()).c_str());
   } catch (const std::exception& e) {
     return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, (context + ": " + e.what()).c_str());
@@ -408,35 +411,35 @@ void send(TRITONBACKEND_Response* response, TRITONSERVER_Error* error, const std
   }
 }
 
-/// Sends the request's response (its outputs, or its failure) and reports its statistics.
-void respond(Pending& p, const InstanceState& state, uint64_t exec_start, uint64_t compute_start,
-             uint64_t compute_end) {
-  const std::string& model = state.model->name;
+/// Creates the request's response and fills its outputs; a failure to do so becomes the request's failure.
+TRITONBACKEND_Response* prepare_response(Pending& p, const std::string& model) {
   TRITONBACKEND_Response* response = nullptr;
   if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, p.request)) {
     VF_LOG(ERROR, "validflow model '" + model + "': creating a response failed: " + TRITONSERVER_ErrorMessage(e));
     TRITONSERVER_ErrorDelete(e);
     p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, "no response"};
-  } else {
-    if (!p.failure) {
-      try {
-        write_outputs(response, p);
-      } catch (const TritonFailure& e) {
-        p.failure = Failure{e.code, e.what()};
-      } catch (const std::exception& e) {
-        p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};
-      }
-    }
-    TRITONSERVER_Error* error = nullptr;
-    if (p.failure)
-      error =
-          TRITONSERVER_ErrorNew(p.failure->first, ("validflow model '" + model + "': " + p.failure->second).c_str());
-    send(response, error, model);
-    if (error) TRITONSERVER_ErrorDelete(error);  // ResponseSend does not take ownership of the error
+    return nullptr;
   }
-  if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(
-          state.instance, p.request, !p.failure, exec_start, compute_start, compute_end, now_ns()))
-    TRITONSERVER_ErrorDelete(e);
+  if (!p.failure) {
+    try {
+      write_outputs(response, p);
+    } catch (const TritonFailure& e) {
+      p.failure = Failure{e.code, e.what()};
+    } catch (const std::exception& e) {
+      p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};
+    }
+  }
+  return response;
+}
+
+/// Sends a prepared response: its outputs, or the request's failure as an error response.
+void send_response(TRITONBACKEND_Response* response, const Pending& p, const std::string& model) {
+  if (!response) return;
+  TRITONSERVER_Error* error = nullptr;
+  if (p.failure)
+    error = TRITONSERVER_ErrorNew(p.failure->first, ("validflow model '" + model + "': " + p.failure->second).c_str());
+  send(response, error, model);
+  if (error) TRITONSERVER_ErrorDelete(error);  // ResponseSend does not take ownership of the error
 }
 
 void release(TRITONBACKEND_Request* request, const std::string& model) {
@@ -594,15 +597,24 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       if (!p.failure) p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};
   }
   const uint64_t compute_end = now_ns();
+  // Responses are prepared, statistics reported, and only then sent: a client that asks for the statistics
+  // right after its answer sees its request counted.
+  const std::string& model = state->model->name;
+  std::vector<TRITONBACKEND_Response*> responses(pending.size(), nullptr);
+  for (size_t r = 0; r < pending.size(); ++r) responses[r] = prepare_response(pending[r], model);
+  const uint64_t exec_end = now_ns();
   uint64_t batch = 0;
   for (auto& p : pending) {
-    respond(p, *state, exec_start, compute_start, compute_end);
+    if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportStatistics(instance, p.request, !p.failure, exec_start,
+                                                                            compute_start, compute_end, exec_end))
+      TRITONSERVER_ErrorDelete(e);
     if (!p.failure) batch += static_cast<uint64_t>(p.batch);
   }
   if (batch > 0)
     if (TRITONSERVER_Error* e = TRITONBACKEND_ModelInstanceReportBatchStatistics(instance, batch, exec_start,
-                                                                                 compute_start, compute_end, now_ns()))
+                                                                                 compute_start, compute_end, exec_end))
       TRITONSERVER_ErrorDelete(e);
+  for (size_t r = 0; r < pending.size(); ++r) send_response(responses[r], pending[r], model);
   for (auto& p : pending) release(p.request, state->model->name);
   return nullptr;
 }

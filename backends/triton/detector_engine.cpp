@@ -35,7 +35,6 @@ DetectorEngine::~DetectorEngine() = default;
 
 std::vector<ItemResult> DetectorEngine::predict(const std::vector<ImageView>& images, std::optional<double> threshold,
                                                 bool maps) const {
-  c10::InferenceMode inference;
   std::vector<torch::Tensor> tensors;
   tensors.reserve(images.size());
   for (const auto& image : images)
@@ -48,7 +47,7 @@ std::vector<ItemResult> DetectorEngine::predict(const std::vector<ImageView>& im
   std::vector<Prediction> predictions;
   try {
     predictions = impl_->detector.predict(tensors, options);
-  } catch (const std::invalid_argument& e) {
+  } catch (const std::invalid_argument& e) {  // features::FeatureError: an image the detector cannot read
     throw BadImage(e.what());
   }
   if (predictions.size() != images.size())

@@ -21,7 +21,7 @@ inline constexpr const char* kImage = "IMAGE";                       // UINT8 [H
 inline constexpr const char* kThreshold = "THRESHOLD";               // FP32 [1] per item, optional
 inline constexpr const char* kScore = "SCORE";                       // FP32 [1]: raw score, mean z^2/2
 inline constexpr const char* kNormalizedScore = "NORMALIZED_SCORE";  // FP32 [1]: in [0, 1], 0.5 at the threshold
-inline constexpr const char* kAnomalous = "ANOMALOUS";               // BOOL [1]: score > threshold
+inline constexpr const char* kAnomalous = "ANOMALOUS";               // BOOL [1]: score >= threshold
 inline constexpr const char* kAnomalyMap = "ANOMALY_MAP";            // FP32 [H, W]: at the input's resolution
 
 struct TensorContract {

@@ -94,7 +94,9 @@ def main():
     os.makedirs(args.work, exist_ok=True)
 
     predicted = load_expected(args.expected)
-    paths = sorted(predicted)[: args.max_images]
+    # The demo's test images (all 256 x 256): the first --max-images of them.
+    first = load_image(sorted(predicted)[0]).shape
+    paths = [p for p in sorted(predicted) if load_image(p).shape == first][: args.max_images]
     images = {p: load_image(p) for p in paths}
     shape = images[paths[0]].shape
     print(f"bench: {len(paths)} images ({shape[1]}x{shape[0]} first), {os.cpu_count()} CPUs "

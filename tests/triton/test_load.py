@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from triton_harness import (TritonServer, batching_stats, check, check_result, config_variant, infer_one,  # noqa: E402
-                            load_expected, load_image, main_wrapper, make_client, results_of, run_load)
+                            load_expected, load_image, pick_images, main_wrapper, make_client, results_of, run_load)
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
 
     predicted = load_expected(args.expected)
-    paths = sorted(predicted)[: args.max_images]
+    paths = pick_images(predicted, args.max_images)
     images = {p: load_image(p) for p in paths}
     repo = os.path.join(args.work, "load-repo")
     os.makedirs(repo, exist_ok=True)
@@ -58,7 +58,7 @@ def main():
     check("validflow instance '" + args.model + "_0_0'" in log and "validflow instance '" + args.model + "_0_1'" in log,
           "the server did not start two model instances")
     print(f"load: {r['clients']} clients (HTTP and gRPC) x {args.requests} requests of one image "
-          f"({len(images)} distinct images {images[paths[0]].shape[1]}x{images[paths[0]].shape[0]}): "
+          f"({len(images)} distinct images of {len({i.shape for i in images.values()})} sizes): "
           f"{r['ok']} correct, {len(r['failures'])} failed, {r['requests'] - r['sent']} not sent in {r['wall_s']:.1f} s")
     print(f"load: {r['images_per_s']:.1f} images/s, latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
           f"Triton ran {requests} requests in {executions} executions (mean dynamic batch "

@@ -103,7 +103,7 @@ def broken_models(args, expected):
          "config parameter precision must be fp32 or bf16, not 'fp8'"),
         (variant("missing_file", files=lambda d: [os.remove(os.path.join(d, f)) for f in os.listdir(d)]),
          "does not exist"),
-        (variant("corrupt_file", files=corrupt), "model"),
+        (variant("corrupt_file", files=corrupt), "corrupt_file/1/model.vfm"),
     ]
     server = TritonServer(repo, args.backend_dir, os.path.join(args.work, "broken-server.log"),
                           extra_args=["--model-control-mode=explicit", f"--load-model={args.model}"])
@@ -117,6 +117,7 @@ def broken_models(args, expected):
             check(needle in message, f"loading {name}: the error does not say '{needle}': {message}")
             message = message.strip()
             check(len(message.splitlines()) == 1, f"loading {name}: the error is not one line: {message!r}")
+            check("Internal:" not in message, f"loading {name}: reported as an internal error: {message}")
             check(client.is_model_ready(args.model), f"after {name} the good model is not ready")
             got = results_of(infer_one(client, "http", args.model, image, ["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"]), 1)
             check_result(got[0], expected[paths[0]], 1e-5, f"the good model after {name}")

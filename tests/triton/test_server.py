@@ -25,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from triton_harness import (TritonServer, check, check_result, config_variant, load_expected, load_image,  # noqa: E402
+from triton_harness import (TritonServer, check, check_result, config_variant, load_expected, load_image, pick_images,  # noqa: E402
                             main_wrapper, results_of)
 
 TOLERANCE = 1e-5
@@ -96,14 +96,16 @@ def check_metadata(server, http, model, log):
     return c["max_batch_size"]
 
 
-def check_inference(http, grpc, model, images, expected):
+def check_inference(http, grpc, model, images, expected, maps):
     """Every image over HTTP (binary), gRPC and HTTP JSON equals predict's result; maps agree across protocols."""
-    good = 0
+    good, worst = 0, 0.0
     for path, image in images.items():
         want = expected[path]
         r_http = http_infer(http, model, [image])
         got_http = results_of(r_http, 1)[0]
         check_result(got_http, want, TOLERANCE, f"HTTP {os.path.basename(path)}")
+        worst = max(worst, *(abs(got_http[k] - want[k]) / max(abs(want[k]), 1e-12) for k in ("score", "normalized_score")))
+        maps[path] = r_http.as_numpy("ANOMALY_MAP")[0]
         map_http = r_http.as_numpy("ANOMALY_MAP")
         check(map_http.shape == (1,) + image.shape[:2], f"ANOMALY_MAP shape {map_http.shape} for image {image.shape}")
         check(map_http.dtype == np.float32 and np.isfinite(map_http).all(), "ANOMALY_MAP is not finite float32")
@@ -116,13 +118,14 @@ def check_inference(http, grpc, model, images, expected):
     r_json = http_infer(http, model, [image], binary=False, outputs=["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"])
     check_result(results_of(r_json, 1)[0], expected[path], TOLERANCE, "HTTP JSON tensors")
     good += 1
-    print(f"inference: {len(images)} images over HTTP (binary) and gRPC, one over HTTP JSON: scores, normalised scores "
-          f"and decisions equal validflow predict's (relative <= {TOLERANCE:g}); anomaly maps [1, H, W], "
-          f"identical over HTTP and gRPC")
+    sizes = sorted({f"{i.shape[0]}x{i.shape[1]}" for i in images.values()})
+    print(f"inference: {len(images)} images ({', '.join(sizes)}) over HTTP (binary) and gRPC, one over HTTP JSON: "
+          f"scores, normalised scores and decisions equal validflow predict's (largest relative difference "
+          f"{worst:.1e} <= {TOLERANCE:g}); anomaly maps [1, H, W] at each image's size, identical over HTTP and gRPC")
     return good
 
 
-def check_batches(http, model, images, expected, max_batch):
+def check_batches(http, model, images, expected, max_batch, maps):
     """A request of several same-size images equals the single-image results; outputs can be chosen."""
     by_size = {}
     for path, image in images.items():
@@ -132,11 +135,16 @@ def check_batches(http, model, images, expected, max_batch):
     r = http_infer(http, model, [images[p] for p in paths])
     for path, got in zip(paths, results_of(r, len(paths))):
         check_result(got, expected[path], TOLERANCE, f"batched {os.path.basename(path)}")
-    check(r.as_numpy("ANOMALY_MAP").shape == (len(paths),) + images[paths[0]].shape[:2], "batched map shape")
+    batched_maps = r.as_numpy("ANOMALY_MAP")
+    check(batched_maps.shape == (len(paths),) + images[paths[0]].shape[:2], "batched map shape")
+    for k, path in enumerate(paths):
+        single = maps[path]
+        d = np.abs(batched_maps[k] - single).max() / max(np.abs(single).max(), 1e-12)
+        check(d <= 1e-4, f"the map of {os.path.basename(path)} in a batch differs from its single-image map by {d:.1e}")
     r = http_infer(http, model, [images[paths[0]]], outputs=["SCORE"])
     check(r.as_numpy("SCORE") is not None and r.as_numpy("ANOMALY_MAP") is None, "only SCORE was asked for")
-    print(f"batching: a request of {len(paths)} images equals the single-image results; a request for SCORE alone "
-          f"gets SCORE alone")
+    print(f"batching: a request of {len(paths)} images equals the single-image results (scores and maps); a request "
+          f"for SCORE alone gets SCORE alone")
     return 2
 
 
@@ -277,7 +285,7 @@ def main():
     args = parser.parse_args()
 
     expected = load_expected(args.expected)
-    paths = sorted(expected)[: args.max_images]
+    paths = pick_images(expected, args.max_images)
     images = {p: load_image(p) for p in paths}
     # The repository under test plus a variant whose config parameter threshold lies below every score.
     repo = os.path.join(args.work, "server-repo")
@@ -293,8 +301,9 @@ def main():
         http = httpclient.InferenceServerClient(server.http_url, network_timeout=120.0)
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         max_batch = check_metadata(server, http, args.model, server.log_text())
-        successes = check_inference(http, grpc, args.model, images, expected)
-        successes += check_batches(http, args.model, images, expected, max_batch)
+        maps = {}
+        successes = check_inference(http, grpc, args.model, images, expected, maps)
+        successes += check_batches(http, args.model, images, expected, max_batch, maps)
         successes += check_thresholds(http, args.model, images, expected, strict)
         first = paths[0]
         n_bad = bad_requests(server, http, grpc, args.model, images[first], expected[first], max_batch)

@@ -165,7 +165,7 @@ def load_expected(path):
     """validflow predict's predictions.json -> {absolute image path: {score, normalized_score, anomalous}}."""
     with open(path) as f:
         data = json.load(f)
-    records = data["predictions"] if isinstance(data, dict) else data
+    records = data["images"]
     expected = {}
     for r in records:
         expected[os.path.abspath(r["path"])] = {
@@ -175,6 +175,16 @@ def load_expected(path):
         }
     check(expected, f"{path} holds no predictions")
     return expected
+
+
+def pick_images(expected, count):
+    """`count` image paths spread over the sorted list (all defect types and good ones), plus every image whose
+    size differs from the first one's."""
+    paths = sorted(expected)
+    first = load_image(paths[0]).shape
+    step = max(1, len(paths) // count)
+    chosen = paths[::step][:count]
+    return chosen + [p for p in paths if p not in chosen and load_image(p).shape != first]
 
 
 def relative_difference(a, b):
