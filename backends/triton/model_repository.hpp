@@ -4,21 +4,27 @@
 //   REPO/NAME/config.pbtxt       backend "validflow", the I/O contract, batching, instances, parameters
 //   REPO/NAME/VERSION/model.EXT  a copy of the model file
 //
-// Header-only, C++17, no LibTorch and no Triton needed. Both files are written atomically (validflow::io), so a
-// failed export never leaves a half-written repository entry that Triton would try to load.
+// Header-only, C++17, no LibTorch and no Triton needed. The entry is staged and renamed into place (see
+// write_model_repository), so a failed export never leaves a half-written entry that Triton would try to load, and a
+// refused one leaves the old entry as it was.
 #include "model_config.hpp"
 
 #include <validflow/io/atomic_file.hpp>
 
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+
+#include <fcntl.h>  // AT_FDCWD
+#include <unistd.h>
 
 namespace validflow::triton {
 
@@ -33,7 +39,8 @@ struct RepositoryOptions {
   std::optional<double> threshold;    // overrides the model file's image threshold (parameter threshold)
   std::string precision = "fp32";     // fp32 | bf16 (parameter precision)
   int64_t max_image_side = 4096;      // larger IMAGE heights/widths are refused (parameter max_image_side)
-  bool overwrite = false;             // replace an existing config.pbtxt and version directory
+  bool overwrite = false;             // replace an existing validflow entry (config.pbtxt, version directory)
+  std::string model_file_name;        // the file in the version directory; "" = "model" + the model file's extension
 };
 
 /// What was written.
@@ -48,21 +55,19 @@ class RepositoryError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-namespace detail {
-
-inline std::string shortest_double(double v) {
-  std::ostringstream out;
-  out.precision(17);
-  out << v;
-  return out.str();
+/// Why `name` cannot be a Triton model name written here ("" when it can): one line.
+inline std::string model_name_problem(const std::string& name) {
+  if (name.empty() || name[0] == '.') return "model name '" + name + "' must not be empty or start with '.'";
+  for (char c : name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+      return "model name '" + name + "' may only hold letters, digits, '_', '-' and '.'";
+  return "";
 }
 
-inline void check_options(const RepositoryOptions& o) {
+/// Throws RepositoryError (one line, naming the option) when `o` cannot be written; what the writer checks first.
+inline void check_repository_options(const RepositoryOptions& o) {
   const auto fail = [](const std::string& message) { throw RepositoryError(message); };
-  if (o.name.empty() || o.name[0] == '.') fail("model name '" + o.name + "' must not be empty or start with '.'");
-  for (char c : o.name)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
-      fail("model name '" + o.name + "' may only hold letters, digits, '_', '-' and '.'");
+  if (const auto problem = model_name_problem(o.name); !problem.empty()) fail(problem);
   if (o.version < 1) fail("model version must be at least 1, not " + std::to_string(o.version));
   if (o.max_batch_size < 1) fail("max_batch_size must be at least 1, not " + std::to_string(o.max_batch_size));
   if (o.max_queue_delay_us < 0) fail("max_queue_delay_us must not be negative");
@@ -70,6 +75,15 @@ inline void check_options(const RepositoryOptions& o) {
   if (o.threshold && !std::isfinite(*o.threshold)) fail("threshold must be finite");
   if (o.precision != "fp32" && o.precision != "bf16") fail("precision must be fp32 or bf16, not '" + o.precision + "'");
   if (o.max_image_side < 1) fail("max_image_side must be at least 1");
+}
+
+namespace detail {
+
+inline std::string shortest_double(double v) {
+  std::ostringstream out;
+  out.precision(17);
+  out << v;
+  return out.str();
 }
 
 inline std::string dims_text(const std::vector<int64_t>& dims) {
@@ -100,7 +114,7 @@ inline std::string read_file(const std::filesystem::path& path) {
 
 /// The config.pbtxt text for a model whose file is REPO/NAME/VERSION/model_file_name.
 inline std::string model_config_text(const RepositoryOptions& o, const std::string& model_file_name) {
-  detail::check_options(o);
+  check_repository_options(o);
   std::ostringstream c;
   c << "# Triton model configuration of a validflow model (written by validflow "
     << "export --triton).\n"
@@ -136,32 +150,127 @@ inline std::string model_config_text(const RepositoryOptions& o, const std::stri
   return c.str();
 }
 
-/// Writes REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.EXT (EXT: the model file's extension). Refuses to
-/// replace an existing config.pbtxt or version directory unless options.overwrite.
+namespace detail {
+
+/// Whether `config` is a config.pbtxt of this backend (what write_model_repository wrote, or written by hand).
+inline bool is_validflow_config(const std::filesystem::path& config) {
+  std::ifstream in(config);
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find_first_not_of(" \t");
+    if (at != std::string::npos && line.compare(at, 8, "backend:") == 0)
+      return line.find("\"validflow\"", at) != std::string::npos;
+  }
+  return false;
+}
+
+/// Swaps two directories atomically where the kernel can (Linux renameat2 RENAME_EXCHANGE); else moves `current`
+/// to `old` and `fresh` to `current` (a moment without `current`). Afterwards `fresh`'s name (or `old`) holds the
+/// replaced directory.
+inline void replace_directory(const std::filesystem::path& fresh, const std::filesystem::path& current,
+                              const std::filesystem::path& old) {
+  namespace fs = std::filesystem;
+#if defined(__linux__) && defined(RENAME_EXCHANGE)
+  if (::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, current.c_str(), RENAME_EXCHANGE) == 0) return;
+#endif
+  std::error_code ec;
+  fs::rename(current, old, ec);
+  if (ec) throw RepositoryError("cannot move " + current.string() + " aside: " + ec.message());
+  fs::rename(fresh, current, ec);
+  if (ec) {
+    std::error_code back;
+    fs::rename(old, current, back);
+    throw RepositoryError("cannot rename " + fresh.string() + " to " + current.string() + ": " + ec.message());
+  }
+}
+
+}  // namespace detail
+
+/// Throws RepositoryError (one line) when REPO/NAME cannot take the entry write_model_repository(…, repository,
+/// options) would write; nothing is written. Checked: the options; REPO and REPO/NAME, where they exist, are
+/// directories; an existing entry is replaced only with options.overwrite, and only when its config.pbtxt is a
+/// validflow one (an entry of another backend, or a folder without config.pbtxt, is never replaced).
+inline void check_repository_target(const std::filesystem::path& repository, const RepositoryOptions& options) {
+  namespace fs = std::filesystem;
+  check_repository_options(options);
+  std::error_code ec;
+  if (fs::exists(repository, ec) && !fs::is_directory(repository, ec))
+    throw RepositoryError(repository.string() + " is not a directory");
+  const fs::path model_dir = repository / options.name;
+  const fs::path config = model_dir / "config.pbtxt";
+  const fs::path version_dir = model_dir / std::to_string(options.version);
+  if (!fs::exists(model_dir, ec)) return;
+  if (!fs::is_directory(model_dir, ec)) throw RepositoryError(model_dir.string() + " exists and is not a directory");
+  if (fs::exists(config, ec)) {
+    if (!options.overwrite)
+      throw RepositoryError(config.string() + " already exists (overwrite it, or choose another name)");
+    if (!fs::is_regular_file(config, ec) || !detail::is_validflow_config(config))
+      throw RepositoryError(config.string() +
+                            " is not a validflow model's configuration (backend \"validflow\"): "
+                            "not replaced (choose another name)");
+  } else if (!fs::is_empty(model_dir, ec)) {
+    throw RepositoryError(model_dir.string() + " exists without a config.pbtxt: not replaced (choose another name)");
+  }
+  if (fs::exists(version_dir, ec)) {
+    if (!options.overwrite)
+      throw RepositoryError(version_dir.string() + " already exists (overwrite it, or choose another version)");
+    if (!fs::is_directory(version_dir, ec))
+      throw RepositoryError(version_dir.string() + " exists and is not a directory");
+  }
+}
+
+/// Writes REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.EXT (EXT: the model file's extension, or
+/// options.model_file_name). Refuses (check_repository_target) to replace an existing entry unless
+/// options.overwrite, and never replaces another backend's entry. The entry is staged first in a folder
+/// REPO/NAME/.export.PID.N (not a version number: Triton ignores it), the version directory then replaces the old
+/// one in one rename (Linux: an atomic exchange) and config.pbtxt in another, so a server never sees a partly
+/// written model file, and a failure before the renames leaves the old entry as it was. Other version
+/// directories are kept.
 inline RepositoryEntry write_model_repository(const std::filesystem::path& model_file,
                                               const std::filesystem::path& repository,
                                               const RepositoryOptions& options) {
   namespace fs = std::filesystem;
-  detail::check_options(options);
+  check_repository_target(repository, options);
   std::error_code ec;
   if (!fs::is_regular_file(model_file, ec))
     throw RepositoryError("model file " + model_file.string() + " does not exist");
   const fs::path model_dir = repository / options.name;
   const fs::path version_dir = model_dir / std::to_string(options.version);
-  RepositoryEntry entry{model_dir / "config.pbtxt", version_dir / ("model" + model_file.extension().string())};
-  if (!options.overwrite) {
-    if (fs::exists(entry.config, ec))
-      throw RepositoryError(entry.config.string() + " already exists (overwrite it, or choose another name)");
-    if (fs::exists(version_dir, ec))
-      throw RepositoryError(version_dir.string() + " already exists (overwrite it, or choose another version)");
+  const std::string file_name =
+      options.model_file_name.empty() ? "model" + model_file.extension().string() : options.model_file_name;
+  const RepositoryEntry entry{model_dir / "config.pbtxt", version_dir / file_name};
+  const std::string bytes = detail::read_file(model_file);
+
+  static std::atomic<unsigned> counter{0};
+  const fs::path staging = model_dir / (".export." + std::to_string(::getpid()) + "." + std::to_string(counter++));
+  const fs::path staged_version = staging / "version";
+  const fs::path staged_config = staging / "config.pbtxt";
+  fs::path created;  // the outermost folder this call creates (removed again when the write fails)
+  for (fs::path p = model_dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+    created = p;
+    if (p == p.parent_path()) break;
   }
-  fs::create_directories(version_dir, ec);
-  if (ec) throw RepositoryError("cannot create " + version_dir.string() + ": " + ec.message());
-  if (options.overwrite)  // a replaced version directory holds only the new model file
-    for (const auto& old : fs::directory_iterator(version_dir, ec))
-      if (old.path() != entry.model_file) fs::remove_all(old.path(), ec);
-  detail::write_atomic(entry.model_file, detail::read_file(model_file));
-  detail::write_atomic(entry.config, model_config_text(options, entry.model_file.filename().string()));
+  try {
+    fs::create_directories(staged_version, ec);
+    if (ec) throw RepositoryError("cannot create " + staged_version.string() + ": " + ec.message());
+    detail::write_atomic(staged_version / file_name, bytes);
+    detail::write_atomic(staged_config, model_config_text(options, file_name));
+    if (fs::exists(version_dir, ec)) {
+      detail::replace_directory(staged_version, version_dir, staging / "old");
+    } else {
+      fs::rename(staged_version, version_dir, ec);
+      if (ec)
+        throw RepositoryError("cannot rename " + staged_version.string() + " to " + version_dir.string() + ": " +
+                              ec.message());
+    }
+    fs::rename(staged_config, entry.config, ec);
+    if (ec)
+      throw RepositoryError("cannot rename " + staged_config.string() + " to " + entry.config.string() + ": " +
+                            ec.message());
+  } catch (...) {
+    fs::remove_all(created.empty() ? staging : created, ec);
+    throw;
+  }
+  fs::remove_all(staging, ec);  // the replaced version directory, if any
   return entry;
 }
 

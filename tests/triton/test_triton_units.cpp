@@ -7,10 +7,12 @@
 #include "model_config.hpp"
 #include "model_repository.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <vector>
 
 namespace vt = validflow::triton;
 namespace fs = std::filesystem;
@@ -271,6 +273,74 @@ TEST_CASE("repository: the writer's files") {
     const auto v2 = vt::write_model_repository(model, tmp.path / "repo", o);
     CHECK(v2.model_file == tmp.path / "repo" / "bottles" / "2" / "model.vfm");
     CHECK(fs::exists(entry.model_file));
+  }
+}
+
+TEST_CASE("repository: an entry is replaced whole, and only a validflow one") {
+  TempDir tmp;
+  const fs::path model = tmp.path / "detector.vfm";
+  std::ofstream(model, std::ios::binary) << "first model";
+  const fs::path repo = tmp.path / "repo";
+  vt::RepositoryOptions o;
+  o.name = "bottles";
+  o.overwrite = true;
+  const auto entry = vt::write_model_repository(model, repo, o);
+  std::ofstream(entry.model_file.parent_path() / "stale.txt") << "left by hand";
+  fs::create_directories(repo / "bottles" / "2");
+  std::ofstream(repo / "bottles" / "2" / "model.vfm") << "version 2";
+  const auto listing = [&] {
+    std::vector<std::string> files;
+    for (const auto& f : fs::recursive_directory_iterator(repo))
+      files.push_back(fs::relative(f.path(), repo).string() + (f.is_regular_file() ? "=" + slurp(f.path()) : ""));
+    std::sort(files.begin(), files.end());
+    return files;
+  };
+
+  SECTION("replaced: the version directory holds the new file only, other versions stay, no staging is left") {
+    std::ofstream(model, std::ios::binary | std::ios::trunc) << "second model";
+    o.max_batch_size = 4;
+    vt::write_model_repository(model, repo, o);
+    CHECK(listing() == std::vector<std::string>{"bottles", "bottles/1", "bottles/1/model.vfm=second model", "bottles/2",
+                                                "bottles/2/model.vfm=version 2",
+                                                "bottles/config.pbtxt=" + vt::model_config_text(o, "model.vfm")});
+  }
+  SECTION("a refused write leaves the entry as it was") {
+    const auto before = listing();
+    CHECK_THROWS_AS(vt::write_model_repository(tmp.path / "missing.vfm", repo, o), vt::RepositoryError);
+    CHECK(listing() == before);
+    o.precision = "fp8";
+    CHECK_THROWS_AS(vt::write_model_repository(model, repo, o), vt::RepositoryError);
+    CHECK(listing() == before);
+  }
+  SECTION("another backend's entry, or a folder without config.pbtxt, is never replaced") {
+    std::ofstream(entry.config, std::ios::trunc) << "name: \"bottles\"\nbackend: \"onnxruntime\"\n";
+    const auto before = listing();
+    try {
+      vt::write_model_repository(model, repo, o);
+      FAIL("replaced another backend's entry");
+    } catch (const vt::RepositoryError& e) {
+      CHECK(std::string(e.what()) == entry.config.string() +
+                                         " is not a validflow model's configuration (backend \"validflow\"): not "
+                                         "replaced (choose another name)");
+    }
+    CHECK(listing() == before);
+    fs::remove(entry.config);
+    try {
+      vt::write_model_repository(model, repo, o);
+      FAIL("replaced a folder without config.pbtxt");
+    } catch (const vt::RepositoryError& e) {
+      CHECK(std::string(e.what()) ==
+            (repo / "bottles").string() + " exists without a config.pbtxt: not replaced (choose another name)");
+    }
+  }
+  SECTION("a repository that is a file") {
+    std::ofstream(tmp.path / "file") << "x";
+    try {
+      vt::write_model_repository(model, tmp.path / "file", o);
+      FAIL("wrote into a file");
+    } catch (const vt::RepositoryError& e) {
+      CHECK(std::string(e.what()) == (tmp.path / "file").string() + " is not a directory");
+    }
   }
 }
 
