@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Fixture of the Triton tests (CTest triton.model): a small trained detector from `validflow demo` (3 epochs), its
-# Triton model repository, and `validflow predict`'s results (the reference the server's answers are compared with)
-# on the demo's 50 test images (256 x 256) and on 3 images of other sizes made from them (PIL, Debian python3-pil).
-# Usage: make_model.sh VALIDFLOW WRITE_REPOSITORY WORK_DIR
-#   WORK_DIR/demo/model.vfm, WORK_DIR/repo/demo/{config.pbtxt,1/model.vfm}, WORK_DIR/predict/predictions.json
+# Triton model repository written by `validflow export --triton`, and `validflow predict`'s results (the reference
+# the server's answers are compared with) on the demo's 50 test images (256 x 256) and on 3 images of other sizes
+# made from them (PIL, Debian python3-pil).
+# Usage: make_model.sh VALIDFLOW WORK_DIR
+#   WORK_DIR/demo/ (the run) and model.vfm, WORK_DIR/repo/demo/{config.pbtxt,1/model.vfm},
+#   WORK_DIR/predict/predictions.json
 set -euo pipefail
 validflow="$1"
-writer="$2"
-work="$3"
+work="$2"
 rm -rf "$work"
 mkdir -p "$work"
 "$validflow" --threads 2 demo --out "$work/demo" --epochs 3
-"$writer" "$work/demo/model.vfm" "$work/repo" demo
+"$validflow" --threads 2 export --out "$work/demo" --to "$work/demo/model.vfm" --triton "$work/repo" --name demo
+cmp "$work/demo/model.vfm" "$work/repo/demo/1/model.vfm"
 /usr/bin/python3 - "$work/demo/data/test" "$work/other-sizes" <<'PY'
 import os, sys
 from PIL import Image
