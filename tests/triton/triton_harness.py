@@ -52,7 +52,9 @@ def free_ports(count):
 class TritonServer:
     """One tritonserver process. Use as a context manager; stop() returns the exit code."""
 
-    def __init__(self, repository, backend_dir, log_path, extra_args=(), ready_timeout=180, expect_ready=True):
+    def __init__(self, repository, backend_dir, log_path, extra_args=(), ready_timeout=180, expect_ready=True,
+                 env=None):
+        self.env = dict(os.environ, **(env or {}))
         self.repository = repository
         self.backend_dir = backend_dir
         self.log_path = log_path
@@ -72,7 +74,10 @@ class TritonServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     def command(self):
-        return [server_binary(), "--model-repository", self.repository, "--backend-directory", self.backend_dir,
+        # setpriv (util-linux): the server gets SIGTERM when this process dies (a CTest timeout kills the test
+        # script with SIGKILL): no orphaned server keeps the CPU, memory and ports.
+        launcher = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
+        return launcher + [server_binary(), "--model-repository", self.repository, "--backend-directory", self.backend_dir,
                 "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
                 "--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
@@ -82,7 +87,7 @@ class TritonServer:
         os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env=self.env)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
