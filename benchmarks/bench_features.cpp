@@ -9,6 +9,13 @@
 //   BM_ExtractorReference/<model>/batch:<B>: the same with set_fused_inference(false), i.e. the unfused reference
 //       path (BatchNorm, activations and SE as separate out-of-place ops, NCHW), for a same-run before/after
 //   BM_CSFlowB5/<size>: B5 block 35 on one scale of the given size, batch 8
+//   BM_Detector/<backbone>/<flow>/<part>/batch:<B>: validflow::Detector (a model file with random weights: the
+//       speed does not depend on them) on decoded uint8 images 1.25x the model's input size, at batch 1 and 16:
+//         end_to_end  predict(): decoded images -> decisions and anomaly maps at the images' resolution
+//         preprocess  the one resize + layout (prepare_images)    features  the 3-scale extractor
+//         flow        the flow, scores and finest-scale maps      maps      maps at the images' resolution
+//       backbones: lite0 at 256 and lite2 at 384 with flows of hidden width 128 (docs/results.md's MTD
+//       setting), b5 at 768 with hidden 1024 (the paper's); flows: validflow (n = 3), csflow6 (6 blocks)
 // Counters: items_per_second = images/s; GFLOP/s from the analytic MAC count (2 FLOP per MAC);
 // fraction_of_peak = GFLOP/s / the best BM_ConvPeak GFLOP/s of this process (measured once, on first use).
 // tools/bench_python_extractor.py --cpp runs BM_Extractor next to the official-style Python extractor.
@@ -18,6 +25,7 @@
 // `--vf_runtime=default` leaves LibTorch's and glibc's defaults (except the thread count) to measure what the
 // settings are worth. OpenMP's wait policy comes from the environment (OMP_WAIT_POLICY; the validflow program sets
 // PASSIVE itself): the context line says which.
+#include <validflow/detect.hpp>
 #include <validflow/features.hpp>
 #include <validflow/features/info.hpp>
 #include <validflow/runtime.hpp>
@@ -28,6 +36,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -130,6 +141,93 @@ void BM_CSFlowB5(benchmark::State& state) {
   run(state, ex, 8, size, macs, true);
 }
 
+struct DetectorCase {
+  Model backbone;
+  int64_t hidden;
+};
+constexpr DetectorCase kDetectorCases[] = {{kModels[1], 128}, {kModels[2], 128}, {kModels[0], 1024}};
+
+/// A Detector over a model file with random weights (ActNorm initialised on random features), one per
+/// (backbone, flow) and process.
+const validflow::Detector& detector_for(const DetectorCase& c, const std::string& flow) {
+  static std::map<std::string, std::unique_ptr<validflow::Detector>> cache;
+  const std::string key = std::string(c.backbone.key) + "/" + flow;
+  auto& slot = cache[key];
+  if (slot) return *slot;
+  validflow::ModelInfo info;
+  info.backbone.name = c.backbone.name;
+  info.backbone.image_size = c.backbone.size;
+  info.backbone = info.backbone.resolved();
+  auto extractor = vf::build_extractor(info.backbone);
+  info.flow.model = flow == "csflow6" ? "csflow" : "validflow";
+  info.flow.blocks = 6;
+  info.flow.modules = 3;
+  info.flow.hidden = c.hidden;
+  info.flow.channels = extractor->backbone->feature_channels();
+  auto model = validflow::build_flow(info.flow);
+  {
+    torch::NoGradGuard no_grad;
+    model.module().train();
+    auto features = extractor->forward(torch::rand({2, 3, c.backbone.size, c.backbone.size}));
+    for (auto& f : features) f = torch::randn_like(f);  // random backbones give near-constant channels
+    model->forward(features);
+    model.module().eval();
+  }
+  info.decision.threshold = 1;
+  info.decision.score_max = 2;
+  info.decision.map_max = 2;
+  const auto path = (std::filesystem::temp_directory_path() /
+                     ("validflow_bench_" + std::string(c.backbone.key) + "_" + flow + ".vfm"))
+                        .string();
+  validflow::save_model_file(path, info, *extractor, model);
+  slot = std::make_unique<validflow::Detector>(path);
+  std::filesystem::remove(path);
+  return *slot;
+}
+
+void BM_Detector(benchmark::State& state, DetectorCase c, std::string flow, std::string part, int64_t batch) {
+  const auto& detector = detector_for(c, flow);
+  conv_peak_gflops();
+  const int64_t side = c.backbone.size * 5 / 4;
+  std::vector<torch::Tensor> images;
+  for (int64_t i = 0; i < batch; ++i) images.push_back(torch::randint(0, 256, {side, side, 3}, torch::kByte));
+  torch::NoGradGuard no_grad;
+  const auto prepared = detector.preprocess(images);
+  const auto features = detector.features(prepared);
+  const auto scored = detector.score(features);
+  std::function<void()> step;
+  if (part == "end_to_end") {
+    step = [&] { benchmark::DoNotOptimize(detector.predict(images)); };
+  } else if (part == "preprocess") {
+    step = [&] { benchmark::DoNotOptimize(detector.preprocess(images)); };
+  } else if (part == "features") {
+    step = [&] { benchmark::DoNotOptimize(detector.features(prepared)); };
+  } else if (part == "flow") {
+    step = [&] { benchmark::DoNotOptimize(detector.score(features)); };
+  } else {  // maps: at the model's input size, then each image's own
+    step = [&] {
+      const auto maps = validflow::maps_at_input_size(scored.maps, detector.image_size(), 0);
+      for (int64_t i = 0; i < batch; ++i)
+        benchmark::DoNotOptimize(validflow::resize_maps(maps.slice(0, i, i + 1), side, side));
+    };
+  }
+  step();  // warm-up: oneDNN primitives, folded weights
+  double seconds = 0.0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+  if (part == "features" || part == "end_to_end") {  // the extractor's share of the conv peak
+    const double macs = static_cast<double>(vf::backbone_info(c.backbone.name, -1, c.backbone.size).total_macs());
+    const double gflops = 2.0 * macs / 1e9 * static_cast<double>(batch * state.iterations()) / seconds;
+    state.counters["extractor_GFLOP/s"] = gflops;
+    state.counters["extractor_fraction_of_peak"] = gflops / conv_peak_gflops();
+  }
+  state.counters["peak_GFLOP/s"] = conv_peak_gflops();
+}
+
 void register_all() {
   for (const auto& c : kPeakConvs)
     benchmark::RegisterBenchmark((std::string("BM_ConvPeak/") + c.name).c_str(), BM_ConvPeak, c)
@@ -145,6 +243,16 @@ void register_all() {
                                      BM_Extractor, m, batch, fused)
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
+  for (const auto& c : kDetectorCases)
+    for (const char* flow : {"validflow", "csflow6"})
+      for (const char* part : {"end_to_end", "preprocess", "features", "flow", "maps"})
+        for (int64_t batch : {1, 16})
+          benchmark::RegisterBenchmark((std::string("BM_Detector/") + c.backbone.key + "/" + flow + "/" + part +
+                                        "/batch:" + std::to_string(batch))
+                                           .c_str(),
+                                       BM_Detector, c, std::string(flow), std::string(part), batch)
+              ->UseRealTime()
+              ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("BM_CSFlowB5", BM_CSFlowB5)
       ->ArgName("size")
       ->Arg(768)

@@ -35,6 +35,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_backbone import official_eff_ext  # noqa: E402  (the one copy of CS-Flow's eff_ext)
+
 MODELS = {
     # name: (family, variant, image size, feature block)
     "b5": ("b", 5, 768, 35),
@@ -88,17 +91,6 @@ class Extractor:
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-    def eff_ext(self, x):  # CS-Flow model.py eff_ext
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        for idx, block in enumerate(m._blocks):
-            drop_connect_rate = m._global_params.drop_connect_rate
-            if drop_connect_rate:
-                drop_connect_rate *= float(idx) / len(m._blocks)
-            x = block(x, drop_connect_rate=drop_connect_rate)
-            if idx == self.use_layer:
-                return x
-
     def __call__(self, images):
         F = self.torch.nn.functional
         x = (images - self.mean) / self.std
@@ -106,7 +98,7 @@ class Extractor:
         for s in range(self.n_scales):
             size = self.image_size // 2 ** s
             xs = x if s == 0 else F.interpolate(x, size=(size, size))
-            out.append(self.eff_ext(xs))
+            out.append(official_eff_ext(self.model, xs, self.use_layer))
         return out
 
 

@@ -232,7 +232,10 @@ int run_cli(int argc, char** argv) {
   auto* check = app.add_subcommand("check-csflow", "Compare the C++ CS-Flow with official outputs (golden file)");
   std::string golden_file;
   double tolerance = 1e-5;
-  check->add_option("file", golden_file, "Golden file (torch.save dict, see shared/golden/README.md)")->required();
+  check
+      ->add_option("file", golden_file,
+                   "Golden file (torch.save dict: official weights, inputs and outputs; docs/models.md)")
+      ->required();
   check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
       ->check(finite_range(0, 1))
       ->capture_default_str();

@@ -11,6 +11,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +42,20 @@ inline long temp_file_pid(const std::string& filename) {
   }
 }
 }  // namespace detail
+
+/// The bytes of a regular file. Throws FileError naming the path when it is missing, not a regular file (a
+/// folder, a device), unreadable, or fails while being read.
+inline std::string read_file_bytes(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw FileError(path, "error while reading '" + path + "'");
+  return bytes;
+}
 
 /// Writes `bytes` to `path` atomically (see the top of this file); creates parent folders. Throws FileError.
 inline void write_file_atomic(const std::string& path, std::string_view bytes) {

@@ -120,14 +120,9 @@ inline void flatten_state(const c10::IValue& value, const std::string& prefix, S
 /// Reads a `torch.save`d dict of tensors (see the top of this file). Throws FileError / StateDictError naming
 /// the path.
 inline StateDict read_state_dict(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
-  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.empty()) throw FileError(path, "'" + path + "' is empty");
+  const auto text = io::read_file_bytes(path);
+  if (text.empty()) throw FileError(path, "'" + path + "' is empty");
+  const std::vector<char> bytes(text.begin(), text.end());
   // The legacy format starts with a pickled magic number: PROTO 2, LONG1 (0x80 0x02 0x8a 0x0a).
   if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
     throw FileError(path, "'" + path +

@@ -258,15 +258,7 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
 /// kind_version than `max_kind_version`. Throws FileError naming the path.
 inline TensorArchive read_archive(const std::string& path, const std::string& kind = "",
                                   int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
-  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw FileError(path, "error while reading '" + path + "'");
-  auto archive = parse_archive(bytes, path);
+  auto archive = parse_archive(read_file_bytes(path), path);
   if (!kind.empty() && archive.kind != kind)
     throw FileError(path, "'" + path + "' is a " + archive.kind + " file, expected a " + kind + " file");
   if (archive.kind_version < 1 || archive.kind_version > max_kind_version)
