@@ -101,15 +101,6 @@ inline void write_atomic(const std::filesystem::path& target, const std::string&
   }
 }
 
-inline std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw RepositoryError("cannot read model file " + path.string());
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (!in && !in.eof()) throw RepositoryError("reading model file " + path.string() + " failed");
-  return bytes.str();
-}
-
 }  // namespace detail
 
 /// The config.pbtxt text for a model whose file is REPO/NAME/VERSION/model_file_name.
@@ -238,7 +229,12 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
   const std::string file_name =
       options.model_file_name.empty() ? "model" + model_file.extension().string() : options.model_file_name;
   const RepositoryEntry entry{model_dir / "config.pbtxt", version_dir / file_name};
-  const std::string bytes = detail::read_file(model_file);
+  std::string bytes;
+  try {
+    bytes = io::read_file_bytes(model_file.string());
+  } catch (const FileError& e) {
+    throw RepositoryError(std::string("model file: ") + e.what());
+  }
 
   static std::atomic<unsigned> counter{0};
   const fs::path staging = model_dir / (".export." + std::to_string(::getpid()) + "." + std::to_string(counter++));

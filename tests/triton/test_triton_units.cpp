@@ -6,6 +6,7 @@
 
 #include "model_config.hpp"
 #include "model_repository.hpp"
+#include "test_util.hpp"  // tests/: TempDir
 
 #include <algorithm>
 #include <filesystem>
@@ -17,6 +18,7 @@
 namespace vt = validflow::triton;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using validflow::test::TempDir;
 
 namespace {
 
@@ -56,20 +58,6 @@ json& tensor(json& c, const char* list, const std::string& name) {
     if (t["name"] == name) return t;
   throw std::runtime_error("no tensor " + name);
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() /
-           ("vf-triton-test-" + std::to_string(::getpid()) + "-" + std::to_string(reinterpret_cast<uintptr_t>(this)));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
