@@ -24,6 +24,18 @@ from triton_harness import (TritonServer, batching_stats, check, config_variant,
                             load_image, main_wrapper, make_client, results_of, run_load)
 
 
+def cpu_model():
+    """The CPU's model name as lscpu shows it (/proc/cpuinfo), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def predict_speed(args, paths, batch_size):
     """`validflow predict` end to end on the image files: its own images/s and the process wall time."""
     out = os.path.join(args.work, f"predict-b{batch_size}")
@@ -93,6 +105,7 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
 
+    load_start = os.getloadavg()[0]
     predicted = load_expected(args.expected)
     # The demo's test images (all 256 x 256): the first --max-images of them.
     first = load_image(sorted(predicted)[0]).shape
@@ -100,7 +113,7 @@ def main():
     images = {p: load_image(p) for p in paths}
     shape = images[paths[0]].shape
     print(f"bench: {len(paths)} images ({shape[1]}x{shape[0]} first), {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), load average {os.getloadavg()[0]:.2f} at start", flush=True)
+          f"({cpu_model()}), load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
     predict = [predict_speed(args, paths, b) for b in (1, 8)]
     for p in predict:
@@ -119,7 +132,8 @@ def main():
 
     rows = triton_runs(args, images, sequential)
     best_predict = max(p["images_per_s"] for p in predict)
-    result = {"images": len(paths), "image_shape": list(shape), "threads": args.threads, "predict": predict,
+    result = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_start": load_start,
+              "images": len(paths), "image_shape": list(shape), "threads": args.threads, "predict": predict,
               "triton": rows, "load_average_end": os.getloadavg()[0]}
     with open(os.path.join(args.work, "bench.json"), "w") as f:
         json.dump(result, f, indent=1)
