@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
@@ -24,6 +25,7 @@
 #include <string>
 
 #include <fcntl.h>  // AT_FDCWD
+#include <signal.h>
 #include <unistd.h>
 
 namespace validflow::triton {
@@ -174,6 +176,25 @@ inline void replace_directory(const std::filesystem::path& fresh, const std::fil
   }
 }
 
+/// Removes the staging folders (`.export.PID.N`) in `model_dir` that a killed export left: those whose process no
+/// longer exists. Never throws.
+inline void remove_stale_staging(const std::filesystem::path& model_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (fs::directory_iterator it(model_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(".export.", 0) != 0) continue;
+    const auto dot = name.find('.', 8);
+    if (dot == std::string::npos || dot == 8) continue;
+    const std::string pid_text = name.substr(8, dot - 8);
+    if (pid_text.find_first_not_of("0123456789") != std::string::npos || pid_text.size() > 9) continue;
+    const long pid = std::stol(pid_text);
+    if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm_ec;
+    fs::remove_all(it->path(), rm_ec);
+  }
+}
+
 }  // namespace detail
 
 /// Throws RepositoryError (one line) when REPO/NAME cannot take the entry write_model_repository(…, repository,
@@ -215,7 +236,7 @@ inline void check_repository_target(const std::filesystem::path& repository, con
 /// REPO/NAME/.export.PID.N (not a version number: Triton ignores it), the version directory then replaces the old
 /// one in one rename (Linux: an atomic exchange) and config.pbtxt in another, so a server never sees a partly
 /// written model file, and a failure before the renames leaves the old entry as it was. Other version
-/// directories are kept.
+/// directories are kept; staging folders of killed exports (dead pid) are removed.
 inline RepositoryEntry write_model_repository(const std::filesystem::path& model_file,
                                               const std::filesystem::path& repository,
                                               const RepositoryOptions& options) {
@@ -236,6 +257,7 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     throw RepositoryError(std::string("model file: ") + e.what());
   }
 
+  detail::remove_stale_staging(model_dir);  // left by a killed export
   static std::atomic<unsigned> counter{0};
   const fs::path staging = model_dir / (".export." + std::to_string(::getpid()) + "." + std::to_string(counter++));
   const fs::path staged_version = staging / "version";

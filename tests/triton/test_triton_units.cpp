@@ -292,6 +292,15 @@ TEST_CASE("repository: an entry is replaced whole, and only a validflow one") {
                                                 "bottles/2/model.vfm=version 2",
                                                 "bottles/config.pbtxt=" + vt::model_config_text(o, "model.vfm")});
   }
+  SECTION("staging folders of killed exports are removed, a running one's are kept") {
+    const fs::path dead = repo / "bottles" / ".export.999999999.0";  // beyond pid_max: no such process
+    const fs::path alive = repo / "bottles" / (".export.1.0");       // pid 1 exists
+    fs::create_directories(dead / "version");
+    fs::create_directories(alive);
+    vt::write_model_repository(model, repo, o);
+    CHECK_FALSE(fs::exists(dead));
+    CHECK(fs::exists(alive));
+  }
   SECTION("a refused write leaves the entry as it was") {
     const auto before = listing();
     CHECK_THROWS_AS(vt::write_model_repository(tmp.path / "missing.vfm", repo, o), vt::RepositoryError);
