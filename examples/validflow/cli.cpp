@@ -276,6 +276,20 @@ int run_cli(int argc, char** argv) {
   exp->add_option("--map-sigma", export_args.map_sigma, "Gaussian smoothing of the anomaly maps (input pixels)")
       ->check(finite_range(0, 64))
       ->capture_default_str();
+  auto* triton_repo = exp->add_option("--triton", export_args.triton_repository,
+                                      "Also write a Triton model repository entry REPO/NAME (docs/serving.md)");
+  exp->add_option("--name", export_args.triton_name, "Triton model name (letters, digits, _ - .)")
+      ->check(CLI::Validator([](std::string& name) { return triton_model_name_problem(name); }, "NAME"))
+      ->needs(triton_repo)
+      ->capture_default_str();
+  exp->add_option("--triton-max-batch-size", export_args.triton_max_batch_size, "Triton: images per execution")
+      ->check(int_range(1, 256))
+      ->needs(triton_repo)
+      ->capture_default_str();
+  exp->add_option("--triton-instances", export_args.triton_instances, "Triton: model instances (CPU)")
+      ->check(int_range(1, 64))
+      ->needs(triton_repo)
+      ->capture_default_str();
 
   auto* pred = app.add_subcommand("predict", "Score new images with a model file");
   pred->add_option("--model", predict.model, "Model file (validflow export)")->required();

@@ -51,6 +51,8 @@ struct ExportArgs {
   int64_t triton_max_batch_size = 8;
   int64_t triton_instances = 1;
 };
+/// Why `name` cannot be a Triton model name ("" when it can; backends/triton/model_repository.hpp).
+std::string triton_model_name_problem(const std::string& name);
 
 struct PredictArgs {
   std::string model;

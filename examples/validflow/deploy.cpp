@@ -2,6 +2,8 @@
 // decisions, scores, maps). See commands.hpp and docs/usage.md.
 #include "commands.hpp"
 
+#include "model_repository.hpp"  // backends/triton: the Triton repository writer (no LibTorch, no Triton)
+
 #include <validflow/detect.hpp>
 
 #include <chrono>
@@ -10,6 +12,7 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <unistd.h>
@@ -116,6 +119,26 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   std::cerr << "export    " << out << ": " << checkpoint.config.model << " (" << checkpoint.epoch << " epochs), "
             << info.backbone.name << " at " << size << " px\n";
 
+  // --triton: the options and the target are checked before the work (a refusal writes nothing); the entry is
+  // written from the checked model file before that file takes its name --to, so an export writes both or neither.
+  triton::RepositoryOptions repository;
+  repository.name = e.triton_name;
+  repository.max_batch_size = e.triton_max_batch_size;
+  repository.instance_count = e.triton_instances;
+  repository.overwrite = true;  // as --to replaces its file (never another backend's entry)
+  repository.model_file_name =
+      "model" + (fs::path(e.to).has_extension() ? fs::path(e.to).extension().string() : std::string(".vfm"));
+  const auto triton_error = [&](const std::string& why) {
+    return FileError(e.triton_repository, "--triton " + e.triton_repository + ": " + why + " (nothing written)");
+  };
+  if (!e.triton_repository.empty()) {
+    try {
+      triton::check_repository_target(e.triton_repository, repository);
+    } catch (const triton::RepositoryError& x) {
+      throw triton_error(x.what());
+    }
+  }
+
   // Image threshold.
   EvalOptions scoring;
   scoring.pixel_size = static_cast<int>(size);
@@ -209,13 +232,27 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
     fs::remove(staging);
     throw;
   }
+  std::optional<triton::RepositoryEntry> entry;
+  if (!e.triton_repository.empty()) {
+    try {
+      entry = triton::write_model_repository(staging, e.triton_repository, repository);
+    } catch (const triton::RepositoryError& x) {
+      fs::remove(staging);
+      throw triton_error(x.what());
+    }
+  }
   fs::rename(staging, target);
   std::cerr << "threshold " << std::setprecision(6) << info.decision.threshold << ": " << image.source << "\n";
   std::cerr << "pixels    " << info.decision.pixel_threshold << ": " << pixel.source << "\n";
   std::cout << "model     " << e.to << " (" << std::fixed << std::setprecision(1)
             << static_cast<double>(fs::file_size(target)) / (1 << 20) << " MiB)\n";
+  if (entry)
+    std::cout << "triton    " << entry->config.string() << " and " << entry->model_file.string() << " (model '"
+              << repository.name << "'; serve it: docs/serving.md)\n";
   return e.to;
 }
+
+std::string triton_model_name_problem(const std::string& name) { return triton::model_name_problem(name); }
 
 int run_predict(const PredictArgs& p) {
   const auto start = std::chrono::steady_clock::now();

@@ -1,0 +1,300 @@
+#pragma once
+// The validflow Triton backend's contract, without Triton or LibTorch: tensor names and types, the model
+// configuration (config.pbtxt, as the JSON Triton hands to the backend) and its validation, the backend's command-line
+// settings, and the per-request checks of the IMAGE and THRESHOLD inputs. Every check throws (or returns) a one-line
+// message that names the field and the problem; backend.cpp turns them into Triton errors. docs/serving.md documents
+// the same contract for users.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace validflow::triton {
+
+// ---- The I/O contract ----
+inline constexpr const char* kImage = "IMAGE";                       // UINT8 [H, W, 3] RGB per item
+inline constexpr const char* kThreshold = "THRESHOLD";               // FP32 [1] per item, optional
+inline constexpr const char* kScore = "SCORE";                       // FP32 [1]: raw score, mean z^2/2
+inline constexpr const char* kNormalizedScore = "NORMALIZED_SCORE";  // FP32 [1]: in [0, 1], 0.5 at the threshold
+inline constexpr const char* kAnomalous = "ANOMALOUS";               // BOOL [1]: score >= threshold
+inline constexpr const char* kAnomalyMap = "ANOMALY_MAP";            // FP32 [H, W]: at the input's resolution
+
+struct TensorContract {
+  const char* name;
+  const char* config_type;  // config.pbtxt spelling
+  const char* wire_type;    // protocol spelling (what TRITONSERVER_DataTypeString returns)
+  std::vector<int64_t> dims;
+};
+
+inline const std::vector<TensorContract>& output_contracts() {
+  static const std::vector<TensorContract> outputs{{kScore, "TYPE_FP32", "FP32", {1}},
+                                                   {kNormalizedScore, "TYPE_FP32", "FP32", {1}},
+                                                   {kAnomalous, "TYPE_BOOL", "BOOL", {1}},
+                                                   {kAnomalyMap, "TYPE_FP32", "FP32", {-1, -1}}};
+  return outputs;
+}
+inline const TensorContract& image_contract() {
+  static const TensorContract image{kImage, "TYPE_UINT8", "UINT8", {-1, -1, 3}};
+  return image;
+}
+inline const TensorContract& threshold_contract() {
+  static const TensorContract threshold{kThreshold, "TYPE_FP32", "FP32", {1}};
+  return threshold;
+}
+
+/// A configuration the backend cannot serve; what() is one line naming the field.
+class ConfigError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// What the backend needs from a model's configuration.
+struct ModelSettings {
+  std::string name;
+  int64_t max_batch_size = 0;
+  std::string model_file;            // parameter model_file; empty: the only file in the version directory
+  std::optional<double> threshold;   // parameter threshold: overrides the model file's image threshold
+  std::string precision = "fp32";    // parameter precision: fp32 | bf16
+  int64_t max_image_side = 4096;     // parameter max_image_side: larger IMAGE heights/widths are refused
+  bool threshold_input = false;      // the config declares the optional THRESHOLD input
+  std::vector<std::string> outputs;  // the configured outputs, config order
+};
+
+namespace detail {
+
+inline std::string dims_string(const std::vector<int64_t>& dims) {
+  std::string s = "[";
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  return s + "]";
+}
+
+/// Triton writes protobuf int64 fields as JSON strings, int32 fields as numbers; accept both.
+inline int64_t as_int64(const nlohmann::json& value, const std::string& what) {
+  if (value.is_number_integer()) return value.get<int64_t>();
+  if (value.is_string()) {
+    const std::string s = value.get<std::string>();
+    size_t used = 0;
+    try {
+      const long long v = std::stoll(s, &used);
+      if (used == s.size()) return v;
+    } catch (const std::exception&) {
+    }
+  }
+  throw ConfigError(what + " is not an integer: " + value.dump());
+}
+
+inline std::vector<int64_t> dims_of(const nlohmann::json& tensor, const std::string& what) {
+  std::vector<int64_t> dims;
+  if (tensor.contains("dims")) {
+    if (!tensor["dims"].is_array()) throw ConfigError(what + ": dims is not a list");
+    for (const auto& d : tensor["dims"]) dims.push_back(as_int64(d, what + " dims"));
+  }
+  return dims;
+}
+
+/// The contract's dims with -1 where the configuration may also fix a size (IMAGE's H and W).
+inline void check_tensor(const nlohmann::json& tensor, const TensorContract& contract, bool allow_fixed_sizes) {
+  const std::string what = std::string("config ") + contract.name;
+  const std::string type = tensor.value("data_type", std::string());
+  if (type != contract.config_type)
+    throw ConfigError(what + " must have data_type " + contract.config_type + ", not " +
+                      (type.empty() ? std::string("(none)") : type));
+  const auto dims = dims_of(tensor, what);
+  bool ok = dims.size() == contract.dims.size();
+  for (size_t i = 0; ok && i < dims.size(); ++i)
+    ok = dims[i] == contract.dims[i] || (allow_fixed_sizes && contract.dims[i] == -1 && dims[i] > 0);
+  if (!ok)
+    throw ConfigError(what + " must have dims " + dims_string(contract.dims) + ", not " + dims_string(dims) +
+                      " (the batch dimension comes from max_batch_size)");
+  if (tensor.contains("reshape")) throw ConfigError(what + ": reshape is not supported");
+}
+
+inline std::optional<std::string> string_parameter(const nlohmann::json& config, const std::string& key) {
+  if (!config.contains("parameters") || !config["parameters"].is_object()) return std::nullopt;
+  const auto& parameters = config["parameters"];
+  if (!parameters.contains(key)) return std::nullopt;
+  const auto& p = parameters[key];
+  if (!p.is_object() || !p.contains("string_value") || !p["string_value"].is_string())
+    throw ConfigError("config parameter " + key + " has no string_value");
+  return p["string_value"].get<std::string>();
+}
+
+inline double parse_finite_double(const std::string& text, const std::string& what) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !std::isfinite(v))
+    throw ConfigError(what + " must be a finite number, not '" + text + "'");
+  return v;
+}
+
+inline int64_t parse_positive_int(const std::string& text, const std::string& what) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || v <= 0)
+    throw ConfigError(what + " must be a positive integer, not '" + text + "'");
+  return v;
+}
+
+}  // namespace detail
+
+/// Validates a model configuration (the JSON of TRITONBACKEND_ModelConfig) against the contract and reads the
+/// backend's parameters. Throws ConfigError naming the first problem.
+inline ModelSettings parse_model_config(const nlohmann::json& config) {
+  using detail::check_tensor;
+  ModelSettings settings;
+  settings.name = config.value("name", std::string());
+  settings.max_batch_size =
+      config.contains("max_batch_size") ? detail::as_int64(config["max_batch_size"], "config max_batch_size") : 0;
+  if (settings.max_batch_size < 1)
+    throw ConfigError("config max_batch_size must be at least 1 (the backend expects a batch dimension), not " +
+                      std::to_string(settings.max_batch_size));
+
+  bool have_image = false;
+  for (const auto& input : config.value("input", nlohmann::json::array())) {
+    const std::string name = input.value("name", std::string());
+    if (name == kImage) {
+      check_tensor(input, image_contract(), true);
+      if (input.value("optional", false)) throw ConfigError("config IMAGE must not be optional");
+      have_image = true;
+    } else if (name == kThreshold) {
+      check_tensor(input, threshold_contract(), false);
+      if (!input.value("optional", false)) throw ConfigError("config THRESHOLD must be optional: true");
+      settings.threshold_input = true;
+    } else {
+      throw ConfigError("config input '" + name + "' is unknown (inputs: IMAGE, optional THRESHOLD)");
+    }
+  }
+  if (!have_image) throw ConfigError("config has no input IMAGE (TYPE_UINT8, dims [-1, -1, 3])");
+
+  for (const auto& output : config.value("output", nlohmann::json::array())) {
+    const std::string name = output.value("name", std::string());
+    const TensorContract* contract = nullptr;
+    for (const auto& c : output_contracts())
+      if (name == c.name) contract = &c;
+    if (!contract)
+      throw ConfigError("config output '" + name +
+                        "' is unknown (outputs: SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+    check_tensor(output, *contract, false);
+    settings.outputs.push_back(name);
+  }
+  if (settings.outputs.empty())
+    throw ConfigError("config has no outputs (SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+
+  if (auto v = detail::string_parameter(config, "model_file")) {
+    if (v->empty() || v->find('/') != std::string::npos || *v == "." || *v == "..")
+      throw ConfigError("config parameter model_file must be a file name in the version directory, not '" + *v + "'");
+    settings.model_file = *v;
+  }
+  if (auto v = detail::string_parameter(config, "threshold"))
+    settings.threshold = detail::parse_finite_double(*v, "config parameter threshold");
+  if (auto v = detail::string_parameter(config, "precision")) {
+    if (*v != "fp32" && *v != "bf16")
+      throw ConfigError("config parameter precision must be fp32 or bf16, not '" + *v + "'");
+    settings.precision = *v;
+  }
+  if (auto v = detail::string_parameter(config, "max_image_side"))
+    settings.max_image_side = detail::parse_positive_int(*v, "config parameter max_image_side");
+  if (config.contains("parameters") && config["parameters"].is_object())
+    for (const auto& item : config["parameters"].items())
+      if (item.key() != "model_file" && item.key() != "threshold" && item.key() != "precision" &&
+          item.key() != "max_image_side")
+        throw ConfigError("config parameter '" + item.key() +
+                          "' is unknown (parameters: model_file, threshold, precision, max_image_side)");
+  return settings;
+}
+
+/// Settings given on Triton's command line: --backend-config=validflow,intra-op-threads=N.
+struct BackendSettings {
+  int64_t intra_op_threads = 0;  // 0: LibTorch's default
+};
+
+/// Reads the backend configuration JSON ({"cmdline": {...}}); Triton adds its own keys there, which are ignored.
+inline BackendSettings parse_backend_config(const nlohmann::json& config) {
+  BackendSettings settings;
+  if (!config.contains("cmdline") || !config["cmdline"].is_object()) return settings;
+  const auto& cmdline = config["cmdline"];
+  if (cmdline.contains("intra-op-threads")) {
+    const auto& v = cmdline["intra-op-threads"];
+    if (!v.is_string()) throw ConfigError("backend config intra-op-threads is not a string");
+    settings.intra_op_threads = detail::parse_positive_int(v.get<std::string>(), "backend config intra-op-threads");
+  }
+  return settings;
+}
+
+/// Triton's backend API versioning: the same major version, and a server minor version at least the one the backend
+/// was declared against. Returns the refusal message, or nothing when compatible.
+inline std::optional<std::string> check_api_version(uint32_t server_major, uint32_t server_minor, uint32_t built_major,
+                                                    uint32_t built_minor) {
+  if (server_major == built_major && server_minor >= built_minor) return std::nullopt;
+  const auto v = [](uint32_t major, uint32_t minor) { return std::to_string(major) + "." + std::to_string(minor); };
+  return "built for TRITONBACKEND API " + v(built_major, built_minor) + " (needs a server with API major " +
+         std::to_string(built_major) + ", minor >= " + std::to_string(built_minor) + "); this Triton server has API " +
+         v(server_major, server_minor);
+}
+
+/// The request-level view of one input tensor, as TRITONBACKEND_InputProperties reports it.
+struct InputInfo {
+  std::string name;
+  std::string datatype;  // protocol spelling: UINT8, FP32, ...
+  std::vector<int64_t> shape;
+  uint64_t byte_size = 0;
+};
+
+/// Checks a request's IMAGE input ([B, H, W, 3] UINT8, every size positive, H and W at most max_image_side, bytes
+/// matching the shape). Returns the problem, or nothing when the input is usable.
+inline std::optional<std::string> check_image_input(const InputInfo& in, const ModelSettings& settings) {
+  if (in.datatype != "UINT8") return "IMAGE must be UINT8, not " + in.datatype;
+  if (in.shape.size() != 4 || in.shape[3] != 3)
+    return "IMAGE must have shape [batch, height, width, 3], not " + detail::dims_string(in.shape);
+  for (int64_t d : in.shape)
+    if (d <= 0) return "IMAGE has an empty dimension: shape " + detail::dims_string(in.shape);
+  if (in.shape[0] > settings.max_batch_size)
+    return "IMAGE batch " + std::to_string(in.shape[0]) + " exceeds max_batch_size " +
+           std::to_string(settings.max_batch_size);
+  if (in.shape[1] > settings.max_image_side || in.shape[2] > settings.max_image_side)
+    return "IMAGE height and width must be at most max_image_side " + std::to_string(settings.max_image_side) +
+           ", not " + std::to_string(in.shape[1]) + " x " + std::to_string(in.shape[2]);
+  uint64_t expected = 3;
+  for (int i = 0; i < 3; ++i)
+    if (__builtin_mul_overflow(expected, static_cast<uint64_t>(in.shape[i]), &expected))
+      return "IMAGE shape " + detail::dims_string(in.shape) + " is too large";
+  if (in.byte_size != expected)
+    return "IMAGE holds " + std::to_string(in.byte_size) + " bytes, its shape " + detail::dims_string(in.shape) +
+           " needs " + std::to_string(expected);
+  return std::nullopt;
+}
+
+/// Checks a request's THRESHOLD input against the IMAGE batch ([B, 1] FP32).
+inline std::optional<std::string> check_threshold_input(const InputInfo& in, int64_t batch) {
+  if (in.datatype != "FP32") return "THRESHOLD must be FP32, not " + in.datatype;
+  if (in.shape.size() != 2 || in.shape[0] != batch || in.shape[1] != 1)
+    return "THRESHOLD must have shape [" + std::to_string(batch) + ", 1] (one per image), not " +
+           detail::dims_string(in.shape);
+  if (in.byte_size != static_cast<uint64_t>(batch) * sizeof(float))
+    return "THRESHOLD holds " + std::to_string(in.byte_size) + " bytes, needs " +
+           std::to_string(static_cast<uint64_t>(batch) * sizeof(float));
+  return std::nullopt;
+}
+
+/// A THRESHOLD value must be finite.
+inline std::optional<std::string> check_threshold_value(float value) {
+  if (!std::isfinite(value)) return "THRESHOLD must be finite, not " + std::to_string(value);
+  return std::nullopt;
+}
+
+}  // namespace validflow::triton
