@@ -158,14 +158,9 @@ void write_roc_png(const std::string& path, const std::vector<RocSeries>& series
   write_png_atomic(path, render_roc(series, size, title));
 }
 
-cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<int>& labels,
-                         std::optional<double> threshold, int bins, int width, int height, const std::string& xlabel,
-                         const std::string& title) {
-  if (scores.empty()) throw ReportError("render_histogram: no scores");
-  if (scores.size() != labels.size())
-    throw ReportError("render_histogram: " + std::to_string(scores.size()) + " scores but " +
-                      std::to_string(labels.size()) + " labels");
-  if (bins < 1) throw ReportError("render_histogram: bins must be >= 1");
+namespace detail {
+/// The x range of a histogram: every score and the threshold, widened when all are equal.
+std::pair<double, double> histogram_range(const std::vector<double>& scores, std::optional<double> threshold) {
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
   for (double s : scores) {
     if (!std::isfinite(s)) throw ReportError("render_histogram: a score is not finite");
@@ -176,30 +171,52 @@ cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<in
     lo = std::min(lo, *threshold);
     hi = std::max(hi, *threshold);
   }
-  if (hi - lo < 1e-12) {
-    lo -= 0.5;
-    hi += 0.5;
+  if (hi - lo < 1e-12) return {lo - 0.5, hi + 0.5};
+  return {lo, hi};
+}
+
+/// A "nice" tick step (1, 2 or 5 times a power of ten, at least 1) for about five ticks up to `max_count`.
+double nice_count_step(int max_count) {
+  const double raw_step = max_count / 5.0;
+  const double magnitude = std::pow(10.0, std::floor(std::log10(std::max(raw_step, 1.0))));
+  for (double m : {1.0, 2.0, 5.0, 10.0})
+    if (m * magnitude >= raw_step) return std::max(1.0, m * magnitude);
+  return std::max(1.0, magnitude);
+}
+
+/// Translucent bars of per-bin counts over the plot area.
+void draw_bars(cv::Mat& img, const PlotArea& a, const std::vector<int>& counts, const cv::Scalar& colour) {
+  const int bins = static_cast<int>(counts.size());
+  cv::Mat layer = img.clone();
+  for (int b = 0; b < bins; ++b) {
+    if (!counts[static_cast<std::size_t>(b)]) continue;
+    const cv::Point p0 = a.map(a.x0 + (a.x1 - a.x0) * b / bins, 0),
+                    p1 = a.map(a.x0 + (a.x1 - a.x0) * (b + 1) / bins, counts[static_cast<std::size_t>(b)]);
+    cv::rectangle(layer, cv::Rect(cv::Point(p0.x + 1, p1.y), cv::Point(p1.x, p0.y)), colour, cv::FILLED);
   }
+  cv::addWeighted(layer, 0.55, img, 0.45, 0.0, img);
+}
+}  // namespace detail
+
+cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<int>& labels,
+                         std::optional<double> threshold, int bins, int width, int height, const std::string& xlabel,
+                         const std::string& title) {
+  if (scores.empty()) throw ReportError("render_histogram: no scores");
+  if (scores.size() != labels.size())
+    throw ReportError("render_histogram: " + std::to_string(scores.size()) + " scores but " +
+                      std::to_string(labels.size()) + " labels");
+  if (bins < 1) throw ReportError("render_histogram: bins must be >= 1");
+  const auto [lo, hi] = detail::histogram_range(scores, threshold);
   std::vector<int> good(static_cast<std::size_t>(bins), 0), bad(static_cast<std::size_t>(bins), 0);
   int n_good = 0, n_bad = 0;
   for (std::size_t i = 0; i < scores.size(); ++i) {
-    int b = static_cast<int>((scores[i] - lo) / (hi - lo) * bins);
-    b = std::clamp(b, 0, bins - 1);
+    const int b = std::clamp(static_cast<int>((scores[i] - lo) / (hi - lo) * bins), 0, bins - 1);
     (labels[i] == 1 ? bad : good)[static_cast<std::size_t>(b)]++;
     (labels[i] == 1 ? n_bad : n_good)++;
   }
   const int ymax_count =
       std::max(1, std::max(*std::max_element(good.begin(), good.end()), *std::max_element(bad.begin(), bad.end())));
-  // "nice" y axis
-  const double raw_step = ymax_count / 5.0;
-  const double mag = std::pow(10.0, std::floor(std::log10(std::max(raw_step, 1.0))));
-  double step = mag;
-  for (double m : {1.0, 2.0, 5.0, 10.0})
-    if (m * mag >= raw_step) {
-      step = m * mag;
-      break;
-    }
-  step = std::max(1.0, step);
+  const double step = detail::nice_count_step(ymax_count);
   const double ytop = std::ceil(ymax_count * 1.1 / step) * step;
 
   cv::Mat img(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
@@ -209,18 +226,8 @@ cv::Mat render_histogram(const std::vector<double>& scores, const std::vector<in
   for (double y = 0; y <= ytop + 1e-9; y += step) yt.push_back(y);
   detail::draw_axes(img, a, xt, yt, xlabel, "count", "%.3g", "%.0f");
   const cv::Scalar c_good(200, 120, 40), c_bad(40, 40, 210);
-  for (int pass = 0; pass < 2; ++pass) {
-    const auto& counts = pass == 0 ? good : bad;
-    cv::Mat layer = img.clone();
-    for (int b = 0; b < bins; ++b) {
-      if (!counts[static_cast<std::size_t>(b)]) continue;
-      const cv::Point p0 = a.map(lo + (hi - lo) * b / bins, 0),
-                      p1 = a.map(lo + (hi - lo) * (b + 1) / bins, counts[static_cast<std::size_t>(b)]);
-      cv::rectangle(layer, cv::Rect(cv::Point(p0.x + 1, p1.y), cv::Point(p1.x, p0.y)), pass == 0 ? c_good : c_bad,
-                    cv::FILLED);
-    }
-    cv::addWeighted(layer, 0.55, img, 0.45, 0.0, img);
-  }
+  detail::draw_bars(img, a, good, c_good);
+  detail::draw_bars(img, a, bad, c_bad);
   cv::rectangle(img, a.r, {40, 40, 40}, 1);
   std::vector<std::pair<cv::Scalar, std::string>> legend{{c_good, "good (n=" + std::to_string(n_good) + ")"},
                                                          {c_bad, "defective (n=" + std::to_string(n_bad) + ")"}};
