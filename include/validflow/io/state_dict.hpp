@@ -13,14 +13,18 @@
 #include <validflow/core/flow.hpp>
 #include <validflow/io/atomic_file.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/tensor_archive.hpp>
+#include <validflow/io/zip_check.hpp>
 
 #include <torch/torch.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -97,18 +101,53 @@ class StateDict {
 
 namespace detail {
 
-inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out,
-                          const std::string& path) {
+/// A tensor that LibTorch's unpickler built must lie inside its storage: the unpickler (1.13) sets a tensor's
+/// sizes, strides and offset from the file without checking them against the storage's bytes, so a crafted
+/// file could make a later read run past the buffer. Refused here, before any value is read.
+inline void check_tensor_in_storage(const torch::Tensor& t, const std::string& key, const std::string& path) {
+  const auto bad = [&](const std::string& why) {
+    return StateDictError(path, "entry '" + key + "' of '" + path + "' " + why);
+  };
+  if (t.is_sparse() || t.is_quantized() || t.is_mkldnn() || !t.has_storage())
+    throw bad("is not a dense tensor with storage");
+  if (t.storage_offset() < 0) throw bad("has a negative storage offset");
+  int64_t last = t.storage_offset();  // the largest element index the view touches
+  bool empty = false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) < 0 || t.stride(d) < 0) throw bad("has a negative size or stride");
+    if (t.size(d) == 0) empty = true;
+  }
+  if (!empty) {
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const auto extent = static_cast<__int128>(t.size(d) - 1) * t.stride(d);
+      if (extent > std::numeric_limits<int64_t>::max() - last) throw bad("describes an impossibly large view");
+      last += static_cast<int64_t>(extent);
+    }
+    const auto needed = (static_cast<__int128>(last) + 1) * static_cast<__int128>(t.element_size());
+    if (needed > static_cast<__int128>(t.storage().nbytes()))
+      throw bad("views " + std::to_string(static_cast<long long>(needed)) + " bytes of a storage of " +
+                std::to_string(t.storage().nbytes()) + " (a corrupt or crafted file)");
+  }
+}
+
+/// Nested dicts deeper than this are refused (flatten_state recurses).
+constexpr int kMaxStateDictDepth = 32;
+
+inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out, const std::string& path,
+                          int depth = 0) {
   if (value.isTensor()) {
+    check_tensor_in_storage(value.toTensor(), prefix, path);
     out.emplace_back(prefix, value.toTensor());
     return;
   }
   if (value.isGenericDict()) {
+    if (depth >= kMaxStateDictDepth)
+      throw StateDictError(path, "'" + path + "' nests dicts deeper than " + std::to_string(kMaxStateDictDepth));
     for (const auto& entry : value.toGenericDict()) {
       if (!entry.key().isString())
         throw StateDictError(path, "'" + path + "' has a non-string key under '" + prefix + "'");
       const std::string key = entry.key().toStringRef();
-      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path);
+      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path, depth + 1);
     }
     return;
   }
@@ -117,16 +156,10 @@ inline void flatten_state(const c10::IValue& value, const std::string& prefix, S
 
 }  // namespace detail
 
-/// Reads a `torch.save`d dict of tensors (see the top of this file). Throws FileError / StateDictError naming
-/// the path.
-inline StateDict read_state_dict(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
-  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+/// Parses the bytes of a `torch.save`d dict of tensors (see the top of this file); `path` names the source in
+/// messages. The zip structure and every entry's CRC-32 are checked first (io/zip_check.hpp): LibTorch's reader
+/// only sees files whose every byte is verified. Throws FileError / StateDictError naming the path.
+inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::string& path) {
   if (bytes.empty()) throw FileError(path, "'" + path + "' is empty");
   // The legacy format starts with a pickled magic number: PROTO 2, LONG1 (0x80 0x02 0x8a 0x0a).
   if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
@@ -134,8 +167,13 @@ inline StateDict read_state_dict(const std::string& path) {
                               "' is in PyTorch's legacy (pre-1.6) serialization format, which LibTorch cannot read; "
                               "convert it once with: python3 tools/export_backbone.py convert '" +
                               path + "' OUT.pt");
-  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K')
+  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K') {
+    if (bytes.size() >= 8 && std::memcmp(bytes.data(), "\x89VFA\r\n\x1a\n", 8) == 0)
+      throw FileError(path,
+                      "'" + path + "' is a validflow file (model, checkpoint or features), not a torch.save file");
     throw FileError(path, "'" + path + "' is not a torch.save zip archive");
+  }
+  (void)io::check_zip(std::string_view(bytes.data(), bytes.size()), path);
   static const char* const unpickle_hint =
       " (truncated or corrupt? LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict "
       "such as {'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "
@@ -162,6 +200,13 @@ inline StateDict read_state_dict(const std::string& path) {
   out.source = path;
   detail::flatten_state(value, "", out, path);
   return out;
+}
+
+/// Reads a `torch.save`d dict of tensors (parse_state_dict of the file's bytes). Throws FileError /
+/// StateDictError naming the path.
+inline StateDict read_state_dict(const std::string& path) {
+  const auto text = io::read_file_bytes(path);
+  return parse_state_dict(std::vector<char>(text.begin(), text.end()), path);
 }
 
 /// Writes a state dict as a zip archive that Python's `torch.load` and read_state_dict read, atomically.
