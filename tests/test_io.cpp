@@ -5,6 +5,7 @@
 
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/json_fields.hpp>
+#include <validflow/io/pickle_check.hpp>
 #include <validflow/io/state_dict.hpp>
 #include <validflow/io/tensor_archive.hpp>
 #include <validflow/io/zip_check.hpp>
@@ -374,4 +375,66 @@ TEST_CASE("stale staged folders are removed; the write hook runs before the rena
   io::atomic_write_hook() = nullptr;
   CHECK(seen == std::vector<std::string>{dir.file("hooked.txt")});
   CHECK(io::temp_path_for("a/b").rfind("a/b.tmp." + std::to_string(::getpid()) + ".", 0) == 0);
+}
+
+TEST_CASE("torch.save layout and pickle: what LibTorch's reader would mishandle is refused first", "[io][errors]") {
+  using namespace std::string_literals;
+  auto pickle_error = [](const std::string& p, const std::map<std::string, uint64_t>& records = {}) {
+    try {
+      io::check_torch_pickle(p, "a/", records, "p.pt");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  CHECK(pickle_error("\x80\x02}q\x00."s) == "<accepted>");  // an empty dict
+  // A 3 GB string length in a short pickle (LibTorch reserved the length before reading: found by fuzzing).
+  CHECK(pickle_error(std::string("\x80\x02X\xff\xff\xff\xb3", 7) + "abc.").find("ends inside an opcode") !=
+        std::string::npos);
+  // A memo index out of sequence (LibTorch reserves 2 * index + 1 slots), or read before it was set.
+  CHECK(pickle_error("\x80\x02}r\xff\xff\xff\xff."s).find("out of sequence") != std::string::npos);
+  CHECK(pickle_error("\x80\x02h\x05."s).find("never set") != std::string::npos);
+  CHECK(pickle_error("\x80\x02(i__builtin__\nobject\n."s).find("opcode 0x69") != std::string::npos);  // INST
+  CHECK(pickle_error("\x80\x02}"s).find("ends without STOP") != std::string::npos);
+  CHECK(pickle_error("\x80\x02\x30."s).find("pops an empty stack") != std::string::npos);
+  // A storage larger than its record: LibTorch would give the tensor the pickle's size over the record's bytes.
+  auto storage = [](const std::string& type, int numel) {
+    // (No hex escape may be followed by a hex digit: "\x00c" would be one character.)
+    return "\x80\x02(X\x07\x00\x00\x00storagectorch\n"s + type + "\nX\x01\x00\x00\x00"s + "0" + "X\x03\x00\x00\x00"s +
+           "cpu" + "K" + static_cast<char>(numel) + "tQ.";
+  };
+  CHECK(pickle_error(storage("FloatStorage", 2), {{"a/data/0", 8}}) == "<accepted>");
+  CHECK(pickle_error(storage("FloatStorage", 16), {{"a/data/0", 8}}).find("its record has 8 bytes") !=
+        std::string::npos);
+  CHECK(pickle_error(storage("DoubleStorage", 2), {{"a/data/0", 8}}).find("its record has 8 bytes") !=
+        std::string::npos);
+  CHECK(pickle_error(storage("FloatStorage", 2), {{"a/data/1", 8}}).find("does not hold") != std::string::npos);
+  CHECK(pickle_error(storage("PyObjectStorage", 2), {{"a/data/0", 8}}).find("unknown storage type") !=
+        std::string::npos);
+
+  // The zip layout LibTorch's reader needs (its constructor leaks when it throws: found by fuzzing).
+  auto layout_error = [](const std::vector<io::ZipEntry>& entries, const std::string& bytes) {
+    try {
+      check_torch_save_layout(entries, bytes, "l.pt");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  const std::string bytes = "\x80\x02}.3\nZZ";
+  CHECK(layout_error({{"a/data.pkl", 0, 4}, {"a/version", 4, 2}}, bytes) == "<accepted>");
+  CHECK(layout_error({{"a/data.pkl", 0, 4}, {"a/version", 6, 2}}, bytes).find("format version 'ZZ'") !=
+        std::string::npos);
+  CHECK(layout_error({{"data.pkl", 0, 4}, {"version", 4, 2}}, bytes).find("not inside a folder") != std::string::npos);
+  CHECK(layout_error({{"a/data.pkl", 0, 4}}, bytes).find("no a/version record") != std::string::npos);
+  CHECK(layout_error({{"a/x", 0, 4}, {"a/version", 4, 2}}, bytes).find("no a/data.pkl record") != std::string::npos);
+
+  // An entry marked as a directory (LibTorch reads it as empty: a flipped attribute bit found by fuzzing).
+  TempDir dir("layout");
+  write_state_dict(StateDict{{"w", torch::ones({2})}}, dir.file("s.pt"));
+  auto zip = io::read_file_bytes(dir.file("s.pt"));
+  const auto central = zip.find("PK\x01\x02");
+  REQUIRE(central != std::string::npos);
+  zip[central + 38] = static_cast<char>(zip[central + 38] | 0x10);
+  CHECK_THROWS_WITH(io::check_zip(zip, "d.pt"), Catch::Contains("is marked as a directory"));
 }

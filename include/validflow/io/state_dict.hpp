@@ -13,9 +13,11 @@
 #include <validflow/core/flow.hpp>
 #include <validflow/io/atomic_file.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/pickle_check.hpp>
 #include <validflow/io/tensor_archive.hpp>
 #include <validflow/io/zip_check.hpp>
 
+#include <caffe2/serialize/versions.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -156,6 +158,44 @@ inline void flatten_state(const c10::IValue& value, const std::string& prefix, S
 
 }  // namespace detail
 
+/// The layout LibTorch's zip reader (caffe2::serialize::PyTorchStreamReader) requires, checked before it runs:
+/// its constructor throws without freeing the zip reader's state (a leak in LibTorch 1.13, found by fuzzing) when
+/// the first entry is not inside a folder, or that folder's `version` record is missing, not a number or outside
+/// the versions LibTorch reads. Then the pickle (`data.pkl`) against the tensor records (io/pickle_check.hpp).
+/// Throws FileError naming the path.
+inline void check_torch_save_layout(const std::vector<io::ZipEntry>& entries, std::string_view bytes,
+                                    const std::string& path) {
+  auto refuse = [&](const std::string& why) {
+    return FileError(path, "'" + path + "' is not a valid torch.save zip file: " + why);
+  };
+  const auto slash = entries.front().name.find('/');
+  if (slash == std::string::npos || slash == 0) throw refuse("its first entry is not inside a folder");
+  const std::string folder = entries.front().name.substr(0, slash + 1);
+  const io::ZipEntry* version = nullptr;
+  for (const char* name : {".data/version", "version"})
+    for (const auto& e : entries)
+      if (!version && e.name == folder + name) version = &e;
+  if (!version) throw refuse("no " + folder + "version record");
+  std::string text(bytes.substr(static_cast<size_t>(version->data_offset), static_cast<size_t>(version->size)));
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
+  const bool digits = !text.empty() && text.size() <= 4 && text.find_first_not_of("0123456789") == std::string::npos;
+  const uint64_t v = digits ? std::stoull(text) : 0;
+  if (v < caffe2::serialize::kMinSupportedFileFormatVersion || v > caffe2::serialize::kMaxSupportedFileFormatVersion)
+    throw refuse("format version '" + text.substr(0, 16) + "' (LibTorch reads " +
+                 std::to_string(caffe2::serialize::kMinSupportedFileFormatVersion) + ".." +
+                 std::to_string(caffe2::serialize::kMaxSupportedFileFormatVersion) + ")");
+  // The pickle, against the records it names (io/pickle_check.hpp).
+  std::map<std::string, uint64_t> records;
+  const io::ZipEntry* pickle = nullptr;
+  for (const auto& e : entries) {
+    records.emplace(e.name, e.size);
+    if (e.name == folder + "data.pkl") pickle = &e;
+  }
+  if (!pickle) throw refuse("no " + folder + "data.pkl record");
+  io::check_torch_pickle(bytes.substr(static_cast<size_t>(pickle->data_offset), static_cast<size_t>(pickle->size)),
+                         folder, records, path);
+}
+
 /// Parses the bytes of a `torch.save`d dict of tensors (see the top of this file); `path` names the source in
 /// messages. The zip structure and every entry's CRC-32 are checked first (io/zip_check.hpp): LibTorch's reader
 /// only sees files whose every byte is verified. Throws FileError / StateDictError naming the path.
@@ -173,7 +213,8 @@ inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::str
                       "'" + path + "' is a validflow file (model, checkpoint or features), not a torch.save file");
     throw FileError(path, "'" + path + "' is not a torch.save zip archive");
   }
-  (void)io::check_zip(std::string_view(bytes.data(), bytes.size()), path);
+  const std::string_view view(bytes.data(), bytes.size());
+  check_torch_save_layout(io::check_zip(view, path), view, path);
   static const char* const unpickle_hint =
       " (truncated or corrupt? LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict "
       "such as {'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "

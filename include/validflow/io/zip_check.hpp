@@ -3,8 +3,8 @@
 // LibTorch 1.13's zip reader does not verify the entries' CRC-32 (a file with an overwritten entry loads with
 // changed values), so every byte of every entry is checked here: the end-of-central-directory record (zip64
 // too, as torch.save writes it), every central-directory entry and its local header inside the file, names
-// equal in both, stored (uncompressed, unencrypted) entries as torch.save writes them, no duplicate names,
-// and each entry's CRC-32. No LibTorch needed; fuzzed by fuzz/fuzz_state_dict.cpp.
+// equal in both, stored (uncompressed, unencrypted) file entries as torch.save writes them (no directory
+// entries), no duplicate names, and each entry's CRC-32. No LibTorch needed; fuzzed by fuzz/fuzz_state_dict.cpp.
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/errors.hpp>
 
@@ -69,7 +69,7 @@ inline std::vector<ZipEntry> check_zip(std::string_view b, const std::string& pa
   for (uint64_t e = 0; e < entries; ++e) {
     if (cd_end - pos < 46 || std::memcmp(b.data() + pos, "PK\x01\x02", 4) != 0)
       throw refuse("central directory entry " + std::to_string(e) + " is broken");
-    const uint64_t flags = le(pos + 8, 2), method = le(pos + 10, 2), crc = le(pos + 16, 4);
+    const uint64_t flags = le(pos + 8, 2), method = le(pos + 10, 2), crc = le(pos + 16, 4), external = le(pos + 38, 4);
     uint64_t compressed = le(pos + 20, 4), size = le(pos + 24, 4), local = le(pos + 42, 4);
     const size_t name_len = le(pos + 28, 2), extra_len = le(pos + 30, 2), comment_len = le(pos + 32, 2);
     if (cd_end - pos - 46 < name_len + extra_len + comment_len)
@@ -93,6 +93,9 @@ inline std::vector<ZipEntry> check_zip(std::string_view b, const std::string& pa
     pos += 46 + name_len + extra_len + comment_len;
     if (name.empty() || !names.insert(name).second) throw refuse("an empty or duplicate entry name");
     if (flags & 1) throw refuse("entry '" + name + "' is encrypted");
+    // A directory entry (name ending in '/', or the DOS directory attribute): LibTorch's zip reader reads such an
+    // entry as empty (found by fuzzing: a flipped attribute bit on the version record); torch.save writes none.
+    if (name.back() == '/' || (external & 0x10)) throw refuse("entry '" + name + "' is marked as a directory");
     if (method != 0 || compressed != size)
       throw refuse("entry '" + name + "' is compressed (torch.save stores entries uncompressed)");
     if (local > cd_offset || cd_offset - local < 30 || std::memcmp(b.data() + local, "PK\x03\x04", 4) != 0)
