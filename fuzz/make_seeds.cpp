@@ -30,19 +30,23 @@ void write(const std::string& target, const std::string& name, const std::string
 
 std::string file_bytes(const std::string& path) { return io::read_file_bytes(path); }
 
-/// EfficientNet-B0 cut after block 0 (16 channels) at 32 px: the smallest extractor there is.
-features::BackboneSpec tiny_backbone() {
+/// EfficientNet-B0 cut after block 0 (16 channels) at 32 px, `scales` scales: the smallest extractor there is.
+features::BackboneSpec tiny_backbone(int64_t scales) {
   features::BackboneSpec b;
   b.name = "efficientnet-b0";
   b.layer = 0;
   b.image_size = 32;
+  b.scales = scales;
   return b.resolved();
 }
 
-FlowConfig tiny_flow(const std::string& model, int64_t channels) {
+/// Small seeds mutate faster: one scale for the files that hold a flow (fewer tensors), three where scales matter.
+FlowConfig tiny_flow(const std::string& model, int64_t channels, int64_t scales = 1) {
   FlowConfig c;
   c.model = model;
   c.channels = channels;
+  c.scales = scales;
+  c.long_branches = scales >= 3;
   c.modules = 1;
   c.blocks = 2;
   c.hidden = 4;
@@ -50,8 +54,10 @@ FlowConfig tiny_flow(const std::string& model, int64_t channels) {
   return c;
 }
 
-TensorList features(int64_t n, int64_t channels) {
-  return {torch::randn({n, channels, 4, 4}), torch::randn({n, channels, 2, 2}), torch::randn({n, channels, 1, 1})};
+TensorList random_features(int64_t n, int64_t channels, int64_t scales = 3) {
+  TensorList out;
+  for (int64_t s = 0; s < scales; ++s) out.push_back(torch::randn({n, channels, 4 >> s, 4 >> s}));
+  return out;
 }
 
 }  // namespace
@@ -78,15 +84,16 @@ int main(int argc, char** argv) {
     t.batch_size = 2;
     t.quiet = true;
     const auto path = (tmp / ("checkpoint-" + model + ".pt")).string();
-    train_flow(c, features(4, 4), t, path);
+    train_flow(c, random_features(4, 4, 1), t, path);
     write("checkpoint", model + ".pt", file_bytes(path));
   }
 
   // Model file: the tiny backbone and a trained-looking ValidFlow (ActNorm initialised).
   ModelInfo info;
-  info.backbone = tiny_backbone();
+  info.backbone = tiny_backbone(1);
   auto extractor = features::build_extractor(info.backbone);
   info.flow = tiny_flow("validflow", extractor->backbone->feature_channels());
+  info.flow.fa_cbam = info.flow.fb_cbam = false;
   auto flow = build_flow(info.flow);
   {
     torch::NoGradGuard no_grad;
@@ -104,13 +111,14 @@ int main(int argc, char** argv) {
   save_model_file(model_path, info, *extractor, flow);
   write("model_file", "tiny.vfm", file_bytes(model_path));
 
-  // Feature caches, with and without held-out images.
+  // Feature caches, with and without held-out images (three scales).
   const int64_t channels = extractor->backbone->feature_channels();
+  info.backbone = tiny_backbone(3);
   for (const bool holdout : {false, true}) {
     FeatureCache cache;
-    cache.train = features(3, channels);
-    cache.test = features(2, channels);
-    if (holdout) cache.holdout = features(1, channels);
+    cache.train = random_features(3, channels);
+    cache.test = random_features(2, channels);
+    if (holdout) cache.holdout = random_features(1, channels);
     cache.test_samples = {{"a/good.png", 0, "good", ""}, {"a/crack.png", 1, "crack", "gt/crack.png"}};
     if (holdout) cache.holdout_samples = {{"a/held.png"}};
     cache.backbone_state = module_state_dict(extractor->backbone.module());
@@ -178,8 +186,8 @@ int main(int argc, char** argv) {
   write("image", "deep.tif", encode(".tif", deep));
 
   // JSON descriptions.
-  write("config", "validflow.json", to_json(tiny_flow("validflow", 16)).dump());
-  auto cs = tiny_flow("csflow", 16);
+  write("config", "validflow.json", to_json(tiny_flow("validflow", 16, 3)).dump());
+  auto cs = tiny_flow("csflow", 16, 3);
   cs.kernel_sizes = {3, 5};
   write("config", "csflow.json", to_json(cs).dump());
   write("config", "backbone.json", features::to_json(info.backbone).dump());

@@ -26,29 +26,31 @@ inline std::string reseal_zip(std::string bytes) {
       break;
     }
   if (eocd == std::string::npos) return bytes;
+  // Offsets come from the input: every comparison is written so that it cannot wrap (fits(at, len)).
+  const auto fits = [&](uint64_t at, uint64_t len) { return at <= n && len <= n - at; };
   uint64_t entries = le(eocd + 10, 2), cd_offset = le(eocd + 16, 4);
   if (eocd >= 20 && std::memcmp(bytes.data() + eocd - 20, "PK\x06\x07", 4) == 0) {
     const uint64_t at = le(eocd - 20 + 8, 8);
-    if (at + 56 > n) return bytes;
+    if (!fits(at, 56)) return bytes;
     entries = le(at + 32, 8);
     cd_offset = le(at + 48, 8);
   }
-  size_t pos = cd_offset;
+  uint64_t pos = cd_offset;
   for (uint64_t e = 0; e < entries && e < 100000; ++e) {
-    if (pos + 46 > n || std::memcmp(bytes.data() + pos, "PK\x01\x02", 4) != 0) break;
-    uint64_t size = le(pos + 24, 4), local = le(pos + 42, 4);
-    const size_t name_len = le(pos + 28, 2), extra_len = le(pos + 30, 2), comment_len = le(pos + 32, 2);
-    if (pos + 46 + name_len + extra_len > n) break;
-    for (size_t x = pos + 46 + name_len, end = x + extra_len; x + 4 <= end;) {  // zip64 sizes
+    if (!fits(pos, 46) || std::memcmp(bytes.data() + pos, "PK\x01\x02", 4) != 0) break;
+    uint64_t size = le(pos + 24, 4);
+    const uint64_t local = le(pos + 42, 4);
+    const uint64_t name_len = le(pos + 28, 2), extra_len = le(pos + 30, 2), comment_len = le(pos + 32, 2);
+    if (!fits(pos + 46, name_len + extra_len)) break;
+    for (uint64_t x = pos + 46 + name_len, end = x + extra_len; end - x >= 4;) {  // zip64 sizes
       const uint64_t id = le(x, 2), len = le(x + 2, 2);
-      if (id == 1 && len >= 8 && x + 12 <= end) {
-        if (size == 0xFFFFFFFFu) size = le(x + 4, 8);
-      }
+      if (id == 1 && len >= 8 && end - x >= 12 && size == 0xFFFFFFFFu) size = le(x + 4, 8);
+      if (len > end - x - 4) break;
       x += 4 + len;
     }
-    if (local + 30 <= n && std::memcmp(bytes.data() + local, "PK\x03\x04", 4) == 0) {
+    if (fits(local, 30) && std::memcmp(bytes.data() + local, "PK\x03\x04", 4) == 0) {
       const uint64_t data = local + 30 + le(local + 26, 2) + le(local + 28, 2);
-      if (data <= n && size <= n - data) {
+      if (fits(data, size)) {
         const uint32_t crc = validflow::io::crc32(bytes.data() + data, size);
         put32(pos + 16, crc);
         put32(local + 14, crc);
