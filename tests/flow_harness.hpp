@@ -84,7 +84,7 @@ inline torch::Tensor autograd_log_abs_det(FlowModule& module, const TensorList& 
   return std::get<1>(torch::linalg_slogdet(jacobian));
 }
 
-/// Measured errors, printed for the record (the closing notes quote them).
+/// Measured errors, printed for the record (docs/architecture.md quotes them).
 struct HarnessReport {
   double inverse_error_f32 = 0, inverse_error_f64 = 0, log_det_sum_error_f64 = 0, jacobian_rel_error = 0;
 };

@@ -8,6 +8,7 @@
 #include "progress.hpp"
 #include "report.hpp"
 #include "synthetic.hpp"
+#include "test_util.hpp"
 
 #include <validflow/eval/metrics.hpp>
 
@@ -29,22 +30,7 @@ namespace va = validflow::app;
 
 namespace {
 
-/// A fresh temporary folder, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path =
-        fs::temp_directory_path() / ("validflow-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) +
-                                     "-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
+using validflow::test::TempDir;
 
 void write_image(const fs::path& p, int h = 16, int w = 20, int value = 100) {
   fs::create_directories(p.parent_path());

@@ -1,6 +1,7 @@
 // The deploy part: model files (strict, verified), decision rules, and validflow::Detector (the same scores as
 // the extractor + flow path, maps at image resolution, thread safety, errors).
 #include "catch_torch.hpp"
+#include "test_util.hpp"
 
 #include <validflow/detect.hpp>
 
@@ -11,18 +12,9 @@
 
 namespace fs = std::filesystem;
 using namespace validflow;
+using validflow::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("validflow_test_detect_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 /// A tiny detector: EfficientNet-B0 cut after block 3 (40 channels, stride 8) at 64 px, ValidFlow n = 1 with
 /// hidden 8, ActNorm initialised on features of random images, parameters randomised (non-trivial scores).
@@ -120,7 +112,7 @@ TEST_CASE("decision rules: thresholds at a false-positive rate, normalised score
 }
 
 TEST_CASE("model file: round trip, and the detector scores exactly as extractor + flow", "[detect]") {
-  TempDir dir("roundtrip");
+  TempDir dir("detect_roundtrip");
   const TinyModel m;
   m.save(dir.file("tiny.vfm"));
   const Detector detector(dir.file("tiny.vfm"));
@@ -163,7 +155,7 @@ TEST_CASE("model file: round trip, and the detector scores exactly as extractor 
 }
 
 TEST_CASE("detector: concurrent predictions equal single-threaded ones", "[detect][threads]") {
-  TempDir dir("threads");
+  TempDir dir("detect_threads");
   const TinyModel m;
   m.save(dir.file("tiny.vfm"));
   const Detector detector(dir.file("tiny.vfm"));
@@ -194,7 +186,7 @@ TEST_CASE("detector: concurrent predictions equal single-threaded ones", "[detec
 }
 
 TEST_CASE("model file: every defect refused with the file named", "[detect][errors]") {
-  TempDir dir("strict");
+  TempDir dir("detect_strict");
   const TinyModel m;
   const auto good = dir.file("good.vfm");
   m.save(good);

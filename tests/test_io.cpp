@@ -2,6 +2,7 @@
 // writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts (zip verified
 // before LibTorch reads it, views checked against their storage), integers from JSON.
 #include "catch_torch.hpp"
+#include "test_util.hpp"
 
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/json_fields.hpp>
@@ -18,18 +19,9 @@
 
 namespace fs = std::filesystem;
 using namespace validflow;
+using validflow::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("validflow_test_io_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 io::TensorArchive sample_archive() {
   torch::manual_seed(0);
@@ -71,7 +63,7 @@ TEST_CASE("crc32 matches the standard check value", "[io]") {
 }
 
 TEST_CASE("tensor archive: round trip of every dtype, metadata and blobs", "[io]") {
-  TempDir dir("roundtrip");
+  TempDir dir("io_roundtrip");
   const auto original = sample_archive();
   io::write_archive(dir.file("a.vf"), original);
   const auto read = io::read_archive(dir.file("a.vf"), "validflow-test", 2);
@@ -200,7 +192,7 @@ TEST_CASE("tensor archive: a well-formed header that lies is refused", "[io][err
 }
 
 TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing files", "[io][errors]") {
-  TempDir dir("kinds");
+  TempDir dir("io_kinds");
   io::write_archive(dir.file("a.vf"), sample_archive());
   CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-model"),
                     Catch::Contains("is a validflow-test file, expected a validflow-model file"));
@@ -211,7 +203,7 @@ TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing
 }
 
 TEST_CASE("atomic writes never leave a half-written target; stale temp files of dead runs are removed", "[io]") {
-  TempDir dir("atomic");
+  TempDir dir("io_atomic");
   const auto target = dir.file("out.bin");
   io::write_file_atomic(target, "good");
   // A write that cannot complete (its folder is a file) leaves the good file alone and no temp file.

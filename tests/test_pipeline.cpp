@@ -1,6 +1,7 @@
 // The validflow program's pipeline: model configurations, feature cache, training checkpoints (atomic
 // writes, exact resume, divergence stop), evaluation outputs.
 #include "catch_torch.hpp"
+#include "test_util.hpp"
 
 #include "evaluation.hpp"
 #include "feature_cache.hpp"
@@ -11,19 +12,10 @@
 
 namespace fs = std::filesystem;
 using namespace validflow;
+using validflow::test::TempDir;
 using namespace validflow::app;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("validflow_test_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 TensorList random_features(int64_t n, uint64_t seed) {
   torch::manual_seed(seed);

@@ -51,6 +51,18 @@ def need_torch():
     return torch
 
 
+def official_eff_ext(model, x, use_layer):
+    """CS-Flow model.py eff_ext: stem, blocks 0..use_layer of an efficientnet_pytorch model, output of the last."""
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    for idx, block in enumerate(model._blocks):
+        drop_connect_rate = model._global_params.drop_connect_rate
+        if drop_connect_rate:
+            drop_connect_rate *= float(idx) / len(model._blocks)
+        x = block(x, drop_connect_rate=drop_connect_rate)
+        if idx == use_layer:
+            return x
+
+
 def state_dict_of(obj):
     """Returns a flat {str: tensor} dict from what torch.load returned."""
     torch = need_torch()
@@ -225,16 +237,6 @@ def cmd_parity_fixture(a):
             model.extract_features(torch.randn(4, 3, a.image_size, a.image_size))
         model.eval()
 
-    def eff_ext(x, use_layer=35):  # CS-Flow model.py eff_ext: stem, blocks 0..35, output of block 35
-        x = model._swish(model._bn0(model._conv_stem(x)))
-        for idx, block in enumerate(model._blocks):
-            drop_connect_rate = model._global_params.drop_connect_rate
-            if drop_connect_rate:
-                drop_connect_rate *= float(idx) / len(model._blocks)
-            x = block(x, drop_connect_rate=drop_connect_rate)
-            if idx == use_layer:
-                return x
-
     size = a.image_size
     image = torch.rand(2, 3, size, size)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -244,7 +246,7 @@ def cmd_parity_fixture(a):
     with torch.no_grad():
         for s in range(3):
             xs = x if s == 0 else torch.nn.functional.interpolate(x, size=(size // 2 ** s, size // 2 ** s))
-            out["fixture.features%d" % s] = eff_ext(xs)
+            out["fixture.features%d" % s] = official_eff_ext(model, xs, use_layer=35)
     keep = collections.OrderedDict((k, v) for k, v in model.state_dict().items()
                                    if not k.startswith("_blocks.") or int(k.split(".")[1]) <= 35)
     keep = collections.OrderedDict((k, v) for k, v in keep.items()

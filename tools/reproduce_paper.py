@@ -35,7 +35,7 @@ PROTOCOL = {"epochs": 60, "hidden": 128, "batch_size": 16, "lr": 2e-4, "weight_d
 def grid():
     """(run id, table, label, model arguments, seed) in the order they run: the head-to-head first."""
     runs = []
-    heads = [("validflow-n3", "ValidFlow n = 3", ["--model", "validflow", "--blocks", "3"]),
+    heads = [("validflow-n3", "ValidFlow n = 3", ["--model", "validflow", "--modules", "3"]),
              ("csflow-4", "CS-Flow, 4 blocks (official default)", ["--model", "csflow", "--blocks", "4"]),
              ("csflow-6", "CS-Flow, 6 blocks (paper's Table 5)", ["--model", "csflow", "--blocks", "6"])]
     for seed in (0, 1, 2):
@@ -45,9 +45,9 @@ def grid():
             ("validflow-n3-no-fb-cbam", "FB without CBAM", ["--no-fb-cbam"]),
             ("validflow-n3-no-long-branches", "FB without the 1<->3 branches", ["--no-long-branches"]),
             ("validflow-n3-no-fb-cbam-no-long-branches", "FB without both", ["--no-fb-cbam", "--no-long-branches"])]:
-        runs.append((name + "-seed0", "table7", label, ["--model", "validflow", "--blocks", "3"] + args, 0))
+        runs.append((name + "-seed0", "table7", label, ["--model", "validflow", "--modules", "3"] + args, 0))
     for n in (1, 2, 4, 5):
-        runs.append(("validflow-n%d-seed0" % n, "table6", "n = %d" % n, ["--model", "validflow", "--blocks", str(n)], 0))
+        runs.append(("validflow-n%d-seed0" % n, "table6", "n = %d" % n, ["--model", "validflow", "--modules", str(n)], 0))
     return runs
 
 
@@ -85,8 +85,16 @@ def write_json_atomic(path, value):
     os.replace(tmp, path)
 
 
+def depth_flag_for(validflow):
+    """ValidFlow's depth is --modules since 0.2; binaries built before took --blocks for both models."""
+    help_text = subprocess.run([validflow, "train", "--help"], capture_output=True, text=True).stdout
+    return "--modules" if "--modules" in help_text else "--blocks"
+
+
 def run_one(run, a, features, fingerprint):
     run_id, table, label, model_args, seed = run
+    if model_args[:2] == ["--model", "validflow"] and depth_flag_for(a.validflow) == "--blocks":
+        model_args = [("--blocks" if arg == "--modules" else arg) for arg in model_args]
     out = os.path.join(a.work, run_id)
     os.makedirs(out, exist_ok=True)
     link = os.path.join(out, "features.pt")
@@ -234,7 +242,7 @@ def group_row(label, runs, paper):
 
 
 HEADER = ("| configuration | paper | image AUROC (ours, mean ± std) | seeds | each seed | per type: blowhole / break / "
-          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | training min | flow img/s |\n"
+          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | training min | eval img/s ¹ |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -280,7 +288,9 @@ def tables_markdown(results):
         runs = by_label.get((table, label))
         if runs:
             lines.append(group_row(label + (" (full FB; the Table 3 runs)" if table == "table3" else ""), runs, paper))
-    lines.append("")
+    lines.append("¹ Training minutes and eval img/s (the flow's scoring speed during `validflow eval`) were measured while "
+                 "other jobs shared the 2 cores, with a varying load: they are not comparable between runs. The "
+                 "same-run speed comparison of the models is `bench_flows` in `docs/benchmarks.md`.\n")
     return "\n".join(lines) + "\n"
 
 

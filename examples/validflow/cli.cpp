@@ -268,7 +268,10 @@ int run_cli(int argc, char** argv) {
   auto* check = app.add_subcommand("check-csflow", "Compare the C++ CS-Flow with official outputs (golden file)");
   std::string golden_file;
   double tolerance = 1e-5;
-  check->add_option("file", golden_file, "Golden file (torch.save dict, see shared/golden/README.md)")->required();
+  check
+      ->add_option("file", golden_file,
+                   "Golden file (torch.save dict: official weights, inputs and outputs; docs/models.md)")
+      ->required();
   check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
       ->check(finite_range(0, 1))
       ->capture_default_str();
@@ -374,12 +377,12 @@ int run_cli(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   eval_options.precision = parse_precision(precision_name);
-  // Debian's LibTorch starts with one intra-op thread unless OMP_NUM_THREADS is set.
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  } else if (!std::getenv("OMP_NUM_THREADS")) {
-    torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  }
+  // Threads (Debian's LibTorch starts with one unless OMP_NUM_THREADS is set), OpenBLAS single-threaded, glibc
+  // malloc keeping large blocks, AVX-512 kernels: runtime.hpp, measured in docs/benchmarks.md.
+  CpuRuntimeOptions runtime;
+  runtime.threads = static_cast<int>(threads);
+  const auto runtime_report = configure_cpu_runtime(runtime);
+  if (!*info && !*check) std::cerr << runtime_report.to_string() << "\n";
 
   install_fault_injection();
   try {
@@ -417,4 +420,10 @@ int run_cli(int argc, char** argv) {
 
 }  // namespace validflow::app
 
-int main(int argc, char** argv) { return validflow::app::run_cli(argc, argv); }
+int main(int argc, char** argv) {
+  // OpenMP threads sleep between parallel regions instead of spinning, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is
+  // set: on a shared machine spinning made extraction 7x slower (runtime.hpp, docs/benchmarks.md). libgomp reads
+  // the variable before main(), so this re-executes the program once with it set.
+  validflow::reexec_with_omp_wait_policy("PASSIVE", argv);
+  return validflow::app::run_cli(argc, argv);
+}

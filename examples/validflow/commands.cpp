@@ -137,6 +137,7 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   const auto images = dataset.train.size() + dataset.test.size() + dataset.holdout.size();
   std::cerr << " (" << std::fixed << std::setprecision(1) << seconds << " s, " << static_cast<double>(images) / seconds
             << " img/s)\n";
+  release_freed_memory();  // the extraction's activations go back to the kernel (runtime.hpp keeps freed memory)
   return cache;
 }
 

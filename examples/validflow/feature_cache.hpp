@@ -1,12 +1,12 @@
 #pragma once
-// The feature cache of the `validflow` program: the 3-scale features of a dataset's train and test images,
-// extracted once by a frozen backbone, with everything needed to score and report without the images'
-// features again (labels, defect types, image and mask paths).
+// The feature cache of the `validflow` program: the 3-scale features of a dataset's train, test and held-out
+// images, extracted once by a frozen backbone, with what scoring and reporting need besides them (labels, defect
+// types, image and mask paths) and the backbone's weights as they extracted (for `export`).
 //
-// File: a validflow file container (io/tensor_archive.hpp, kind "validflow-features"): tensors "train.<s>",
-// "test.<s>" (and "holdout.<s>") per scale, the backbone's weights ("backbone.*") and JSON metadata. `meta`
-// records the backbone, its weights' fingerprint, the image size, the dataset spec and file list: a cache
-// whose meta differs from the requested extraction is stale and is rebuilt. Written atomically.
+// File: validflow's verified container (io/tensor_archive.hpp, kind "validflow-features"): metadata (the
+// extraction request: dataset spec and file lists, the backbone's description, weights file and fingerprint,
+// storage type; the test samples) and the tensors `train.<s>`, `test.<s>`, `holdout.<s>`, `backbone.<key>`.
+// A cache whose request differs from the one asked for is stale and is rebuilt. Written atomically.
 #include <validflow/io/atomic_file.hpp>
 #include "datasets.hpp"
 #include "progress.hpp"

@@ -8,4 +8,5 @@
 #include <validflow/features.hpp>
 #include <validflow/io.hpp>
 #include <validflow/models.hpp>
+#include <validflow/runtime.hpp>
 #include <validflow/version.hpp>

@@ -15,6 +15,13 @@
 // then returns block i's output (after its residual sum, no activation). CS-Flow: B5, last_block 35, 304
 // channels, stride 32.
 //
+// Inference path: in eval mode without autograd (the frozen extractor), `features()` runs a fused path that
+// computes the same function with fewer passes over memory: every BatchNorm folded into the convolution before
+// it (weights cached, recomputed when a parameter or buffer changes), activations, squeeze-excitation scaling and
+// the residual sum in place, and on CPU the activations in channels_last memory (oneDNN's fast depthwise
+// kernels need it; the output is returned in the input's memory format). Outputs equal the reference path within
+// float rounding. `set_fused_inference(false)` selects the reference path (benchmarks compare both).
+//
 // Example:
 //   EfficientNet net(EfficientNetOptions::from_name("efficientnet-b5").last_block(35));
 //   net->eval();
@@ -26,9 +33,11 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -56,6 +65,20 @@ namespace detail {
 
 inline torch::Tensor activate(const torch::Tensor& x, Activation a) {
   return a == Activation::Swish ? x * torch::sigmoid(x) : torch::clamp(x, 0.0, 6.0);
+}
+
+/// The activation in place (one pass over memory; torch::silu_ is x * sigmoid(x) in one kernel).
+inline torch::Tensor& activate_(torch::Tensor& x, Activation a) {
+  if (a == Activation::Swish)
+    torch::silu_(x);
+  else
+    x.clamp_(0.0, 6.0);
+  return x;
+}
+
+inline std::atomic<bool>& fused_inference_flag() {
+  static std::atomic<bool> enabled{true};
+  return enabled;
 }
 
 /// efficientnet_pytorch's round_filters: scale by the width coefficient, round to a multiple of 8, never
@@ -86,6 +109,137 @@ inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int6
   if (padded < kernel) return 0;
   return (padded - kernel) / stride + 1;
 }
+
+/// Whether eval-mode forwards without autograd take the fused inference path (default true; see the top of this
+/// file). Process-wide; meant for benchmarks and tests that compare against the reference path.
+inline void set_fused_inference(bool enabled) { detail::fused_inference_flag().store(enabled); }
+inline bool fused_inference_enabled() { return detail::fused_inference_flag().load(); }
+
+namespace detail {
+
+/// 2-D convolution with explicit (left, right, top, bottom) zero padding: inside the convolution when it is
+/// symmetric, else by a separate zero pad (only the stride-2 convolutions of static-same padding).
+inline torch::Tensor conv2d_padded(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                   int64_t stride, int64_t groups, const Padding4& p) {
+  namespace F = torch::nn::functional;
+  if (p[0] == p[1] && p[2] == p[3])
+    return F::conv2d(x, weight,
+                     F::Conv2dFuncOptions()
+                         .bias(bias)
+                         .stride(stride)
+                         .padding(torch::ExpandingArray<2>({p[2], p[0]}))
+                         .groups(groups));
+  const auto padded = F::pad(x, F::PadFuncOptions(std::vector<int64_t>{p[0], p[1], p[2], p[3]}));
+  return F::conv2d(padded, weight, F::Conv2dFuncOptions().bias(bias).stride(stride).groups(groups));
+}
+
+/// A convolution followed by an eval-mode BatchNorm, as one convolution with bias:
+///   w' = w * gamma / sqrt(var + eps),   b' = (b - mean) * gamma / sqrt(var + eps) + beta.
+struct FoldedConv {
+  torch::Tensor weight;
+  torch::Tensor bias;
+};
+
+/// Whether a BatchNorm can be folded: it normalises with running statistics in eval mode.
+inline bool foldable(const torch::nn::BatchNorm2dImpl& bn) {
+  return bn.running_mean.defined() && bn.running_var.defined() && !bn.running_mean.is_inference() &&
+         !bn.running_var.is_inference();
+}
+
+/// Folds (conv_weight, conv_bias) and `bn` (in double precision, stored in the weight's dtype), in the memory
+/// format of `like` (channels_last weights make oneDNN keep channels_last activations).
+inline FoldedConv fold_conv_bn(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias,
+                               const torch::nn::BatchNorm2dImpl& bn, at::MemoryFormat format) {
+  torch::NoGradGuard no_grad;
+  const auto dd = conv_weight.options().dtype(torch::kDouble);
+  const auto var = bn.running_var.to(torch::kDouble);
+  auto scale = (var + bn.options.eps()).rsqrt();
+  if (bn.weight.defined()) scale = scale * bn.weight.to(torch::kDouble);
+  auto shift = conv_bias.defined() ? conv_bias.to(torch::kDouble) - bn.running_mean.to(torch::kDouble)
+                                   : -bn.running_mean.to(torch::kDouble);
+  shift = shift * scale;
+  if (bn.bias.defined()) shift = shift + bn.bias.to(torch::kDouble);
+  auto w = (conv_weight.to(dd) * scale.view({-1, 1, 1, 1})).to(conv_weight.scalar_type()).contiguous(format);
+  return {w, shift.to(conv_weight.scalar_type())};
+}
+
+/// The folded convolution of one (convolution, BatchNorm) pair, recomputed when any of their tensors changes:
+/// another tensor (to(), load), an in-place update (version counter: copy_, load_state_dict, a training-mode
+/// BatchNorm forward, which increments num_batches_tracked) or another eps. Thread-safe. A copy (clone()) starts
+/// empty. Writes that bypass the version counter (through data_ptr or `.data()`) need `clear()`.
+class FoldCache {
+ public:
+  FoldCache() = default;
+  FoldCache(const FoldCache&) {}
+  FoldCache& operator=(const FoldCache&) {
+    clear();
+    return *this;
+  }
+
+  FoldedConv get(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias, const torch::nn::BatchNorm2dImpl& bn,
+                 at::MemoryFormat format) {
+    std::array<Stamp, 7> now{stamp(conv_weight),
+                             stamp(conv_bias),
+                             stamp(bn.weight),
+                             stamp(bn.bias),
+                             stamp(bn.running_mean),
+                             stamp(bn.running_var),
+                             stamp(bn.num_batches_tracked)};
+    const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (now != stamps_ || bn.options.eps() != eps_) {
+      stamps_ = now;
+      eps_ = bn.options.eps();
+      folded_[0] = folded_[1] = FoldedConv{};
+    }
+    auto& f = folded_[channels_last ? 1 : 0];
+    if (!f.weight.defined()) f = fold_conv_bn(conv_weight, conv_bias, bn, format);
+    return f;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stamps_ = {};
+    folded_[0] = folded_[1] = FoldedConv{};
+  }
+
+ private:
+  struct Stamp {
+    const void* impl = nullptr;
+    const void* data = nullptr;
+    int64_t version = -1;
+    bool operator==(const Stamp& o) const { return impl == o.impl && data == o.data && version == o.version; }
+    bool operator!=(const Stamp& o) const { return !(*this == o); }
+  };
+  static Stamp stamp(const torch::Tensor& t) {
+    if (!t.defined()) return {};
+    return {t.unsafeGetTensorImpl(), t.data_ptr(), t.is_inference() ? -1 : t._version()};
+  }
+
+  std::mutex mutex_;
+  std::array<Stamp, 7> stamps_{};
+  double eps_ = -1.0;
+  std::array<FoldedConv, 2> folded_{};
+};
+
+/// Whether a forward of `module` on `x` may take the fused inference path: eval mode, the switch on, and no
+/// autograd wanted (grad mode off, or neither the input nor any parameter requires grad).
+inline bool use_fused_inference(const torch::nn::Module& module, const torch::Tensor& x) {
+  if (module.is_training() || !fused_inference_enabled()) return false;
+  if (!torch::GradMode::is_enabled()) return true;
+  if (x.requires_grad()) return false;
+  for (const auto& p : module.parameters())
+    if (p.requires_grad()) return false;
+  return true;
+}
+
+/// The memory format the fused path computes in: channels_last on CPU (oneDNN's depthwise and 1x1 kernels are
+/// several times faster on it than on NCHW), the input's own format elsewhere.
+inline at::MemoryFormat inference_format(const torch::Tensor& x) {
+  return x.is_cpu() ? at::MemoryFormat::ChannelsLast : x.suggest_memory_format();
+}
+
+}  // namespace detail
 
 // ------------------------------------------------------------------------------------------------------------
 // Conv2dPadded: a bias-optional 2-D convolution with explicit (left, right, top, bottom) zero padding.
@@ -139,18 +293,7 @@ class Conv2dPaddedImpl : public torch::nn::Cloneable<Conv2dPaddedImpl> {
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
-    const auto& p = options.padding();
-    namespace F = torch::nn::functional;
-    if (p[0] == p[1] && p[2] == p[3])
-      return F::conv2d(x, weight,
-                       F::Conv2dFuncOptions()
-                           .bias(bias)
-                           .stride(options.stride())
-                           .padding(torch::ExpandingArray<2>({p[2], p[0]}))
-                           .groups(options.groups()));
-    const auto padded = F::pad(x, F::PadFuncOptions(std::vector<int64_t>{p[0], p[1], p[2], p[3]}));
-    return F::conv2d(padded, weight,
-                     F::Conv2dFuncOptions().bias(bias).stride(options.stride()).groups(options.groups()));
+    return detail::conv2d_padded(x, weight, bias, options.stride(), options.groups(), options.padding());
   }
 
   int64_t output_size(int64_t height_or_width, bool vertical = true) const {
@@ -240,6 +383,7 @@ class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
   }
 
   torch::Tensor forward(const torch::Tensor& inputs) {
+    if (detail::use_fused_inference(*this, inputs) && foldable()) return forward_fused(inputs);
     const auto act = options.activation();
     torch::Tensor x = inputs;
     if (!expand_conv.is_empty()) x = detail::activate(bn0(expand_conv(x)), act);
@@ -261,6 +405,41 @@ class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
     return x;
   }
 
+  /// The same function in eval mode without autograd: BatchNorms folded into the convolutions, activations,
+  /// SE scaling and the residual sum in place; computes in the memory format of `inputs`.
+  torch::Tensor forward_fused(const torch::Tensor& inputs) {
+    const auto act = options.activation();
+    const auto format = inputs.suggest_memory_format();
+    torch::Tensor x = inputs;
+    if (!expand_conv.is_empty()) {
+      const auto f = fold_expand_.get(expand_conv->weight, expand_conv->bias, *bn0, format);
+      x = detail::conv2d_padded(x, f.weight, f.bias, 1, 1, Padding4{{0, 0, 0, 0}});
+      detail::activate_(x, act);
+    }
+    {
+      const auto f = fold_depthwise_.get(depthwise_conv->weight, depthwise_conv->bias, *bn1, format);
+      x = detail::conv2d_padded(x, f.weight, f.bias, options.stride(), depthwise_conv->options.groups(),
+                                options.padding());
+      detail::activate_(x, act);
+    }
+    if (!se_reduce.is_empty()) {
+      auto s = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);  // [N, mid]
+      s = torch::linear(s, se_reduce->weight.flatten(1), se_reduce->bias);
+      detail::activate_(s, act);
+      s = torch::linear(s, se_expand->weight.flatten(1), se_expand->bias).sigmoid_();
+      x.mul_(s.view({s.size(0), s.size(1), 1, 1}));
+    }
+    const auto f = fold_project_.get(project_conv->weight, project_conv->bias, *bn2, format);
+    x = detail::conv2d_padded(x, f.weight, f.bias, 1, 1, Padding4{{0, 0, 0, 0}});
+    if (options.has_skip()) x.add_(inputs);
+    return x;
+  }
+
+  /// Whether every BatchNorm of the block uses running statistics (the fused path needs it).
+  bool foldable() const {
+    return (bn0.is_empty() || detail::foldable(*bn0)) && detail::foldable(*bn1) && detail::foldable(*bn2);
+  }
+
   void pretty_print(std::ostream& stream) const override {
     const auto& o = options;
     stream << "validflow::features::MBConvBlock(index=" << o.index() << ", " << o.in_channels() << " -> "
@@ -278,6 +457,9 @@ class MBConvBlockImpl : public torch::nn::Cloneable<MBConvBlockImpl> {
   Conv2dPadded se_expand{nullptr};
   Conv2dPadded project_conv{nullptr};
   torch::nn::BatchNorm2d bn2{nullptr};
+
+ private:
+  detail::FoldCache fold_expand_, fold_depthwise_, fold_project_;
 };
 
 /// A `ModuleHolder` subclass for `MBConvBlockImpl`; see `torch::nn::ModuleHolder` for the semantics.
@@ -557,17 +739,26 @@ class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public F
     }
   }
 
-  /// Stem only: conv, BN, activation.
+  /// Stem only: conv, BN, activation. On the fused inference path (see the top of this file) the result is in
+  /// the path's memory format (channels_last on CPU).
   torch::Tensor stem(const torch::Tensor& x) {
     check_input(x);
+    if (detail::use_fused_inference(*this, x) && detail::foldable(*bn0)) {
+      const auto format = detail::inference_format(x);
+      const auto f = fold_stem_.get(conv_stem->weight, conv_stem->bias, *bn0, format);
+      auto h = detail::conv2d_padded(x.contiguous(format), f.weight, f.bias, conv_stem->options.stride(), 1,
+                                     conv_stem->options.padding());
+      return detail::activate_(h, options.activation());
+    }
     return detail::activate(bn0(conv_stem(x)), options.activation());
   }
 
-  /// Output of the last built block (the truncation point), [N, feature_channels(), H/stride, W/stride].
+  /// Output of the last built block (the truncation point), [N, feature_channels(), H/stride, W/stride], in the
+  /// memory format of `x`.
   torch::Tensor features(const torch::Tensor& x) override {
     auto h = stem(x);
     for (const auto& block : *blocks) h = block->as<MBConvBlockImpl>()->forward(h);
-    return h;
+    return h.contiguous(x.suggest_memory_format());
   }
 
   /// Outputs of several blocks (0-based indices, any order, each <= the last built block), in the order asked.
@@ -587,7 +778,7 @@ class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public F
       outs[static_cast<size_t>(i)] = h;
     }
     std::vector<torch::Tensor> result;
-    for (auto t : taps) result.push_back(outs[static_cast<size_t>(t)]);
+    for (auto t : taps) result.push_back(outs[static_cast<size_t>(t)].contiguous(x.suggest_memory_format()));
     return result;
   }
 
@@ -658,6 +849,7 @@ class EfficientNetImpl : public torch::nn::Cloneable<EfficientNetImpl>, public F
 
   EfficientNetPlan plan_;
   int64_t built_blocks_ = 0;
+  detail::FoldCache fold_stem_;
 };
 
 /// A `ModuleHolder` subclass for `EfficientNetImpl`; see `torch::nn::ModuleHolder` for the semantics.

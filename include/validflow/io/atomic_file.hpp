@@ -11,7 +11,9 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,6 +57,21 @@ inline std::string temp_path_for(const std::string& path) {
 inline std::function<void(const std::string&, const std::string&)>& atomic_write_hook() {
   static std::function<void(const std::string&, const std::string&)> hook;
   return hook;
+}
+
+/// The bytes of a regular file. Throws FileError naming the path when it is missing, not a regular file (a
+/// folder, a device), unreadable, or fails while being read.
+inline std::string read_file_bytes(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  if (fs::is_directory(path, ec)) throw FileError(path, "'" + path + "' is a directory, not a file");
+  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw FileError(path, "error while reading '" + path + "'");
+  return bytes;
 }
 
 /// Writes `bytes` to `path` atomically (see the top of this file); creates parent folders. Throws FileError.

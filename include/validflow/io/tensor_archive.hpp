@@ -255,21 +255,6 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
   return archive;
 }
 
-/// The bytes of the regular file at `path`. Throws FileError naming the path (not found, a directory or other
-/// non-regular file, unreadable).
-inline std::string read_file_bytes(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
-  if (fs::is_directory(path, ec)) throw FileError(path, "'" + path + "' is a directory, not a file");
-  if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw FileError(path, "error while reading '" + path + "'");
-  return bytes;
-}
-
 /// Refuses (FileError) an archive of another kind than `kind` or of a kind_version outside 1..max_kind_version.
 inline void check_archive_kind(const TensorArchive& archive, const std::string& path, const std::string& kind,
                                int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {

@@ -1,6 +1,6 @@
 #pragma once
-// Parity check against reference outputs of the official CS-Flow code ("golden" files, see
-// shared/golden/README.md): a torch.save dict with the official weights under `param.`, the inputs `input.{s}`,
+// Parity check against reference outputs of the official CS-Flow code ("golden" files, docs/models.md): a
+// torch.save dict with the official weights under `param.`, the inputs `input.{s}`,
 // and the official outputs `z.{s}`, `log_jac_det`, `score`, `loss` (float32) and `z64.{s}`, `log_jac_det64`,
 // `score64`, `loss64` (float64, same weights and inputs). Used by the tests and by `validflow check-csflow`.
 #include <validflow/models/csflow_import.hpp>

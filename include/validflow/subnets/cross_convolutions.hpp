@@ -1,7 +1,7 @@
 #pragma once
 // CrossConvolutions: CS-Flow's cross-scale subnet, layer for layer as the official code
 // (marco-rudolph/cs-flow freia_funcs.py), generalised to any number of scales, plus the two extensions that
-// make it ValidFlow's FB-flow subnet r2 (see SubnetR2Options()).
+// make it ValidFlow's FB-flow subnet r2 (see SubnetR2Options).
 //
 //   h_s = LeakyReLU_0.1(conv_scale{s}_0(x_s))                           in -> hidden, k x k
 //   o_s = conv_scale{s}_1(h_s)                                         hidden -> out, k x k
@@ -14,30 +14,24 @@
 // Parameter names equal the official state-dict names (conv_scale0_0, up_conv10, down_conv01, gamma0, ...).
 #include <validflow/core/subnet.hpp>
 #include <validflow/subnets/cbam.hpp>
+#include <validflow/subnets/subnet_options.hpp>
 
 #include <string>
 #include <vector>
 
 namespace validflow {
 
-struct CrossConvolutionsOptions {
-  TORCH_ARG(std::vector<int64_t>, in_channels) = {};
-  TORCH_ARG(std::vector<int64_t>, out_channels) = {};
-  /// Hidden width (CS-Flow: fc_internal = 1024).
-  TORCH_ARG(int64_t, hidden_channels) = 1024;
-  TORCH_ARG(int64_t, kernel_size) = 3;
-  TORCH_ARG(double, leaky_slope) = 0.1;
-  /// Learnable output scalars, zero at init, so the enclosing coupling starts as the identity.
-  TORCH_ARG(bool, use_gamma) = true;
+struct CrossConvolutionsOptions : SubnetOptions<CrossConvolutionsOptions> {
   /// ValidFlow r2: extra branches between scales 0 and 2 (stride-4 conv down, bilinear x4 + conv up).
   TORCH_ARG(bool, long_branches) = false;
-  /// ValidFlow r2: CBAM on each scale's output.
-  TORCH_ARG(bool, cbam) = false;
-  TORCH_ARG(int64_t, cbam_reduction) = 16;
 };
 
-/// The options of ValidFlow's FB-flow subnet r2: CS-Flow's cross convolutions + 1<->3 branches + CBAM.
-inline CrossConvolutionsOptions SubnetR2Options() { return CrossConvolutionsOptions().long_branches(true).cbam(true); }
+struct SubnetR2Options : CrossConvolutionsOptions {
+  SubnetR2Options() {
+    long_branches(true);
+    cbam(true);
+  }
+};
 
 class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl> {
  public:
@@ -168,7 +162,7 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
 
 TORCH_MODULE(CrossConvolutions);
 
-/// ValidFlow's FB-flow subnet r2 is CrossConvolutions built with SubnetR2Options().
+/// ValidFlow's FB-flow subnet r2 is CrossConvolutions built with SubnetR2Options.
 using SubnetR2 = CrossConvolutions;
 
 }  // namespace validflow

@@ -5,6 +5,7 @@
 // (zero at init, so the enclosing coupling starts as the identity, like CS-Flow's gammas).
 #include <validflow/core/subnet.hpp>
 #include <validflow/subnets/cbam.hpp>
+#include <validflow/subnets/subnet_options.hpp>
 
 #include <string>
 #include <vector>
@@ -49,15 +50,9 @@ class DepthwiseSeparableConvImpl : public torch::nn::Cloneable<DepthwiseSeparabl
 
 TORCH_MODULE(DepthwiseSeparableConv);
 
-struct SubnetR1Options {
-  TORCH_ARG(std::vector<int64_t>, in_channels) = {};
-  TORCH_ARG(std::vector<int64_t>, out_channels) = {};
-  TORCH_ARG(int64_t, hidden_channels) = 1024;
-  TORCH_ARG(int64_t, kernel_size) = 3;
-  TORCH_ARG(double, leaky_slope) = 0.1;
-  TORCH_ARG(bool, use_gamma) = true;
-  TORCH_ARG(bool, cbam) = true;
-  TORCH_ARG(int64_t, cbam_reduction) = 16;
+/// r1's options: the shared subnet options, with CBAM on by default (the paper's FA flow).
+struct SubnetR1Options : SubnetOptions<SubnetR1Options> {
+  SubnetR1Options() { cbam(true); }
 };
 
 class SubnetR1Impl : public torch::nn::Cloneable<SubnetR1Impl> {
