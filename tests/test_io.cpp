@@ -202,7 +202,7 @@ TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing
   CHECK_THROWS_AS(io::write_archive(dir.path.string(), sample_archive()), FileError);  // a folder as target
 }
 
-TEST_CASE("atomic writes never leave a half-written target; stale temp files of dead runs are removed", "[io]") {
+TEST_CASE("atomic writes never leave a half-written target, stale temp files of dead runs are removed", "[io]") {
   TempDir dir("io_atomic");
   const auto target = dir.file("out.bin");
   io::write_file_atomic(target, "good");
@@ -340,7 +340,7 @@ TEST_CASE("state dicts: a tensor that views past its storage is refused", "[io][
   CHECK(parse_state_dict(torch::pickle_save(c10::IValue(ok)), "ok.pt").at("slice").size(0) == 6);
 }
 
-TEST_CASE("stale staged folders are removed; the write hook runs before the rename", "[io]") {
+TEST_CASE("stale staged folders are removed, the write hook runs before the rename", "[io]") {
   TempDir dir("staged");
   const pid_t child = fork();
   if (child == 0) {
