@@ -7,11 +7,14 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]        fuzz (docs/reliability.md records the runs)
 #   scripts/fuzz.sh --ci [SECONDS]               CTest (label fuzz): every seed and regression input once,
 #                                                then SECONDS (default 5) of fuzzing per target
-# Environment: VALIDFLOW_FUZZ_BUILD (default build-fuzz), VALIDFLOW_FUZZ_JOBS (parallel compile jobs, default 2).
+# Environment: VALIDFLOW_FUZZ_BUILD (default build-fuzz), VALIDFLOW_FUZZ_JOBS (parallel compile jobs, default 2),
+# VALIDFLOW_FUZZ_RUNS (stop a target after this many executions, or SECONDS, whichever comes first).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${VALIDFLOW_FUZZ_BUILD:-$root/build-fuzz}"
 jobs="${VALIDFLOW_FUZZ_JOBS:-2}"
+runs=()
+[ -n "${VALIDFLOW_FUZZ_RUNS:-}" ] && runs=(-runs="$VALIDFLOW_FUZZ_RUNS")
 all_targets=(archive model_file checkpoint feature_cache state_dict dataset image config)
 
 ci=0
@@ -53,7 +56,7 @@ export OMP_NUM_THREADS=1
 findings="$build/findings"
 mkdir -p "$findings"
 failed=0
-printf "%-14s %10s %10s %8s %s\n" target executions exec/s corpus result
+printf "%-14s %10s %10s %8s %8s %s\n" target executions exec/s seconds corpus result
 for t in "${targets[@]}"; do
   seeds="$root/fuzz/corpus/$t"
   regressions="$root/fuzz/regressions/$t"
@@ -68,7 +71,8 @@ for t in "${targets[@]}"; do
       failed=1
     fi
   fi
-  if ! VALIDFLOW_FUZZ_TARGET="$t" "$fuzzer" -max_total_time="$seconds" -timeout=60 -rss_limit_mb=3072 \
+  t0=$(date +%s)
+  if ! VALIDFLOW_FUZZ_TARGET="$t" "$fuzzer" -max_total_time="$seconds" "${runs[@]}" -timeout=60 -rss_limit_mb=3072 \
       -print_final_stats=1 -artifact_prefix="$findings/$t-" "$work" "$seeds" "$regressions" >"$log" 2>&1; then
     status="FINDING (see $log and $findings/)"
     failed=1
@@ -76,7 +80,7 @@ for t in "${targets[@]}"; do
   execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)"
   rate="$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)"
   corpus="$(find "$work" -type f | wc -l)"
-  printf "%-14s %10s %10s %8s %s\n" "$t" "$execs" "$rate" "$corpus" "$status"
+  printf "%-14s %10s %10s %8s %8s %s\n" "$t" "$execs" "$rate" "$(($(date +%s) - t0))" "$corpus" "$status"
 done
 if [ "$failed" != 0 ]; then
   echo "fuzz: FAILED (a finding's input is in $findings; add it to fuzz/regressions/<target>/ once fixed)"
