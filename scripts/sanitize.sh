@@ -3,7 +3,9 @@
 # (GCC, the compiler LibTorch was built with; -O1 -g) in their own build folder and runs the Catch2 suite and
 # the bad-input table (tests/cli/bad_inputs.py) against them. Any sanitizer report fails the run. Suppressions
 # (tests/sanitizers/*.supp) cover only reports proven to lie inside LibTorch, each with its reason.
-# Usage: scripts/sanitize.sh [catch2 test spec...]   (default: every test case; docs/reliability.md: the cost)
+# Usage: scripts/sanitize.sh [catch2 test spec...]   (default: every test case and the bad-input table; with a
+# spec only those test cases, and the program is not built: the loaders' subset is
+# scripts/sanitize.sh "[io],[errors],[datasets],[detect],[pipeline]"; docs/reliability.md: the cost)
 # Environment: VALIDFLOW_SANITIZE_BUILD (default build-sanitize), VALIDFLOW_SANITIZE_JOBS (default 2).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +19,9 @@ if [ ! -f "$build/build.ninja" ]; then
     -DVALIDFLOW_INSTALL=OFF >/dev/null
 fi
 start=$(date +%s)
-cmake --build "$build" --target validflow_tests validflow_cli -- -j"$jobs" | tail -1
+targets=(validflow_tests)
+[ $# -eq 0 ] && targets+=(validflow_cli)
+cmake --build "$build" --target "${targets[@]}" -- -j"$jobs" | tail -1
 built=$(date +%s)
 
 supp="$root/tests/sanitizers"
