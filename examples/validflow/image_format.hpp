@@ -10,7 +10,7 @@
 //    data ends; here it is a bad image;
 //  * the dimensions are at most max_image_pixels(), so a small file cannot make the program allocate gigabytes.
 //
-// Pure byte inspection (no OpenCV, no LibTorch): fuzzed by fuzz/fuzz_image.cpp.
+// Pure byte inspection (no OpenCV, no LibTorch): fuzzed by fuzz/target_image.hpp.
 #include <cstdint>
 #include <string>
 #include <string_view>

@@ -73,7 +73,7 @@ inline void save_model_file(const std::string& path, const ModelInfo& info,
 }
 
 /// Verifies and builds a model file already read into an archive (load_model_file, and the fuzzer
-/// fuzz/fuzz_model_file.cpp on bytes); `path` names it in errors. Throws FileError.
+/// fuzz/target_model_file.hpp on bytes); `path` names it in errors. Throws FileError.
 inline LoadedModel load_model_archive(const io::TensorArchive& archive, const std::string& path) {
   io::check_archive_kind(archive, path, kModelFileKind, kModelFileVersion);
   auto refuse = [&](const std::string& why) { return FileError(path, "model file '" + path + "': " + why); };

@@ -4,7 +4,7 @@
 // changed values), so every byte of every entry is checked here: the end-of-central-directory record (zip64
 // too, as torch.save writes it), every central-directory entry and its local header inside the file, names
 // equal in both, stored (uncompressed, unencrypted) file entries as torch.save writes them (no directory
-// entries), no duplicate names, and each entry's CRC-32. No LibTorch needed; fuzzed by fuzz/fuzz_state_dict.cpp.
+// entries), no duplicate names, and each entry's CRC-32. No LibTorch needed; fuzzed by fuzz/target_state_dict.hpp.
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/errors.hpp>
 
