@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "datasets.hpp"
+#include "image_format.hpp"
 #include "progress.hpp"
 #include "report.hpp"
 #include "synthetic.hpp"
@@ -37,7 +38,7 @@ void write_image(const fs::path& p, int h = 16, int w = 20, int value = 100) {
   REQUIRE(cv::imwrite(p.string(), m));
 }
 
-void write_mask(const fs::path& p, int h = 16, int w = 20) {
+void write_mask(const fs::path& p, int h = 16, int w = 20) {  // the images' size
   fs::create_directories(p.parent_path());
   cv::Mat m = cv::Mat::zeros(h, w, CV_8UC1);
   m(cv::Rect(2, 2, 4, 4)).setTo(255);
@@ -324,6 +325,120 @@ TEST_CASE("load_mask binarises at 128 and resizes with nearest neighbour", "[dat
   cv::minMaxLoc(b, nullptr, &mx);
   CHECK(mx == 1);
   CHECK(cv::countNonZero(va::load_mask("", 5)) == 0);
+}
+
+// ---- bad images, masks and labels (docs/reliability.md) --------------------------------------------
+
+namespace {
+
+std::string encoded(const std::string& ext, const cv::Mat& m, const std::vector<int>& params = {}) {
+  std::vector<uchar> buf;
+  REQUIRE(cv::imencode(ext, m, buf, params));
+  return std::string(buf.begin(), buf.end());
+}
+
+std::string problem_of(const std::string& bytes) {
+  va::ImageHeader h;
+  return va::image_structure_problem(bytes, h);
+}
+
+}  // namespace
+
+TEST_CASE("image structure: complete files of every format pass, truncated or corrupt ones are named",
+          "[datasets][errors]") {
+  cv::Mat color(21, 33, CV_8UC3), deep(9, 7, CV_16UC1);
+  cv::randu(color, 0, 255);
+  cv::randu(deep, 0, 65535);
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"PNG", encoded(".png", color)},
+      {"PNG", encoded(".png", deep)},
+      {"JPEG", encoded(".jpg", color)},
+      {"JPEG", encoded(".jpg", color, {cv::IMWRITE_JPEG_PROGRESSIVE, 1})},
+      {"JPEG", encoded(".jpg", color, {cv::IMWRITE_JPEG_RST_INTERVAL, 1})},
+      {"BMP", encoded(".bmp", color)},
+      {"TIFF", encoded(".tif", color)},
+      {"TIFF", encoded(".tif", deep)}};
+  for (const auto& [format, bytes] : files) {
+    INFO(format);
+    va::ImageHeader h;
+    REQUIRE(va::image_structure_problem(bytes, h).empty());
+    CHECK(h.format == format);
+    CHECK(h.width > 0);
+    CHECK(h.height > 0);
+    // Cut anywhere (a byte short, half, a tenth): refused, by the structure check alone.
+    for (const size_t cut : {bytes.size() - 1, bytes.size() / 2, bytes.size() / 10})
+      CHECK_FALSE(problem_of(bytes.substr(0, cut)).empty());
+    CHECK(va::decode_image_bytes(bytes, "x").channels() == 3);
+  }
+  const auto jpeg = encoded(".jpg", color);
+  CHECK(problem_of(jpeg.substr(0, jpeg.size() - 2)).find("truncated JPEG") != std::string::npos);
+  CHECK_THROWS_WITH(va::decode_image_bytes(jpeg.substr(0, jpeg.size() / 2), "cut.jpg"),
+                    Catch::Contains("truncated JPEG") && Catch::Contains("cut.jpg"));
+  // A PNG's every chunk is CRC-checked: one changed byte in the image data is a bad image, not other pixels.
+  auto png = encoded(".png", color);
+  png[png.size() / 2] = static_cast<char>(png[png.size() / 2] ^ 0x20);
+  CHECK(problem_of(png).find("fails its CRC check") != std::string::npos);
+  // Formats outside the documented four are never handed to a decoder.
+  CHECK(problem_of("P6\n2 2\n255\n" + std::string(12, 'x')) == "not a PNG, JPEG, BMP or TIFF file");
+  CHECK(problem_of("") == "empty file");
+  CHECK(problem_of(std::string("\x89PNG\r\n\x1a\n", 8)).find("truncated PNG") != std::string::npos);
+  // A header claiming more than max_image_pixels() is refused before decoding.
+  const auto limit = va::max_image_pixels();
+  va::set_max_image_pixels(100);
+  CHECK(problem_of(encoded(".png", color)).find("larger than the limit of 100 pixels") != std::string::npos);
+  va::set_max_image_pixels(limit);
+}
+
+TEST_CASE("dataset images: truncated, dangling links and mismatched masks are errors, or skipped and listed",
+          "[datasets][errors]") {
+  TempDir t;
+  make_folder_layout(t.path, true);
+  // A truncated JPEG (libjpeg alone would decode it with a warning and grey where the data ends).
+  cv::Mat noise(16, 20, CV_8UC3);
+  cv::randu(noise, 0, 255);
+  const auto jpeg = encoded(".jpg", noise);
+  const fs::path cut = t.path / "test/good/cut.jpg";
+  write_text(cut, jpeg.substr(0, jpeg.size() * 3 / 4));
+  CHECK_THROWS_WITH(va::load_dataset("folder:" + t.str()),
+                    Catch::Contains("truncated JPEG") && Catch::Contains(cut.string()));
+  fs::remove(cut);
+  // A dangling symbolic link with an image name: named, never silently missing from the dataset.
+  const fs::path link = t.path / "train/good/linked.png";
+  fs::create_symlink(t.path / "gone.png", link);
+  CHECK_THROWS_WITH(va::load_dataset("folder:" + t.str()),
+                    Catch::Contains("dangling symbolic link") && Catch::Contains(link.string()));
+  va::DatasetOptions skip;
+  skip.skip_bad_images = true;
+  const auto d = va::load_dataset("folder:" + t.str(), skip);
+  REQUIRE(d.skipped.size() == 1);
+  CHECK(d.skipped[0].path == link.string());
+  CHECK(d.train.size() == 3);
+  fs::remove(link);
+  // A mask of another size than its image: an error naming both, never resized silently.
+  write_mask(t.path / "ground_truth/crack/001_mask.png", 8, 8);
+  CHECK_THROWS_WITH(va::load_dataset("folder:" + t.str()),
+                    Catch::Contains("001_mask.png is 8 x 8 pixels") && Catch::Contains("crack/001.png is 20 x 16"));
+}
+
+TEST_CASE("DAGM labels: exactly five columns, names inside the dataset folder", "[datasets][errors]") {
+  const std::string header = "1\n";
+  CHECK(va::parse_dagm_labels(header + "1\t0\ta.PNG\t0\t0\n2 1 sub/b.PNG 0 b_label.PNG\n", "L.txt").size() == 2);
+  auto error = [&](const std::string& row) {
+    try {
+      va::parse_dagm_labels(header + row, "L.txt");
+    } catch (const va::DatasetError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  CHECK(error("1\t0\ta.PNG\n").find("L.txt line 2: 3 columns instead of 5") != std::string::npos);
+  CHECK(error("1\t0\ta.PNG\t0\n").find("4 columns instead of 5") != std::string::npos);
+  CHECK(error("1\t0\ta.PNG\t0\t0\textra\n").find("6 columns instead of 5") != std::string::npos);
+  CHECK(error("1\t1\t../../etc/a.PNG\t0\t0\n").find("leaves the dataset folder") != std::string::npos);
+  CHECK(error("1\t1\ta.PNG\t0\t/etc/m.PNG\n").find("leaves the dataset folder") != std::string::npos);
+  CHECK(error("1\t1\tok/../../a.PNG\t0\t0\n").find("leaves the dataset folder") != std::string::npos);
+  CHECK(error("1\t0\ta.PNG\tx\t0\n").find("fourth column") != std::string::npos);
+  CHECK(error("").find("no rows") != std::string::npos);
 }
 
 // ---- synthetic generator ---------------------------------------------------------------------------

@@ -240,8 +240,14 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   }
   {
     auto a = archive;
-    a.meta["flow"]["hidden"] = 16;  // the weights are of hidden 8
+    a.meta["flow"]["hidden"] = 4;  // the weights are of hidden 8
     CHECK(refused(a).find("mismatch") != std::string::npos);
+    a.meta["flow"]["hidden"] = 16;  // more than the file's weights can hold: refused before the flow is built
+    CHECK(refused(a).find("needs at least") != std::string::npos);
+    a = archive;
+    a.meta["backbone"]["name"] = "efficientnet-b7";  // likewise a backbone larger than the file's weights
+    a.meta["backbone"]["layer"] = 54;
+    CHECK(refused(a).find("(efficientnet-b7 up to block 54) needs") != std::string::npos);
   }
   {
     auto a = archive;
@@ -282,7 +288,7 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   std::ofstream(dir.file("flipped.vfm"), std::ios::binary) << bytes;
   CHECK(error_of([&] { Detector d(dir.file("flipped.vfm")); }).find("checksum mismatch") != std::string::npos);
   CHECK(error_of([&] { Detector d(dir.file("absent.vfm")); }).find("absent.vfm' not found") != std::string::npos);
-  CHECK(error_of([&] { Detector d(dir.path.string()); }).find("not a regular file") != std::string::npos);
+  CHECK(error_of([&] { Detector d(dir.path.string()); }).find("is a directory, not a file") != std::string::npos);
   // bf16: accepted where the CPU runs it natively, refused (never silently slower) elsewhere.
   const auto bf16 = error_of([&] { Detector d(good, DetectorOptions().precision(Precision::BFloat16)); });
   if (cpu_has_native_bf16()) {

@@ -1,11 +1,15 @@
 // The io part: the verified file container (every defect refused with a message naming the file), atomic
-// writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts.
+// writes and the removal of temporary files that killed runs left behind, CRC-32, state dicts (zip verified
+// before LibTorch reads it, views checked against their storage), integers from JSON.
 #include "catch_torch.hpp"
 #include "test_util.hpp"
 
 #include <validflow/io/crc32.hpp>
+#include <validflow/io/json_fields.hpp>
+#include <validflow/io/pickle_check.hpp>
 #include <validflow/io/state_dict.hpp>
 #include <validflow/io/tensor_archive.hpp>
+#include <validflow/io/zip_check.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -193,12 +197,12 @@ TEST_CASE("read_archive refuses other kinds, newer versions, folders and missing
   CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-model"),
                     Catch::Contains("is a validflow-test file, expected a validflow-model file"));
   CHECK_THROWS_WITH(io::read_archive(dir.file("a.vf"), "validflow-test", 1), Catch::Contains("version 2"));
-  CHECK_THROWS_WITH(io::read_archive(dir.path.string()), Catch::Contains("not a regular file"));
+  CHECK_THROWS_WITH(io::read_archive(dir.path.string()), Catch::Contains("is a directory, not a file"));
   CHECK_THROWS_WITH(io::read_archive(dir.file("absent.vf")), Catch::Contains("absent.vf' not found"));
   CHECK_THROWS_AS(io::write_archive(dir.path.string(), sample_archive()), FileError);  // a folder as target
 }
 
-TEST_CASE("atomic writes never leave a half-written target; stale temp files of dead runs are removed", "[io]") {
+TEST_CASE("atomic writes never leave a half-written target, stale temp files of dead runs are removed", "[io]") {
   TempDir dir("io_atomic");
   const auto target = dir.file("out.bin");
   io::write_file_atomic(target, "good");
@@ -265,4 +269,164 @@ TEST_CASE("state dicts: ordered, strict lookups, renaming and strict loading", "
     CHECK(m.find('\n') == std::string::npos);
   }
   CHECK(torch::equal(other->weight, before));
+}
+
+TEST_CASE("json_integer: whole numbers of the target's range only, never a float cast", "[io][errors]") {
+  using nlohmann::json;
+  CHECK(io::json_integer<int64_t>(json::parse("-5")) == -5);
+  CHECK(io::json_integer<uint32_t>(json::parse("4294967295")) == 4294967295u);
+  CHECK(io::json_integer<uint64_t>(json::parse("18446744073709551615")) == 18446744073709551615ull);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("1e300")), json::type_error);  // UB with get<int64_t>()
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("2.5")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("true")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("\"3\"")), json::type_error);
+  CHECK_THROWS_AS(io::json_integer<uint32_t>(json::parse("4294967296")), json::out_of_range);
+  CHECK_THROWS_AS(io::json_integer<uint64_t>(json::parse("-1")), json::out_of_range);
+  CHECK_THROWS_AS(io::json_integer<int64_t>(json::parse("18446744073709551615")), json::out_of_range);
+  CHECK(io::json_integers<int64_t>(json::parse("[1, 2]")) == std::vector<int64_t>{1, 2});
+  CHECK_THROWS_AS(io::json_integers<int64_t>(json::parse("[1, 2.0]")), json::type_error);
+  CHECK_THROWS_AS(io::json_integers<int64_t>(json::parse("{}")), json::type_error);
+}
+
+TEST_CASE("state dicts: the zip is verified before LibTorch reads it", "[io][errors]") {
+  TempDir dir("zip");
+  const StateDict state{{"w", torch::arange(64, torch::kFloat32)}, {"b", torch::ones({3}, torch::kFloat64)}};
+  const auto path = dir.file("good.pt");
+  write_state_dict(state, path);
+  const auto good = io::read_file_bytes(path);
+  auto parse = [](const std::string& bytes) {
+    try {
+      (void)parse_state_dict(std::vector<char>(bytes.begin(), bytes.end()), "s.pt");
+      return std::string("<accepted>");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+  };
+  REQUIRE(parse(good) == "<accepted>");
+  REQUIRE(io::check_zip(good, "s.pt").size() >= 3);  // data.pkl, two tensors (and a version record)
+  // One byte of a tensor changed: LibTorch would load other values; the CRC check refuses the file.
+  const auto entries = io::check_zip(good, "s.pt");
+  for (const auto& e : entries) {
+    if (e.size == 0) continue;
+    auto bad = good;
+    bad[e.data_offset + e.size / 2] = static_cast<char>(bad[e.data_offset + e.size / 2] ^ 0x04);
+    CHECK(parse(bad).find("checksum mismatch in entry '" + e.name + "'") != std::string::npos);
+  }
+  for (const size_t cut : {good.size() - 1, good.size() / 2, size_t{30}})
+    CHECK(parse(good.substr(0, cut)).find("s.pt") != std::string::npos);
+  CHECK(parse("").find("is empty") != std::string::npos);
+  CHECK(parse(io::serialize_archive(sample_archive())).find("is a validflow file") != std::string::npos);
+  CHECK(parse("PK\x05\x06" + std::string(18, '\0')).find("s.pt") != std::string::npos);
+  // A file that is not a torch.save zip but has its name: a directory.
+  CHECK_THROWS_WITH(read_state_dict(dir.path.string()), Catch::Contains("is a directory"));
+}
+
+TEST_CASE("state dicts: a tensor that views past its storage is refused", "[io][errors]") {
+  // LibTorch's unpickler sets sizes and strides from the file without checking them against the storage; such a
+  // file is written here by hand (set_sizes_and_strides) and must be refused, never read out of bounds.
+  TempDir dir("views");
+  auto t = torch::arange(4, torch::kFloat32);
+  auto view = torch::empty({0});
+  view.unsafeGetTensorImpl()->set_storage_keep_dtype(t.storage());
+  const std::vector<int64_t> sizes{1000}, strides{1};
+  view.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides);
+  c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
+  dict.insert("big", view);
+  const auto bytes = torch::pickle_save(c10::IValue(dict));
+  CHECK_THROWS_WITH(parse_state_dict(bytes, "v.pt"), Catch::Contains("entry 'big'") && Catch::Contains("storage"));
+  // A legitimate view (an offset slice) is accepted.
+  c10::impl::GenericDict ok(c10::StringType::get(), c10::TensorType::get());
+  ok.insert("slice", torch::arange(10, torch::kFloat32).slice(0, 2, 8));
+  CHECK(parse_state_dict(torch::pickle_save(c10::IValue(ok)), "ok.pt").at("slice").size(0) == 6);
+}
+
+TEST_CASE("stale staged folders are removed, the write hook runs before the rename", "[io]") {
+  TempDir dir("staged");
+  const pid_t child = fork();
+  if (child == 0) {
+    fs::create_directories(dir.file("report.tmp." + std::to_string(::getpid()) + ".3") + "/heatmaps");
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  const auto link = dir.file("linked.tmp." + std::to_string(child) + ".4");
+  fs::create_directory_symlink(dir.path, link);  // never followed, never removed
+  const auto removed = io::remove_stale_temp_files(dir.path.string());
+  REQUIRE(removed.size() == 1);
+  CHECK(removed[0].find("report.tmp.") != std::string::npos);
+  CHECK(fs::is_symlink(link));
+  fs::remove(link);
+
+  std::vector<std::string> seen;
+  io::atomic_write_hook() = [&](const std::string& target, const std::string& tmp) {
+    seen.push_back(target);
+    CHECK(fs::exists(tmp));
+    CHECK_FALSE(fs::exists(target));
+  };
+  io::write_file_atomic(dir.file("hooked.txt"), "x");
+  io::atomic_write_hook() = nullptr;
+  CHECK(seen == std::vector<std::string>{dir.file("hooked.txt")});
+  CHECK(io::temp_path_for("a/b").rfind("a/b.tmp." + std::to_string(::getpid()) + ".", 0) == 0);
+}
+
+TEST_CASE("torch.save layout and pickle: what LibTorch's reader would mishandle is refused first", "[io][errors]") {
+  using namespace std::string_literals;
+  auto pickle_error = [](const std::string& p, const std::map<std::string, uint64_t>& records = {}) {
+    try {
+      io::check_torch_pickle(p, "a/", records, "p.pt");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  CHECK(pickle_error("\x80\x02}q\x00."s) == "<accepted>");  // an empty dict
+  // A 3 GB string length in a short pickle (LibTorch reserved the length before reading: found by fuzzing).
+  CHECK(pickle_error(std::string("\x80\x02X\xff\xff\xff\xb3", 7) + "abc.").find("ends inside an opcode") !=
+        std::string::npos);
+  // A memo index out of sequence (LibTorch reserves 2 * index + 1 slots), or read before it was set.
+  CHECK(pickle_error("\x80\x02}r\xff\xff\xff\xff."s).find("out of sequence") != std::string::npos);
+  CHECK(pickle_error("\x80\x02h\x05."s).find("never set") != std::string::npos);
+  CHECK(pickle_error("\x80\x02(i__builtin__\nobject\n."s).find("opcode 0x69") != std::string::npos);  // INST
+  CHECK(pickle_error("\x80\x02}"s).find("ends without STOP") != std::string::npos);
+  CHECK(pickle_error("\x80\x02\x30."s).find("pops an empty stack") != std::string::npos);
+  // A storage larger than its record: LibTorch would give the tensor the pickle's size over the record's bytes.
+  auto storage = [](const std::string& type, int numel) {
+    // (No hex escape may be followed by a hex digit: "\x00c" would be one character.)
+    return "\x80\x02(X\x07\x00\x00\x00storagectorch\n"s + type + "\nX\x01\x00\x00\x00"s + "0" + "X\x03\x00\x00\x00"s +
+           "cpu" + "K" + static_cast<char>(numel) + "tQ.";
+  };
+  CHECK(pickle_error(storage("FloatStorage", 2), {{"a/data/0", 8}}) == "<accepted>");
+  CHECK(pickle_error(storage("FloatStorage", 16), {{"a/data/0", 8}}).find("its record has 8 bytes") !=
+        std::string::npos);
+  CHECK(pickle_error(storage("DoubleStorage", 2), {{"a/data/0", 8}}).find("its record has 8 bytes") !=
+        std::string::npos);
+  CHECK(pickle_error(storage("FloatStorage", 2), {{"a/data/1", 8}}).find("does not hold") != std::string::npos);
+  CHECK(pickle_error(storage("PyObjectStorage", 2), {{"a/data/0", 8}}).find("unknown storage type") !=
+        std::string::npos);
+
+  // The zip layout LibTorch's reader needs (its constructor leaks when it throws: found by fuzzing).
+  auto layout_error = [](const std::vector<io::ZipEntry>& entries, const std::string& bytes) {
+    try {
+      check_torch_save_layout(entries, bytes, "l.pt");
+    } catch (const FileError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  const std::string bytes = "\x80\x02}.3\nZZ";
+  CHECK(layout_error({{"a/data.pkl", 0, 4}, {"a/version", 4, 2}}, bytes) == "<accepted>");
+  CHECK(layout_error({{"a/data.pkl", 0, 4}, {"a/version", 6, 2}}, bytes).find("format version 'ZZ'") !=
+        std::string::npos);
+  CHECK(layout_error({{"data.pkl", 0, 4}, {"version", 4, 2}}, bytes).find("not inside a folder") != std::string::npos);
+  CHECK(layout_error({{"a/data.pkl", 0, 4}}, bytes).find("no a/version record") != std::string::npos);
+  CHECK(layout_error({{"a/x", 0, 4}, {"a/version", 4, 2}}, bytes).find("no a/data.pkl record") != std::string::npos);
+
+  // An entry marked as a directory (LibTorch reads it as empty: a flipped attribute bit found by fuzzing).
+  TempDir dir("layout");
+  write_state_dict(StateDict{{"w", torch::ones({2})}}, dir.file("s.pt"));
+  auto zip = io::read_file_bytes(dir.file("s.pt"));
+  const auto central = zip.find("PK\x01\x02");
+  REQUIRE(central != std::string::npos);
+  zip[central + 38] = static_cast<char>(zip[central + 38] | 0x10);
+  CHECK_THROWS_WITH(io::check_zip(zip, "d.pt"), Catch::Contains("is marked as a directory"));
 }

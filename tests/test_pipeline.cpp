@@ -159,6 +159,44 @@ TEST_CASE("corrupt or missing checkpoints are clear errors", "[pipeline][train]"
   CHECK_THROWS_WITH(load_checkpoint(dir.file("truncated.pt")), Catch::Contains("corrupt"));
 }
 
+TEST_CASE("min_parameter_count bounds every flow from below, within a factor of 4", "[pipeline][config]") {
+  // The bound lets loaders refuse a small file that describes a huge model before building it; it must never
+  // exceed the real count (a valid file would be refused) and stay close to it (or it would protect nothing).
+  for (const std::string model : {"validflow", "csflow"})
+    for (const int64_t channels : {2, 8, 14, 96})
+      for (const int64_t hidden : {1, 6, 32})
+        for (const int64_t k : {1, 3, 5}) {
+          auto c = tiny_config(model);
+          c.channels = channels;
+          c.hidden = hidden;
+          c.kernel_size = k;
+          c.cbam_reduction = hidden == 32 ? 16 : 1;
+          c.blocks = 2;
+          c.modules = 2;
+          if (model == "csflow") c.kernel_sizes = {k, 1};
+          c.long_branches = channels != 14;
+          c.fa_cbam = c.fb_cbam = hidden != 6;
+          const double count = static_cast<double>(trainable_parameter_count(build_flow(c).module()));
+          const double bound = min_parameter_count(c);
+          INFO(to_json(c).dump() << " count " << count << " bound " << bound);
+          CHECK(bound <= count);
+          CHECK(count <= 4 * bound + 5000);  // + the fixed-size parts (CBAM's spatial convs, biases)
+        }
+}
+
+TEST_CASE("a small checkpoint describing a huge flow is refused before the flow is built", "[pipeline][errors]") {
+  TempDir dir("huge");
+  train_flow(fresh_checkpoint(tiny_config("csflow")), random_features(4, 3), quick_training(1), dir.file("c.pt"));
+  auto archive = io::read_archive(dir.file("c.pt"));
+  archive.meta["config"]["hidden"] = 65536;  // within FlowConfig's limits: ~10^10 weights, 40 GB to build
+  archive.meta["config"]["channels"] = 65536;
+  archive.meta["config"]["kernel_sizes"] = {31};
+  archive.meta["config"]["blocks"] = 1;
+  io::write_archive(dir.file("huge.pt"), archive);
+  CHECK_THROWS_WITH(load_checkpoint(dir.file("huge.pt")),
+                    Catch::Contains("huge.pt") && Catch::Contains("needs at least") && Catch::Contains("weights"));
+}
+
 TEST_CASE("feature cache round trip and staleness", "[pipeline][cache]") {
   TempDir dir("cache");
   FeatureCache cache;

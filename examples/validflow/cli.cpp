@@ -3,13 +3,19 @@
 // that turns every error into one clear line and an exit code (docs/reliability.md).
 #include "commands.hpp"
 
+#include <validflow/features/info.hpp>
+
 #include <CLI/CLI.hpp>
 
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <thread>
+
+#include <signal.h>
+#include <unistd.h>
 
 namespace validflow::app {
 namespace {
@@ -98,8 +104,9 @@ ModelFlags add_model_options(CLI::App& cmd, FlowConfig& c) {
   return f;
 }
 
-/// Options of one model kind given with the other: a usage error, not a silent no-op.
-void check_model_flags(const ModelFlags& f, const FlowConfig& c) {
+/// Options of one model kind given with the other: a usage error, not a silent no-op. `channels_from_features`:
+/// the channel count is not an option here (train, run: it comes from the features).
+void check_model_flags(const ModelFlags& f, const FlowConfig& c, bool channels_from_features) {
   if (c.is_csflow()) {
     if (f.modules->count() > 0)
       throw CLI::ValidationError("--modules", "counts ValidFlow's FA+FB modules; CS-Flow's depth is --blocks");
@@ -112,10 +119,22 @@ void check_model_flags(const ModelFlags& f, const FlowConfig& c) {
   }
   try {
     FlowConfig probe = c;
-    probe.channels = 304;  // the real value comes from the features; checked here for the rest
+    if (channels_from_features) probe.channels = 304;  // the real value comes from the features
     probe.validate();
-  } catch (const FlowConfigError& e) {
-    throw CLI::ValidationError("model options", e.what());
+  } catch (const FlowConfigError& e) {  // name the option of the field the message starts with
+    const std::string message = e.what();
+    static const std::pair<const char*, const char*> fields[] = {{"kernel_sizes", "--kernel-sizes"},
+                                                                 {"kernel size", "--kernel-sizes"},
+                                                                 {"kernel_size", "--kernel-size"},
+                                                                 {"modules", "--modules"},
+                                                                 {"blocks", "--blocks"},
+                                                                 {"hidden", "--hidden"},
+                                                                 {"clamp", "--clamp"},
+                                                                 {"channels", "--channels"},
+                                                                 {"long_branches", "--no-long-branches"}};
+    for (const auto& [field, option] : fields)
+      if (message.rfind(field, 0) == 0) throw CLI::ValidationError(option, message);
+    throw CLI::ValidationError("model options", message);
   }
 }
 
@@ -192,6 +211,23 @@ int report_error(const std::exception& e, bool debug) {
   if (!debug && code == kExitInternal) std::cerr << "       (run again with --debug for details)\n";
   if (debug) std::cerr << "debug: " << e.what() << "\n";
   return code;
+}
+
+/// Fault injection for the interrupt tests (tests/cli/bad_inputs.py), never set in normal use:
+/// VALIDFLOW_FAULT_KILL=NAME:N kills this process with SIGKILL (as `kill -9` would) when the N-th atomic write
+/// of a file whose name starts with NAME has its bytes on disk, just before the rename.
+void install_fault_injection() {
+  const char* spec = std::getenv("VALIDFLOW_FAULT_KILL");
+  if (!spec) return;
+  const std::string text(spec);
+  const auto colon = text.rfind(':');
+  const std::string name = text.substr(0, colon);
+  const long nth = colon == std::string::npos ? 1 : std::atol(text.c_str() + colon + 1);
+  auto count = std::make_shared<long>(0);
+  io::atomic_write_hook() = [name, nth, count](const std::string& target, const std::string&) {
+    if (std::filesystem::path(target).filename().string().rfind(name, 0) == 0 && ++*count == nth)
+      ::kill(::getpid(), SIGKILL);
+  };
 }
 
 }  // namespace
@@ -338,7 +374,15 @@ int run_cli(int argc, char** argv) {
     app.parse(argc, argv);
     for (size_t i = 0; i < model_flags.size(); ++i) {
       CLI::App* owner = i == 0 ? info : i == 1 ? trn : run;
-      if (*owner) check_model_flags(model_flags[i], config);
+      if (*owner) check_model_flags(model_flags[i], config, /*channels_from_features=*/owner != info);
+    }
+    if (*ext || *run) {  // backbone, block and image size together (stride), without building anything
+      try {
+        const auto& b = extract.spec.backbone;
+        (void)features::backbone_info(b.name, b.layer, b.image_size, b.scales, b.padding);
+      } catch (const features::FeatureError& e) {
+        throw CLI::ValidationError("--backbone/--layer/--image-size", e.what());
+      }
     }
     if (*pred && predict.heatmaps && predict.out.empty())
       throw CLI::ValidationError(heatmaps->get_name(), "needs --out (the folder the heatmaps go to)");
@@ -354,6 +398,7 @@ int run_cli(int argc, char** argv) {
   const auto runtime_report = configure_cpu_runtime(runtime);
   if (!*info && !*check) std::cerr << runtime_report.to_string() << "\n";
 
+  install_fault_injection();
   try {
     if (*info) return run_info(config, map_size, backbone, layer, image_size, json);
     if (*check) return run_check_csflow(golden_file, tolerance);
@@ -366,7 +411,8 @@ int run_cli(int argc, char** argv) {
       return kExitOk;
     }
     if (*evl) {
-      run_eval(load_checkpoint(checkpoint_path(out)), load_feature_cache(features_path(out)), out, eval_options);
+      const auto checkpoint = load_checkpoint(checkpoint_path(out));  // in this order: a deterministic message
+      run_eval(checkpoint, load_feature_cache(features_path(out)), out, eval_options);
       return kExitOk;
     }
     if (*exp) {

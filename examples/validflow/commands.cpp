@@ -27,6 +27,25 @@ std::string report_dir(const std::string& out, Precision precision) {
   return (fs::path(out) / (precision == Precision::Float32 ? "report" : "report-" + to_string(precision))).string();
 }
 
+/// Puts the complete folder `staging` in the place of `target` (which may exist): the old one is moved aside to
+/// a temporary name, the new one renamed into place, the old one removed. Throws FileError.
+void replace_folder(const std::string& staging, const std::string& target) {
+  std::error_code ec;
+  std::string old;
+  if (fs::exists(fs::symlink_status(target, ec))) {
+    old = io::temp_path_for(target);
+    fs::rename(target, old, ec);
+    if (ec) throw FileError(target, "cannot replace " + target + ": " + ec.message());
+  }
+  fs::rename(staging, target, ec);
+  if (ec) {
+    const auto why = ec.message();
+    if (!old.empty()) fs::rename(old, target, ec);  // put the previous one back
+    throw FileError(target, "cannot write " + target + ": " + why);
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+}
+
 /// Resolves --weights: a path, "none", or "auto" (the converted pretrained file of this backbone, if any).
 std::string resolve_weights(const std::string& weights, const std::string& backbone) {
   if (weights == "none") return "";
@@ -124,6 +143,7 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
 
 Checkpoint run_train(FlowConfig config, const TrainOptions& t, const FeatureCache& cache, const std::string& out) {
   fs::create_directories(out);
+  io::remove_stale_temp_files(out);  // of a run killed while writing its checkpoint
   config.channels = cache.channels();
   config.scales = cache.scales();
   torch::manual_seed(t.seed);
@@ -173,7 +193,20 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
                                {"image_size", request.at("backbone").at("image_size")},
                                {"model", to_json(checkpoint.config)},
                                {"epochs", checkpoint.epoch}};
-  const auto m = evaluate(checkpoint.model, cache, report_dir(out, options.precision), options, info);
+  // The report is written to a staging folder and renamed into place when complete: a failed or killed eval
+  // leaves the previous report as it was (and no half-written one).
+  const auto final_dir = report_dir(out, options.precision);
+  io::remove_stale_temp_files(out);
+  const auto staging = io::temp_path_for(final_dir);
+  MetricsSummary m;
+  try {
+    m = evaluate(checkpoint.model, cache, staging, options, info);
+    replace_folder(staging, final_dir);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    throw;
+  }
   std::cout << std::fixed << std::setprecision(4) << "image AUROC   " << m.image_auroc << "  (" << m.n_test
             << " test images, " << m.n_defective << " defective)\n";
   for (const auto& [type, value] : m.image_auroc_per_type)

@@ -1,5 +1,7 @@
 #include "datasets.hpp"
 
+#include "image_format.hpp"
+
 #include <validflow/core/text.hpp>
 
 namespace validflow {
@@ -12,12 +14,6 @@ bool has_masks(const std::vector<Sample>& samples) {
 
 namespace detail {
 namespace fs = std::filesystem;
-
-struct DagmRow {
-  std::string image;
-  int label = 0;
-  std::string mask;  // empty if none
-};
 
 bool is_image_file(const fs::path& p) {
   static const std::set<std::string> ext{".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"};
@@ -33,7 +29,11 @@ std::vector<fs::path> list_images(const fs::path& dir, const std::string& ext_fi
   std::vector<fs::path> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (!it->is_regular_file(ec)) continue;
+    std::error_code type_ec;
+    // A dangling symbolic link with an image name is listed: decoding it then names it (an error, or a
+    // skipped image with --skip-bad-images) instead of the image silently missing from the dataset.
+    const bool dangling = it->is_symlink(type_ec) && !fs::exists(it->path(), type_ec);
+    if (!dangling && !it->is_regular_file(type_ec)) continue;
     const fs::path& p = it->path();
     if (ext_filter.empty() ? is_image_file(p) : to_lower(p.extension().string()) == ext_filter) out.push_back(p);
   }
@@ -125,35 +125,57 @@ bool all_digits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
 }
 
-std::vector<DagmRow> read_dagm_labels(const fs::path& file) {
-  std::ifstream in(file);
+/// A file name from a labels file: relative, and no `..` component, so it stays inside the dataset folder.
+bool stays_inside(const std::string& name) {
+  const fs::path p(name);
+  if (p.is_absolute() || p.has_root_name() || p.has_root_directory()) return false;
+  for (const auto& part : p)
+    if (part == "..") return false;
+  return true;
+}
+
+std::vector<DagmLabel> read_dagm_labels(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
   if (!in) throw DatasetError("dagm dataset: cannot open labels file " + file.string());
-  std::vector<DagmRow> rows;
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_dagm_labels(text, file.string());
+}
+
+}  // namespace detail
+
+std::vector<DagmLabel> parse_dagm_labels(const std::string& text, const std::string& file) {
+  std::vector<DagmLabel> rows;
+  std::istringstream in(text);
   std::string line;
   std::size_t line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    const auto t = split_ws(line);
+    const auto t = detail::split_ws(line);
     if (t.empty()) continue;
     if (line_no == 1) continue;  // header line (the DAGM files hold a single number there)
     auto bad = [&](const std::string& why) {
-      return DatasetError("dagm dataset: " + file.string() + " line " + std::to_string(line_no) + ": " + why +
+      return DatasetError("dagm dataset: " + file + " line " + std::to_string(line_no) + ": " + why +
                           " (expected `id label image 0 mask-file`): \"" + line + "\"");
     };
-    if (t.size() < 3) throw bad("too few columns");
-    if (!all_digits(t[0])) throw bad("id is not a number");
+    if (t.size() != 5) throw bad(std::to_string(t.size()) + " column" + (t.size() == 1 ? "" : "s") + " instead of 5");
+    if (!detail::all_digits(t[0])) throw bad("id is not a number");
     if (t[1] != "0" && t[1] != "1") throw bad("label is not 0 or 1");
-    DagmRow r;
+    if (!detail::all_digits(t[3])) throw bad("the fourth column is not a number");
+    DagmLabel r;
     r.label = t[1] == "1" ? 1 : 0;
     r.image = t[2];
-    if (t.size() >= 5 && t[4] != "0") r.mask = t[4];
+    if (t[4] != "0") r.mask = t[4];
     if (r.label == 0 && !r.mask.empty()) throw bad("a good image (label 0) names a mask file");
+    if (!detail::stays_inside(r.image) || (!r.mask.empty() && !detail::stays_inside(r.mask)))
+      throw bad("a file name leaves the dataset folder (absolute, or with a `..` component)");
     rows.push_back(std::move(r));
   }
-  if (rows.empty()) throw DatasetError("dagm dataset: no rows in labels file " + file.string());
+  if (rows.empty()) throw DatasetError("dagm dataset: no rows in labels file " + file);
   return rows;
 }
+
+namespace detail {
 
 Dataset load_good_and_test_folders(const std::string& root_path, const std::string& kind, bool masks_required) {
   namespace fs = std::filesystem;
@@ -271,21 +293,45 @@ Dataset load_dagm(const std::string& root_path) {
 }
 
 namespace detail {
-cv::Mat read_file(const std::string& path, int flags, const std::string& what) {
-  if (!file_exists(path)) throw DatasetError(what + " not found: " + path);
+/// The bytes of an image or mask file. Throws DatasetError naming the path: not found, a dangling symbolic
+/// link, not a regular file, unreadable.
+std::string read_image_bytes(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  const auto link = fs::symlink_status(path, ec);
+  if (fs::is_symlink(link) && !fs::exists(fs::status(path, ec)))
+    throw DatasetError(what + " is a dangling symbolic link: " + path);
+  if (!fs::exists(link)) throw DatasetError(what + " not found: " + path);
+  if (!fs::is_regular_file(fs::status(path, ec))) throw DatasetError(what + " is not a regular file: " + path);
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw DatasetError("cannot read " + what + ": " + path);
+  return bytes;
+}
+
+/// Checks the structure (image_format.hpp), then decodes with OpenCV. Throws DatasetError naming `name`.
+cv::Mat decode_bytes(const std::string& bytes, const std::string& name, int flags, const std::string& what) {
+  ImageHeader header;
+  const auto problem = image_structure_problem(bytes, header);
+  if (!problem.empty()) throw DatasetError("bad " + what + " (" + problem + "): " + name);
   cv::Mat m;
   try {
-    m = cv::imread(path, flags);
+    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+    m = cv::imdecode(buffer, flags);
   } catch (const cv::Exception& e) {
-    throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path + ": " + e.what());
+    throw DatasetError("cannot decode " + what + " (corrupt or unsupported " + header.format + "): " + name + ": " +
+                       e.what());
   }
-  if (m.empty()) throw DatasetError("cannot decode " + what + " (corrupt or unsupported): " + path);
+  if (m.empty())
+    throw DatasetError("cannot decode " + what + " (corrupt or unsupported " + header.format + "): " + name);
   return m;
 }
 
 }  // namespace detail
-cv::Mat decode_image(const std::string& path) {
-  const cv::Mat raw = detail::read_file(path, cv::IMREAD_UNCHANGED, "image");
+
+cv::Mat decode_image_bytes(const std::string& bytes, const std::string& name) {
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw DatasetError("image file larger than 2 GiB: " + name);
+  const cv::Mat raw = detail::decode_bytes(bytes, name, cv::IMREAD_UNCHANGED, "image");
   double scale;
   switch (raw.depth()) {
     case CV_8U:
@@ -298,7 +344,7 @@ cv::Mat decode_image(const std::string& path) {
       scale = 1.0;
       break;
     default:
-      throw DatasetError("unsupported pixel depth in image: " + path);
+      throw DatasetError("unsupported pixel depth in image: " + name);
   }
   cv::Mat rgb;
   switch (raw.channels()) {
@@ -318,12 +364,16 @@ cv::Mat decode_image(const std::string& path) {
       cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB);
       break;
     default:
-      throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + path);
+      throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + name);
   }
   if (raw.depth() == CV_8U) return rgb;
   cv::Mat f;
   rgb.convertTo(f, CV_32FC3, scale);
   return f;
+}
+
+cv::Mat decode_image(const std::string& path) {
+  return decode_image_bytes(detail::read_image_bytes(path, "image"), path);
 }
 
 cv::Mat load_image(const std::string& path, int size) {
@@ -334,16 +384,23 @@ cv::Mat load_image(const std::string& path, int size) {
   return f;
 }
 
+cv::Mat decode_mask_bytes(const std::string& bytes, const std::string& name, int threshold) {
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw DatasetError("mask file larger than 2 GiB: " + name);
+  const cv::Mat m = detail::decode_bytes(bytes, name, cv::IMREAD_GRAYSCALE | cv::IMREAD_IGNORE_ORIENTATION, "mask");
+  cv::Mat out;
+  cv::threshold(m, out, threshold - 1, 1, cv::THRESH_BINARY);  // > threshold-1  <=>  >= threshold
+  return out;
+}
+
 cv::Mat load_mask(const std::string& path, int size, int threshold) {
   if (path.empty()) {
     if (size <= 0) throw std::invalid_argument("load_mask: an empty mask path needs a size > 0");
     return cv::Mat::zeros(size, size, CV_8UC1);
   }
-  cv::Mat m = detail::read_file(path, cv::IMREAD_GRAYSCALE, "mask");
+  cv::Mat m = decode_mask_bytes(detail::read_image_bytes(path, "mask"), path, threshold);
   if (size > 0 && (m.rows != size || m.cols != size)) cv::resize(m, m, cv::Size(size, size), 0, 0, cv::INTER_NEAREST);
-  cv::Mat out;
-  cv::threshold(m, out, threshold - 1, 1, cv::THRESH_BINARY);  // > threshold-1  <=>  >= threshold
-  return out;
+  return m;
 }
 
 void check_dataset_images(Dataset& d, bool skip_bad_images,
@@ -355,8 +412,15 @@ void check_dataset_images(Dataset& d, bool skip_bad_images,
     kept.reserve(v.size());
     for (auto& s : v) {
       try {
-        (void)decode_image(s.path);
-        if (!s.mask_path.empty()) (void)load_mask(s.mask_path, 0);
+        const cv::Mat image = decode_image(s.path);
+        if (!s.mask_path.empty()) {
+          // A mask of another size than its image does not describe its pixels: an error, never resized.
+          const cv::Mat mask = load_mask(s.mask_path, 0);
+          if (mask.size() != image.size())
+            throw DatasetError("mask " + s.mask_path + " is " + std::to_string(mask.cols) + " x " +
+                               std::to_string(mask.rows) + " pixels, its image " + s.path + " is " +
+                               std::to_string(image.cols) + " x " + std::to_string(image.rows));
+        }
         kept.push_back(std::move(s));
       } catch (const DatasetError& e) {
         if (!skip_bad_images) throw;

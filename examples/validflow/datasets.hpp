@@ -134,7 +134,27 @@ cv::Mat load_image(const std::string& path, int size);
 /// size x size if size > 0. An empty path gives an all-zero mask of size x size (needs size > 0).
 cv::Mat load_mask(const std::string& path, int size, int threshold = 128);
 
-/// Decodes every image and mask of the dataset once. Bad ones throw DatasetError naming the path, or,
+/// decode_image of a file's bytes; `name` (the path) is named in errors. Checks the file's structure first
+/// (image_format.hpp: PNG, JPEG, BMP or TIFF, complete, within max_image_pixels()).
+cv::Mat decode_image_bytes(const std::string& bytes, const std::string& name);
+
+/// A mask file's bytes decoded as CV_8UC1 0/1 (1: pixel >= threshold) at the file's size; checked as images are.
+cv::Mat decode_mask_bytes(const std::string& bytes, const std::string& name, int threshold = 128);
+
+/// One row of a DAGM Labels.txt.
+struct DagmLabel {
+  std::string image;
+  int label = 0;
+  std::string mask;  ///< empty: none
+};
+
+/// Parses a DAGM Labels.txt (`file` names it in errors): a header line, then `id label image 0 mask-file` per
+/// non-empty line, exactly five columns; label 0 or 1; file names relative without `..` (they may not leave
+/// the dataset folder). Throws DatasetError naming the file, the line and the problem.
+std::vector<DagmLabel> parse_dagm_labels(const std::string& text, const std::string& file);
+
+/// Decodes every image and mask of the dataset once (a mask must have its image's size). Bad ones throw
+/// DatasetError naming the path, or,
 /// with skip_bad_images, are removed and listed in d.skipped (an empty training set still throws).
 /// on_progress(done, total) is called after each sample if given.
 void check_dataset_images(Dataset& d, bool skip_bad_images,

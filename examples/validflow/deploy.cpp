@@ -105,6 +105,8 @@ void sample_pixels(const torch::Tensor& maps, const std::vector<Sample>* samples
 }  // namespace
 
 std::string run_export(const std::string& out, const ExportArgs& e) {
+  std::error_code ec;
+  if (fs::is_directory(e.to, ec)) throw FileError(e.to, "--to " + e.to + " is a directory; give the model file's name");
   const auto checkpoint = load_checkpoint(checkpoint_path(out));
   const auto cache = load_feature_cache(features_path(out));
   const auto& request = cache.meta.at("request");
@@ -202,7 +204,7 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   const fs::path target(e.to);
   if (target.has_parent_path()) fs::create_directories(target.parent_path());
   io::remove_stale_temp_files(target.has_parent_path() ? target.parent_path().string() : ".");
-  const std::string staging = e.to + ".tmp." + std::to_string(::getpid()) + ".export";
+  const std::string staging = io::temp_path_for(e.to);  // removed by a later run if this one is killed
   save_model_file(staging, info, *extractor, checkpoint.model);
   try {
     const Detector detector(staging);
@@ -220,16 +222,16 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
       for (size_t i = 0; i < images.size(); ++i) {
         const double rel = std::abs(predicted[i].score - expected[i]) / std::max(std::abs(expected[i]), 1e-12);
         if (rel > 1e-4)
-          throw std::runtime_error("the exported model scores a test image " + std::to_string(predicted[i].score) +
-                                   ", the run's features gave " + std::to_string(expected[i]) +
-                                   " (images changed since extraction?)");
+          throw DatasetError("the exported model scores a test image " + std::to_string(predicted[i].score) +
+                             ", the run's features gave " + std::to_string(expected[i]) +
+                             " (images changed since extraction?)");
       }
       std::cerr << "checked   the file reproduces the run's scores on " << images.size() << " test images\n";
     } else {
       std::cerr << "checked   not compared with the run's scores: its test images are no longer readable\n";
     }
   } catch (...) {
-    fs::remove(staging);
+    fs::remove(staging, ec);
     throw;
   }
   std::optional<triton::RepositoryEntry> entry;
@@ -237,11 +239,16 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
     try {
       entry = triton::write_model_repository(staging, e.triton_repository, repository);
     } catch (const triton::RepositoryError& x) {
-      fs::remove(staging);
+      fs::remove(staging, ec);
       throw triton_error(x.what());
     }
   }
-  fs::rename(staging, target);
+  fs::rename(staging, target, ec);
+  if (ec) {
+    const auto why = ec.message();
+    fs::remove(staging, ec);
+    throw FileError(e.to, "cannot write " + e.to + ": " + why);
+  }
   std::cerr << "threshold " << std::setprecision(6) << info.decision.threshold << ": " << image.source << "\n";
   std::cerr << "pixels    " << info.decision.pixel_threshold << ": " << pixel.source << "\n";
   std::cout << "model     " << e.to << " (" << std::fixed << std::setprecision(1)

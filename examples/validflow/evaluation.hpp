@@ -51,7 +51,7 @@ inline TestScores score_test_set(const AnyFlow& model, const TensorList& feature
   t.scores.assign(scores.data_ptr<double>(), scores.data_ptr<double>() + scores.numel());
   for (double s : t.scores)
     if (!std::isfinite(s))
-      throw std::runtime_error(
+      throw std::invalid_argument(
           "the flow gave a non-finite score on the test features: its weights are not finite "
           "(a diverged training?) or the features hold extreme values");
   t.maps = maps_at_input_size(scored.maps, options.pixel_size, options.map_sigma);

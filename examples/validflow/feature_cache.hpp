@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace validflow::app {
@@ -37,7 +38,7 @@ struct ExtractionSpec {
 inline std::string file_fingerprint(const std::string& path) {
   if (path.empty()) return "none";
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read weights file '" + path + "'");
+  if (!in) throw FileError(path, "cannot read weights file '" + path + "'");
   uint64_t hash = 1469598103934665603ull, size = 0;
   char buffer[1 << 16];
   while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
@@ -116,15 +117,14 @@ inline void save_feature_cache(const FeatureCache& cache, const std::string& pat
 
 /// Reads and verifies a feature cache: checksums (io::read_archive), then every tensor's presence, rank, dtype
 /// and shape agreement, and the test sample list. Throws FileError naming the file and the problem.
-inline FeatureCache load_feature_cache(const std::string& path) {
-  if (!std::filesystem::exists(path))
-    throw FileError(path, "feature cache '" + path + "' not found (run `validflow extract` first)");
-  const auto archive = io::read_archive(path, kFeatureCacheKind, kFeatureCacheVersion);
+/// feature_cache_from_archive does the checks after the archive's own (the fuzzer's entry point).
+inline FeatureCache feature_cache_from_archive(const io::TensorArchive& archive, const std::string& path) {
+  io::check_archive_kind(archive, path, kFeatureCacheKind, kFeatureCacheVersion);
   auto refuse = [&](const std::string& why) { return FileError(path, "feature cache '" + path + "': " + why); };
   FeatureCache cache;
   try {
     cache.meta = archive.meta;
-    const int64_t scales = cache.meta.at("scales").get<int64_t>();
+    const int64_t scales = io::json_integer<int64_t>(cache.meta.at("scales"), "scales");
     if (scales < 1 || scales > 8) throw refuse("invalid number of scales " + std::to_string(scales));
     std::map<std::string, torch::Tensor> tensors;
     cache.backbone_state.source = path;
@@ -135,10 +135,8 @@ inline FeatureCache load_feature_cache(const std::string& path) {
         tensors.emplace(key, tensor);
     }
     if (cache.backbone_state.empty()) throw refuse("holds no backbone weights");
-    const int64_t holdout = cache.meta.at("holdout_images").get<int64_t>();
-    if (static_cast<int64_t>(tensors.size()) != scales * (holdout > 0 ? 3 : 2))
-      throw refuse("holds " + std::to_string(tensors.size()) + " feature tensors for " + std::to_string(scales) +
-                   " scales");
+    const int64_t holdout = io::json_integer<int64_t>(cache.meta.at("holdout_images"), "holdout_images");
+    if (holdout < 0) throw refuse("negative holdout_images");
     auto split = [&](const std::string& name, TensorList& out) {
       for (int64_t s = 0; s < scales; ++s) {
         const auto key = name + "." + std::to_string(s);
@@ -148,6 +146,9 @@ inline FeatureCache load_feature_cache(const std::string& path) {
         if (t.dim() != 4 || !t.is_floating_point())
           throw refuse("tensor '" + key + "' must be a floating-point [N, C, H, W] tensor, got " +
                        validflow::detail::shape_string(t) + " " + c10::toString(t.scalar_type()));
+        if ((t.size(0) < 1 && name != "holdout") || t.size(1) < 2 || t.size(2) < 1 || t.size(3) < 1)
+          throw refuse("tensor '" + key +
+                       "' has an empty dimension or fewer than 2 channels: " + validflow::detail::shape_string(t));
         if (s > 0 && (t.size(0) != out[0].size(0) || t.size(1) != out[0].size(1)))
           throw refuse("tensor '" + key + "' disagrees with scale 0 in images or channels");
         if (!torch::isfinite(t).all().item<bool>()) throw refuse("tensor '" + key + "' holds NaN or Inf values");
@@ -157,10 +158,20 @@ inline FeatureCache load_feature_cache(const std::string& path) {
     split("train", cache.train);
     split("test", cache.test);
     if (holdout > 0) split("holdout", cache.holdout);
+    std::set<std::string> expected;  // every expected tensor is there (split): name one that is not expected
+    for (const char* name : {"train", "test", "holdout"})
+      for (int64_t s = 0; s < scales && (holdout > 0 || std::string(name) != "holdout"); ++s)
+        expected.insert(std::string(name) + "." + std::to_string(s));
+    for (const auto& [key, tensor] : tensors)
+      if (!expected.count(key))
+        throw refuse("unexpected tensor '" + key + "' (" + std::to_string(scales) + " scales, " +
+                     std::to_string(holdout) + " held-out images)");
     if (cache.train[0].size(1) != cache.test[0].size(1)) throw refuse("train and test features differ in channels");
     for (const auto& s : cache.meta.at("test_samples")) {
-      cache.test_samples.push_back({s.at("path").get<std::string>(), s.at("label").get<int>(),
+      cache.test_samples.push_back({s.at("path").get<std::string>(), io::json_integer<int>(s.at("label"), "label"),
                                     s.at("type").get<std::string>(), s.at("mask").get<std::string>()});
+      if (cache.test_samples.back().label != 0 && cache.test_samples.back().label != 1)
+        throw refuse("a test sample's label is not 0 or 1");
     }
     if (static_cast<int64_t>(cache.test_samples.size()) != cache.test[0].size(0))
       throw refuse(std::to_string(cache.test_samples.size()) + " test samples for " +
@@ -171,8 +182,16 @@ inline FeatureCache load_feature_cache(const std::string& path) {
       throw refuse("holdout_samples disagrees with holdout_images");
   } catch (const nlohmann::json::exception& e) {
     throw refuse(std::string("invalid metadata: ") + e.what());
+  } catch (const c10::Error& e) {
+    throw refuse(e.what_without_backtrace());
   }
   return cache;
+}
+
+inline FeatureCache load_feature_cache(const std::string& path) {
+  if (!std::filesystem::exists(path))
+    throw FileError(path, "feature cache '" + path + "' not found (run `validflow extract` first)");
+  return feature_cache_from_archive(io::parse_archive(io::read_file_bytes(path), path), path);
 }
 
 /// The cache at `path` if it exists and was extracted for exactly `request`; otherwise nullopt with the reason.

@@ -276,13 +276,16 @@ SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const Syn
         return res;
       }
     } else if (!(fs::is_directory(root, ec) && fs::is_empty(root, ec))) {
-      throw std::runtime_error("synthetic dataset: " + root.string() +
-                               " exists and was not made by this generator (no synthetic.json); "
-                               "remove it or choose another folder");
+      throw ReportError("synthetic dataset: " + root.string() +
+                        " exists and was not made by this generator (no synthetic.json); "
+                        "remove it or choose another folder");
     }
   }
 
-  const fs::path tmp = root.parent_path() / (root.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  // Staged under a temporary name that a later run removes if this one is killed (io/atomic_file.hpp).
+  if (root.has_parent_path() && fs::is_directory(root.parent_path(), ec))
+    io::remove_stale_temp_files(root.parent_path().string());
+  const fs::path tmp = io::temp_path_for(root.string());
   fs::remove_all(tmp, ec);
   try {
     fs::create_directories(tmp / "train" / "good");
@@ -310,7 +313,7 @@ SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const Syn
       std::ofstream mf(tmp / "synthetic.json", std::ios::binary);
       mf << manifest;
       mf.close();
-      if (!mf) throw std::runtime_error("cannot write " + (tmp / "synthetic.json").string());
+      if (!mf) throw ReportError("cannot write " + (tmp / "synthetic.json").string());
     }
     if (fs::exists(root)) fs::remove_all(root);  // empty, or an older dataset made by this generator
     fs::create_directories(root.parent_path());

@@ -125,26 +125,34 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch:
 
 /// Loads and verifies a checkpoint: checksums, its configuration, then the model strictly (every key, shape
 /// and dtype) and the optimizer state (shapes against the parameters). Throws FileError naming the file.
-inline Checkpoint load_checkpoint(const std::string& path) {
-  if (!std::filesystem::exists(path)) throw FileError(path, "checkpoint '" + path + "' not found");
-  const auto archive = io::read_archive(path, kCheckpointKind, kCheckpointVersion);
+/// checkpoint_from_archive does the checks after the archive's own (the fuzzer's entry point).
+inline Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::string& path) {
+  io::check_archive_kind(archive, path, kCheckpointKind, kCheckpointVersion);
   auto refuse = [&](const std::string& why) { return FileError(path, "checkpoint '" + path + "': " + why); };
   Checkpoint c;
   try {
     const auto& meta = archive.meta;
     c.config = flow_config_from_json(meta.at("config"));
     c.feature_layout = meta.at("feature_layout");
-    c.epoch = meta.at("epoch").get<int64_t>();
+    c.epoch = io::json_integer<int64_t>(meta.at("epoch"), "epoch");
     c.loss_history = meta.at("loss_history").get<std::vector<double>>();
     c.train_options = meta.at("train_options");
     if (c.epoch < 0 || static_cast<int64_t>(c.loss_history.size()) != c.epoch)
       throw refuse("epoch " + std::to_string(c.epoch) + " disagrees with its loss history");
-    c.model = build_flow(c.config);
     StateDict model_state;
     model_state.source = path;
-    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "model.")) model_state.emplace_back(key, tensor);
+    int64_t model_weights = 0;
+    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "model.")) {
+      model_weights += tensor.numel();
+      model_state.emplace_back(key, tensor);
+    }
+    check_parameters_available(c.config, model_weights);  // before building (flow_config.hpp)
+    for (const auto& [key, tensor] : archive.tensors)     // training never saves a non-finite value (TrainingDiverged)
+      if (tensor.is_floating_point() && !torch::isfinite(tensor).all().item<bool>())
+        throw refuse("tensor '" + key + "' holds NaN or Inf values");
+    c.model = build_flow(c.config);
     load_state_dict(c.model.module(), model_state);
-    const auto steps = meta.at("adam_steps").get<std::vector<int64_t>>();
+    const auto steps = io::json_integers<int64_t>(meta.at("adam_steps"), "adam_steps");
     const auto params = c.model.module().parameters();
     if (steps.size() != params.size())
       throw refuse("optimizer state for " + std::to_string(steps.size()) + " parameters, the model has " +
@@ -174,10 +182,19 @@ inline Checkpoint load_checkpoint(const std::string& path) {
     if (adam_tensors + model_state.size() != archive.tensors.size()) throw refuse("holds unexpected tensors");
   } catch (const nlohmann::json::exception& e) {
     throw refuse(std::string("invalid metadata: ") + e.what());
-  } catch (const FlowConfigError& e) {
+  } catch (const FileError&) {  // already names the file (refuse, StateDictError)
+    throw;
+  } catch (const std::invalid_argument& e) {  // FlowConfigError, a module's own check of its options
     throw refuse(e.what());
+  } catch (const c10::Error& e) {
+    throw refuse(e.what_without_backtrace());
   }
   return c;
+}
+
+inline Checkpoint load_checkpoint(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw FileError(path, "checkpoint '" + path + "' not found");
+  return checkpoint_from_archive(io::parse_archive(io::read_file_bytes(path), path), path);
 }
 
 /// Puts a checkpoint's Adam state into a fresh optimizer over the same model.
@@ -201,11 +218,12 @@ inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, 
   if (options.resume) {
     auto resumed = load_checkpoint(checkpoint_path);
     if (to_json(resumed.config) != to_json(checkpoint.config)) {
-      throw std::runtime_error("--resume: checkpoint '" + checkpoint_path + "' is of another configuration: " +
-                               to_json(resumed.config).dump() + " vs requested " + to_json(checkpoint.config).dump());
+      throw FileError(checkpoint_path, "--resume: checkpoint '" + checkpoint_path +
+                                           "' is of another configuration: " + to_json(resumed.config).dump() +
+                                           " vs requested " + to_json(checkpoint.config).dump());
     }
     if (resumed.feature_layout != checkpoint.feature_layout) {
-      throw std::runtime_error("--resume: checkpoint '" + checkpoint_path + "' was trained on other features");
+      throw FileError(checkpoint_path, "--resume: checkpoint '" + checkpoint_path + "' was trained on other features");
     }
     checkpoint = std::move(resumed);
   }
@@ -215,7 +233,7 @@ inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, 
   auto optimizer = make_optimizer(flow, options);
   restore_adam_state(optimizer, flow, checkpoint.adam_state);
   const int64_t n = features.at(0).size(0);
-  if (n == 0) throw std::runtime_error("no training features");
+  if (n == 0) throw std::invalid_argument("no training features");
   const int64_t batches = (n + options.batch_size - 1) / options.batch_size;
   flow.train();
   ProgressBar bar(static_cast<size_t>((options.epochs - checkpoint.epoch) * batches), "train",

@@ -72,9 +72,10 @@ inline void save_model_file(const std::string& path, const ModelInfo& info,
   io::write_archive(path, archive);
 }
 
-/// Reads, verifies and builds a model file (see the top of this file). Throws FileError naming the file.
-inline LoadedModel load_model_file(const std::string& path) {
-  const auto archive = io::read_archive(path, kModelFileKind, kModelFileVersion);
+/// Verifies and builds a model file already read into an archive (load_model_file, and the fuzzer
+/// fuzz/target_model_file.hpp on bytes); `path` names it in errors. Throws FileError.
+inline LoadedModel load_model_archive(const io::TensorArchive& archive, const std::string& path) {
+  io::check_archive_kind(archive, path, kModelFileKind, kModelFileVersion);
   auto refuse = [&](const std::string& why) { return FileError(path, "model file '" + path + "': " + why); };
   LoadedModel model;
   try {
@@ -87,6 +88,15 @@ inline LoadedModel load_model_file(const std::string& path) {
     model.info.provenance = meta.at("provenance");
     if (meta.at("score").get<std::string>() != kScoreDefinition)
       throw refuse("its score definition is not the one this build computes");
+    int64_t backbone_weights = 0;  // before building: a small file cannot make us build a big backbone
+    for (const auto& [key, tensor] : archive.tensors)
+      if (key.rfind("backbone.", 0) == 0) backbone_weights += tensor.numel();
+    const auto& b = model.info.backbone;
+    const int64_t needed = features::efficientnet_parameter_count(
+        features::EfficientNetOptions::from_name(b.name).last_block(b.layer).padding(b.padding));
+    if (backbone_weights < needed)
+      throw refuse("its backbone (" + b.name + " up to block " + std::to_string(b.layer) + ") needs " +
+                   std::to_string(needed) + " weights, the file holds " + std::to_string(backbone_weights));
     model.extractor = features::build_extractor(model.info.backbone);
     if (meta.at("normalization") != detail::normalization_json(model.extractor->image_normalization()))
       throw refuse("its image normalisation differs from the backbone's");
@@ -95,6 +105,10 @@ inline LoadedModel load_model_file(const std::string& path) {
       throw refuse("the flow expects " + std::to_string(model.info.flow.scales) + " scales of " +
                    std::to_string(model.info.flow.channels) + " channels, the backbone gives " +
                    std::to_string(model.info.backbone.scales) + " of " + std::to_string(channels));
+    int64_t flow_weights = 0;  // before building: a small file cannot make us allocate a huge flow
+    for (const auto& [key, tensor] : archive.tensors)
+      if (key.rfind("flow.", 0) == 0) flow_weights += tensor.numel();
+    check_parameters_available(model.info.flow, flow_weights);
     model.flow = build_flow(model.info.flow);
     StateDict backbone, flow;
     backbone.source = flow.source = path;
@@ -124,6 +138,11 @@ inline LoadedModel load_model_file(const std::string& path) {
   model.extractor->eval();
   model.flow.module().eval();
   return model;
+}
+
+/// Reads, verifies and builds a model file (see the top of this file). Throws FileError naming the file.
+inline LoadedModel load_model_file(const std::string& path) {
+  return load_model_archive(io::parse_archive(io::read_file_bytes(path), path), path);
 }
 
 }  // namespace validflow

@@ -5,6 +5,7 @@
 // use the same network with the same preprocessing.
 #include <validflow/features/extractor.hpp>
 #include <validflow/features/weights.hpp>
+#include <validflow/io/json_fields.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -60,9 +61,9 @@ inline BackboneSpec backbone_spec_from_json(const nlohmann::json& j) {
         throw FeatureError("unknown key '" + k + "'");
     }
     b.name = j.at("name").get<std::string>();
-    b.layer = j.at("layer").get<int64_t>();
-    b.image_size = j.at("image_size").get<int64_t>();
-    b.scales = j.at("scales").get<int64_t>();
+    b.layer = io::json_integer<int64_t>(j.at("layer"), "layer");
+    b.image_size = io::json_integer<int64_t>(j.at("image_size"), "image_size");
+    b.scales = io::json_integer<int64_t>(j.at("scales"), "scales");
     const auto padding = j.at("padding").get<std::string>();
     if (padding == "static-same")
       b.padding = Padding::StaticSame;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <string_view>
@@ -43,12 +44,28 @@ inline long temp_file_pid(const std::string& filename) {
 }
 }  // namespace detail
 
+/// A fresh temporary name next to `path`: `<path>.tmp.<pid>.<n>`, which remove_stale_temp_files recognises
+/// once this process is gone (for files, and for folders staged and renamed into place as a whole).
+inline std::string temp_path_for(const std::string& path) {
+  static std::atomic<unsigned> counter{0};
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+}
+
+/// A hook called by write_file_atomic after a temporary file's bytes are written and flushed, just before the
+/// rename (arguments: target, temporary file). Empty by default. The `validflow` program installs one only when
+/// its fault-injection variable is set (the kill -9 rows of tests/cli/bad_inputs.py).
+inline std::function<void(const std::string&, const std::string&)>& atomic_write_hook() {
+  static std::function<void(const std::string&, const std::string&)> hook;
+  return hook;
+}
+
 /// The bytes of a regular file. Throws FileError naming the path when it is missing, not a regular file (a
 /// folder, a device), unreadable, or fails while being read.
 inline std::string read_file_bytes(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  if (fs::is_directory(path, ec)) throw FileError(path, "'" + path + "' is a directory, not a file");
   if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw FileError(path, "cannot open '" + path + "' (permission denied?)");
@@ -60,7 +77,6 @@ inline std::string read_file_bytes(const std::string& path) {
 /// Writes `bytes` to `path` atomically (see the top of this file); creates parent folders. Throws FileError.
 inline void write_file_atomic(const std::string& path, std::string_view bytes) {
   namespace fs = std::filesystem;
-  static std::atomic<unsigned> counter{0};
   const fs::path target(path);
   std::error_code ec;
   if (target.has_parent_path()) {
@@ -68,7 +84,7 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
     if (ec) throw FileError(path, "cannot create folder " + target.parent_path().string() + ": " + ec.message());
   }
   if (fs::is_directory(target, ec)) throw FileError(path, "cannot write " + path + ": it is a directory");
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const std::string tmp = temp_path_for(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw FileError(path, "cannot write " + path + ": " + detail::errno_text(errno));
   auto fail = [&](const std::string& what, int error) {
@@ -93,6 +109,7 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
     ::unlink(tmp.c_str());
     throw FileError(path, "cannot close " + path + ": " + detail::errno_text(error));
   }
+  if (atomic_write_hook()) atomic_write_hook()(path, tmp);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int error = errno;
     ::unlink(tmp.c_str());
@@ -100,20 +117,24 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
   }
 }
 
-/// Removes the temporary files (`*.tmp.<pid>.<n>`) in `folder` whose writing process no longer exists (a run
-/// killed while writing). Files of running processes are kept. Returns the removed paths; never throws.
+/// Removes the temporary files and staged folders (`*.tmp.<pid>.<n>`) in `folder` whose writing process no
+/// longer exists (a run killed while writing). Those of running processes are kept. Symbolic links are never
+/// followed or removed. Returns the removed paths; never throws.
 inline std::vector<std::string> remove_stale_temp_files(const std::string& folder) {
   namespace fs = std::filesystem;
-  std::vector<std::string> removed;
+  std::vector<std::string> removed, stale;
   std::error_code ec;
   for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code type_ec;
-    if (!it->is_regular_file(type_ec)) continue;
+    if (it->is_symlink(type_ec) || (!it->is_regular_file(type_ec) && !it->is_directory(type_ec))) continue;
     const long pid = detail::temp_file_pid(it->path().filename().string());
     if (pid <= 0) continue;
     if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    stale.push_back(it->path().string());
+  }
+  for (const auto& path : stale) {
     std::error_code rm_ec;
-    if (fs::remove(it->path(), rm_ec)) removed.push_back(it->path().string());
+    if (fs::remove_all(path, rm_ec) > 0 && !rm_ec) removed.push_back(path);
   }
   return removed;
 }

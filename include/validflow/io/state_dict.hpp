@@ -13,14 +13,20 @@
 #include <validflow/core/flow.hpp>
 #include <validflow/io/atomic_file.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/pickle_check.hpp>
+#include <validflow/io/tensor_archive.hpp>
+#include <validflow/io/zip_check.hpp>
 
+#include <caffe2/serialize/versions.h>
 #include <torch/torch.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -97,18 +103,53 @@ class StateDict {
 
 namespace detail {
 
-inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out,
-                          const std::string& path) {
+/// A tensor that LibTorch's unpickler built must lie inside its storage: the unpickler (1.13) sets a tensor's
+/// sizes, strides and offset from the file without checking them against the storage's bytes, so a crafted
+/// file could make a later read run past the buffer. Refused here, before any value is read.
+inline void check_tensor_in_storage(const torch::Tensor& t, const std::string& key, const std::string& path) {
+  const auto bad = [&](const std::string& why) {
+    return StateDictError(path, "entry '" + key + "' of '" + path + "' " + why);
+  };
+  if (t.is_sparse() || t.is_quantized() || t.is_mkldnn() || !t.has_storage())
+    throw bad("is not a dense tensor with storage");
+  if (t.storage_offset() < 0) throw bad("has a negative storage offset");
+  int64_t last = t.storage_offset();  // the largest element index the view touches
+  bool empty = false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) < 0 || t.stride(d) < 0) throw bad("has a negative size or stride");
+    if (t.size(d) == 0) empty = true;
+  }
+  if (!empty) {
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const auto extent = static_cast<__int128>(t.size(d) - 1) * t.stride(d);
+      if (extent > std::numeric_limits<int64_t>::max() - last) throw bad("describes an impossibly large view");
+      last += static_cast<int64_t>(extent);
+    }
+    const auto needed = (static_cast<__int128>(last) + 1) * static_cast<__int128>(t.element_size());
+    if (needed > static_cast<__int128>(t.storage().nbytes()))
+      throw bad("views " + std::to_string(static_cast<long long>(needed)) + " bytes of a storage of " +
+                std::to_string(t.storage().nbytes()) + " (a corrupt or crafted file)");
+  }
+}
+
+/// Nested dicts deeper than this are refused (flatten_state recurses).
+constexpr int kMaxStateDictDepth = 32;
+
+inline void flatten_state(const c10::IValue& value, const std::string& prefix, StateDict& out, const std::string& path,
+                          int depth = 0) {
   if (value.isTensor()) {
+    check_tensor_in_storage(value.toTensor(), prefix, path);
     out.emplace_back(prefix, value.toTensor());
     return;
   }
   if (value.isGenericDict()) {
+    if (depth >= kMaxStateDictDepth)
+      throw StateDictError(path, "'" + path + "' nests dicts deeper than " + std::to_string(kMaxStateDictDepth));
     for (const auto& entry : value.toGenericDict()) {
       if (!entry.key().isString())
         throw StateDictError(path, "'" + path + "' has a non-string key under '" + prefix + "'");
       const std::string key = entry.key().toStringRef();
-      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path);
+      flatten_state(entry.value(), prefix.empty() ? key : prefix + "." + key, out, path, depth + 1);
     }
     return;
   }
@@ -117,20 +158,63 @@ inline void flatten_state(const c10::IValue& value, const std::string& prefix, S
 
 }  // namespace detail
 
-/// Reads a `torch.save`d dict of tensors (see the top of this file). Throws FileError / StateDictError naming
-/// the path.
-inline StateDict read_state_dict(const std::string& path) {
-  const auto text = io::read_file_bytes(path);
-  if (text.empty()) throw FileError(path, "'" + path + "' is empty");
-  const std::vector<char> bytes(text.begin(), text.end());
+/// The layout LibTorch's zip reader (caffe2::serialize::PyTorchStreamReader) requires, checked before it runs:
+/// its constructor throws without freeing the zip reader's state (a leak in LibTorch 1.13, found by fuzzing) when
+/// the first entry is not inside a folder, or that folder's `version` record is missing, not a number or outside
+/// the versions LibTorch reads. Then the pickle (`data.pkl`) against the tensor records (io/pickle_check.hpp).
+/// Throws FileError naming the path.
+inline void check_torch_save_layout(const std::vector<io::ZipEntry>& entries, std::string_view bytes,
+                                    const std::string& path) {
+  auto refuse = [&](const std::string& why) {
+    return FileError(path, "'" + path + "' is not a valid torch.save zip file: " + why);
+  };
+  const auto slash = entries.front().name.find('/');
+  if (slash == std::string::npos || slash == 0) throw refuse("its first entry is not inside a folder");
+  const std::string folder = entries.front().name.substr(0, slash + 1);
+  const io::ZipEntry* version = nullptr;
+  for (const char* name : {".data/version", "version"})
+    for (const auto& e : entries)
+      if (!version && e.name == folder + name) version = &e;
+  if (!version) throw refuse("no " + folder + "version record");
+  std::string text(bytes.substr(static_cast<size_t>(version->data_offset), static_cast<size_t>(version->size)));
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
+  const bool digits = !text.empty() && text.size() <= 4 && text.find_first_not_of("0123456789") == std::string::npos;
+  const uint64_t v = digits ? std::stoull(text) : 0;
+  if (v < caffe2::serialize::kMinSupportedFileFormatVersion || v > caffe2::serialize::kMaxSupportedFileFormatVersion)
+    throw refuse("format version '" + text.substr(0, 16) + "' (LibTorch reads " +
+                 std::to_string(caffe2::serialize::kMinSupportedFileFormatVersion) + ".." +
+                 std::to_string(caffe2::serialize::kMaxSupportedFileFormatVersion) + ")");
+  // The pickle, against the records it names (io/pickle_check.hpp).
+  std::map<std::string, uint64_t> records;
+  const io::ZipEntry* pickle = nullptr;
+  for (const auto& e : entries) {
+    records.emplace(e.name, e.size);
+    if (e.name == folder + "data.pkl") pickle = &e;
+  }
+  if (!pickle) throw refuse("no " + folder + "data.pkl record");
+  io::check_torch_pickle(bytes.substr(static_cast<size_t>(pickle->data_offset), static_cast<size_t>(pickle->size)),
+                         folder, records, path);
+}
+
+/// Parses the bytes of a `torch.save`d dict of tensors (see the top of this file); `path` names the source in
+/// messages. The zip structure and every entry's CRC-32 are checked first (io/zip_check.hpp): LibTorch's reader
+/// only sees files whose every byte is verified. Throws FileError / StateDictError naming the path.
+inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::string& path) {
+  if (bytes.empty()) throw FileError(path, "'" + path + "' is empty");
   // The legacy format starts with a pickled magic number: PROTO 2, LONG1 (0x80 0x02 0x8a 0x0a).
   if (bytes.size() >= 4 && static_cast<unsigned char>(bytes[0]) == 0x80 && static_cast<unsigned char>(bytes[2]) == 0x8a)
     throw FileError(path, "'" + path +
                               "' is in PyTorch's legacy (pre-1.6) serialization format, which LibTorch cannot read; "
                               "convert it once with: python3 tools/export_backbone.py convert '" +
                               path + "' OUT.pt");
-  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K')
+  if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K') {
+    if (bytes.size() >= 8 && std::memcmp(bytes.data(), "\x89VFA\r\n\x1a\n", 8) == 0)
+      throw FileError(path,
+                      "'" + path + "' is a validflow file (model, checkpoint or features), not a torch.save file");
     throw FileError(path, "'" + path + "' is not a torch.save zip archive");
+  }
+  const std::string_view view(bytes.data(), bytes.size());
+  check_torch_save_layout(io::check_zip(view, path), view, path);
   static const char* const unpickle_hint =
       " (truncated or corrupt? LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict "
       "such as {'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "
@@ -157,6 +241,13 @@ inline StateDict read_state_dict(const std::string& path) {
   out.source = path;
   detail::flatten_state(value, "", out, path);
   return out;
+}
+
+/// Reads a `torch.save`d dict of tensors (parse_state_dict of the file's bytes). Throws FileError /
+/// StateDictError naming the path.
+inline StateDict read_state_dict(const std::string& path) {
+  const auto text = io::read_file_bytes(path);
+  return parse_state_dict(std::vector<char>(text.begin(), text.end()), path);
 }
 
 /// Writes a state dict as a zip archive that Python's `torch.load` and read_state_dict read, atomically.

@@ -18,6 +18,7 @@
 #include <validflow/io/atomic_file.hpp>
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/json_fields.hpp>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -191,9 +192,9 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
   try {
     if (!h.is_object()) throw refuse("the header is not a JSON object");
     archive.kind = h.at("kind").get<std::string>();
-    archive.kind_version = h.at("kind_version").get<int64_t>();
+    archive.kind_version = json_integer<int64_t>(h.at("kind_version"), "kind_version");
     archive.meta = h.at("meta");
-    const auto payload_size = h.at("payload_size").get<uint64_t>();
+    const auto payload_size = json_integer<uint64_t>(h.at("payload_size"), "payload_size");
     if (payload_start > bytes.size() || bytes.size() - payload_start != payload_size)
       throw refuse("the file has " + std::to_string(bytes.size()) + " bytes, the header describes " +
                    std::to_string(payload_start) + " + " + std::to_string(payload_size) + " (truncated or extended)");
@@ -206,12 +207,12 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
       name = e.at("name").get<std::string>();
       if (name.empty() || name.size() > kMaxEntryNameBytes) throw refuse("an entry has an empty or overlong name");
       if (!names.insert(name).second) throw refuse("duplicate entry '" + name + "'");
-      const auto offset = e.at("offset").get<uint64_t>();
-      const auto size = e.at("size").get<uint64_t>();
+      const auto offset = json_integer<uint64_t>(e.at("offset"), "offset");
+      const auto size = json_integer<uint64_t>(e.at("size"), "size");
       if (offset > payload_size || size > payload_size - offset)
         throw refuse("entry '" + name + "' lies outside the file");
       const std::string_view data = bytes.substr(payload_start + offset, size);
-      if (crc32(data.data(), data.size()) != e.at("crc32").get<uint32_t>())
+      if (crc32(data.data(), data.size()) != json_integer<uint32_t>(e.at("crc32"), "crc32"))
         throw refuse("checksum mismatch in entry '" + name + "' (corrupt file)");
       return data;
     };
@@ -223,7 +224,7 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
       for (const auto& d : detail::dtype_names())
         if (dtype_text == d.name) dtype = &d;
       if (!dtype) throw refuse("entry '" + name + "' has unknown dtype '" + dtype_text + "'");
-      const auto shape = e.at("shape").get<std::vector<int64_t>>();
+      const auto shape = json_integers<int64_t>(e.at("shape"), "shape");
       if (static_cast<int64_t>(shape.size()) > kMaxTensorDims) throw refuse("entry '" + name + "' has too many dims");
       const auto element = static_cast<uint64_t>(c10::elementSize(dtype->dtype));
       uint64_t numel = 1;
@@ -254,17 +255,23 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
   return archive;
 }
 
-/// Reads and verifies the archive at `path`; with `kind` set, refuses files of another kind or of a newer
-/// kind_version than `max_kind_version`. Throws FileError naming the path.
-inline TensorArchive read_archive(const std::string& path, const std::string& kind = "",
-                                  int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {
-  auto archive = parse_archive(read_file_bytes(path), path);
+/// Refuses (FileError) an archive of another kind than `kind` or of a kind_version outside 1..max_kind_version.
+inline void check_archive_kind(const TensorArchive& archive, const std::string& path, const std::string& kind,
+                               int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {
   if (!kind.empty() && archive.kind != kind)
     throw FileError(path, "'" + path + "' is a " + archive.kind + " file, expected a " + kind + " file");
   if (archive.kind_version < 1 || archive.kind_version > max_kind_version)
     throw FileError(path, "'" + path + "' is a " + archive.kind + " file of version " +
                               std::to_string(archive.kind_version) + "; this build reads versions 1.." +
                               std::to_string(max_kind_version) + " (a newer validflow wrote it)");
+}
+
+/// Reads and verifies the archive at `path`; with `kind` set, refuses files of another kind or of a newer
+/// kind_version than `max_kind_version`. Throws FileError naming the path.
+inline TensorArchive read_archive(const std::string& path, const std::string& kind = "",
+                                  int64_t max_kind_version = std::numeric_limits<int64_t>::max()) {
+  auto archive = parse_archive(read_file_bytes(path), path);
+  check_archive_kind(archive, path, kind, max_kind_version);
   return archive;
 }
 

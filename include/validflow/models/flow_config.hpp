@@ -5,6 +5,7 @@
 //
 // Depth is counted the way each paper counts it: ValidFlow in FA+FB *modules* (n = 3: six coupling blocks),
 // CS-Flow in coupling *blocks* (official 4; the ValidFlow paper's comparison uses 6).
+#include <validflow/io/json_fields.hpp>
 #include <validflow/models/csflow.hpp>
 #include <validflow/models/validflow_model.hpp>
 
@@ -12,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -117,21 +120,21 @@ inline FlowConfig flow_config_from_json(const nlohmann::json& j) {
           std::find(own.begin(), own.end(), item.key()) == own.end())
         throw FlowConfigError("unknown key '" + item.key() + "' for model " + c.model);
     }
-    c.channels = j.at("channels").get<int64_t>();
-    c.scales = j.at("scales").get<int64_t>();
-    c.hidden = j.at("hidden").get<int64_t>();
+    c.channels = io::json_integer<int64_t>(j.at("channels"), "channels");
+    c.scales = io::json_integer<int64_t>(j.at("scales"), "scales");
+    c.hidden = io::json_integer<int64_t>(j.at("hidden"), "hidden");
     c.clamp = j.at("clamp").get<double>();
     if (c.is_csflow()) {
-      c.blocks = j.at("blocks").get<int64_t>();
-      c.kernel_sizes = j.at("kernel_sizes").get<std::vector<int64_t>>();
+      c.blocks = io::json_integer<int64_t>(j.at("blocks"), "blocks");
+      c.kernel_sizes = io::json_integers<int64_t>(j.at("kernel_sizes"), "kernel_sizes");
     } else {
-      c.modules = j.at("modules").get<int64_t>();
-      c.kernel_size = j.at("kernel_size").get<int64_t>();
+      c.modules = io::json_integer<int64_t>(j.at("modules"), "modules");
+      c.kernel_size = io::json_integer<int64_t>(j.at("kernel_size"), "kernel_size");
       c.actnorm = j.at("actnorm").get<bool>();
       c.fa_cbam = j.at("fa_cbam").get<bool>();
       c.fb_cbam = j.at("fb_cbam").get<bool>();
       c.long_branches = j.at("long_branches").get<bool>();
-      c.cbam_reduction = j.at("cbam_reduction").get<int64_t>();
+      c.cbam_reduction = io::json_integer<int64_t>(j.at("cbam_reduction"), "cbam_reduction");
     }
   } catch (const nlohmann::json::exception& e) {
     throw FlowConfigError(std::string("invalid flow configuration: ") + e.what());
@@ -144,6 +147,51 @@ inline FlowConfig flow_config_from_json(const nlohmann::json& j) {
     throw FlowConfigError(std::string("invalid flow configuration: ") + e.what());
   }
   return c;
+}
+
+/// A lower bound of the trainable parameters of build_flow(c), computed without building it: the weights of
+/// the convolutions whose size grows with the configuration (biases, ActNorm, gammas and CBAM's 7x7 spatial
+/// conv are left out). Every coupling has two subnets; per scale each has an input conv (C/2 -> hidden) and
+/// an output conv (hidden -> C): depthwise-separable in ValidFlow's FA blocks, full k x k convs in FB blocks
+/// and CS-Flow, which also have the cross-scale convs (hidden -> C, between neighbouring scales and, with
+/// long branches, between scales 1 and 3); CBAM adds its MLP (C -> C/r -> C). test_pipeline checks
+/// bound <= count <= 4 * bound + 5000 over a grid of configurations.
+/// Loaders compare it with the weights a file holds *before* building the flow, so a small file whose JSON
+/// describes a huge model (hidden 65536, kernel 31) is refused instead of making the program allocate terabytes.
+/// A double: the bound of a configuration within the limits may exceed 2^63.
+inline double min_parameter_count(const FlowConfig& c) {
+  const double s = static_cast<double>(c.scales), ch = static_cast<double>(c.channels),
+               h = static_cast<double>(c.hidden), half = static_cast<double>(c.channels / 2);
+  const double cbam = 2.0 * ch * static_cast<double>(std::max<int64_t>(1, c.channels / c.cbam_reduction));
+  auto cross = [&](double k2, bool long_branches) {  // CrossConvolutions: per subnet
+    return k2 * h * (s * half + s * ch + 2.0 * (s - 1) * ch + (long_branches ? 2.0 * ch : 0.0));
+  };
+  double total = 0;
+  if (c.is_csflow()) {
+    for (int64_t b = 0; b < c.blocks; ++b) {
+      const double k = c.kernel_sizes.empty() ? (b + 1 == c.blocks ? 5.0 : 3.0)
+                                              : static_cast<double>(c.kernel_sizes[static_cast<size_t>(b)]);
+      total += 2.0 * cross(k * k, false);
+    }
+  } else {
+    const double k2 = static_cast<double>(c.kernel_size * c.kernel_size);
+    const double fa = 2.0 * s * (half * k2 + half * h + h * k2 + h * ch + (c.fa_cbam ? cbam : 0.0));
+    const double fb = 2.0 * (cross(k2, c.long_branches) + (c.fb_cbam ? s * cbam : 0.0));
+    total = static_cast<double>(c.modules) * (fa + fb);
+  }
+  return total;
+}
+
+/// Refuses (FlowConfigError) a description that needs more parameters than `available` (the elements of the
+/// file's flow tensors): called before build_flow by the loaders of files (see min_parameter_count).
+inline void check_parameters_available(const FlowConfig& c, int64_t available) {
+  const double needed = min_parameter_count(c);
+  if (needed > static_cast<double>(available)) {
+    std::ostringstream m;
+    m << "the flow it describes needs at least " << std::setprecision(4) << needed << " weights, the file holds "
+      << available << " (a description that does not match its weights)";
+    throw FlowConfigError(m.str());
+  }
 }
 
 /// Builds the flow a configuration describes (parameters freshly initialised). Validates it first.

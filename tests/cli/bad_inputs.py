@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""The bad-input table (docs/reliability.md): the `validflow` program fed bad options, files, images, labels
+and kill -9 at several points of its work. Every row asserts
+  * the exit code (docs/reliability.md: 0 ok, 2 usage, 3 bad data or files, 4 predict skipped images);
+  * a message naming the culprit (the option, file, image or line);
+  * no stack trace (`Exception raised from`, `frame #`) and, for errors, exactly one `error:` line;
+  * that every file that existed before is byte-identical afterwards, and no temporary file is left behind
+    (interrupt rows: the killed run's temporary files are removed by the next run, which succeeds).
+It builds a tiny dataset and run (EfficientNet-B0 cut after block 2 at 128 px, random weights, ValidFlow n=1
+hidden 8) in WORK first.  Usage: bad_inputs.py VALIDFLOW WORK"""
+import hashlib, json, os, shutil, signal, struct, subprocess, sys, time, zipfile, zlib
+
+import numpy as np
+from PIL import Image
+
+VALIDFLOW, WORK = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+ENV = dict(os.environ, OMP_NUM_THREADS="2")
+ENV.pop("VALIDFLOW_FAULT_KILL", None)
+TRACE = ("Exception raised from", "frame #", "INTERNAL ASSERT", "Traceback", "terminate called")
+EXTRACT = ["--backbone", "efficientnet-b0", "--layer", "2", "--image-size", "128", "--weights", "none",
+           "--extract-batch-size", "8"]
+TRAIN = ["--modules", "1", "--hidden", "8", "--epochs", "2", "--batch-size", "4", "--checkpoint-every", "1"]
+TIMEOUT = 300  # a hang is a failure
+
+
+def run(args, env=None, timeout=TIMEOUT):
+    e = dict(ENV, **(env or {}))
+    return subprocess.run([VALIDFLOW] + args, capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def snapshot(*roots):
+    """sha256 of every regular file under the roots (symlinks by target name)."""
+    out = {}
+    for root in roots:
+        if os.path.isfile(root):
+            out[root] = hashlib.sha256(open(root, "rb").read()).hexdigest()
+            continue
+        for d, _, files in os.walk(root):
+            for f in files:
+                p = os.path.join(d, f)
+                if os.path.islink(p):
+                    out[p] = "link:" + os.readlink(p)
+                elif os.path.isfile(p):
+                    out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def temp_files(root):
+    found = []
+    for d, dirs, files in os.walk(root):
+        found += [os.path.join(d, n) for n in files + dirs if ".tmp." in n]
+    return found
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------
+def png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_dataset(root, rng):
+    """folder layout, 64x64: 8 train, 4 good + 2 scratch + 2 spot test images, masks for the defects."""
+    shutil.rmtree(root, ignore_errors=True)
+    base = lambda: (rng.random((64, 64, 3)) * 60 + 100).astype(np.uint8)
+    for i in range(8):
+        png(f"{root}/train/good/{i:03d}.png", base())
+    for i in range(4):
+        png(f"{root}/test/good/{i:03d}.png", base())
+    for t in ("scratch", "spot"):
+        for i in range(2):
+            im, mask = base(), np.zeros((64, 64), np.uint8)
+            mask[20:30, 10 + 10 * i:40] = 255
+            im[mask > 0] = 250
+            png(f"{root}/test/{t}/{i:03d}.png", im)
+            png(f"{root}/ground_truth/{t}/{i:03d}_mask.png", mask)
+
+
+def read_archive(path):
+    b = open(path, "rb").read()
+    header_len = struct.unpack_from("<Q", b, 16)[0]
+    header = json.loads(b[24:24 + header_len])
+    payload = b[(24 + header_len + 63) // 64 * 64:]
+    return b[:12], header, payload
+
+
+def write_archive(path, prefix, header, payload):
+    """Rewrites a validflow file with consistent checksums (a well-formed file that lies)."""
+    for table in ("tensors", "blobs"):
+        for e in header[table]:
+            e["crc32"] = zlib.crc32(payload[e["offset"]:e["offset"] + e["size"]]) & 0xFFFFFFFF
+    text = json.dumps(header).encode()
+    out = prefix[:12] + struct.pack("<IQ", zlib.crc32(text) & 0xFFFFFFFF, len(text)) + text
+    out += b"\0" * ((len(out) + 63) // 64 * 64 - len(out))
+    open(path, "wb").write(out + payload)
+
+
+def edited(src, dst, edit_header=None, tensor=None, edit_bytes=None):
+    prefix, header, payload = read_archive(src)
+    if edit_header:
+        edit_header(header)
+    if tensor:
+        e = next(e for e in header["tensors"] if e["name"] == tensor)
+        payload = payload[:e["offset"]] + edit_bytes(payload[e["offset"]:e["offset"] + e["size"]]) + \
+            payload[e["offset"] + e["size"]:]
+    write_archive(dst, prefix, header, payload)
+
+
+def flip(path, dst, where=0.6):
+    b = bytearray(open(path, "rb").read())
+    b[int(len(b) * where)] ^= 0x10
+    open(dst, "wb").write(bytes(b))
+
+
+def truncate(path, dst, fraction=0.5):
+    b = open(path, "rb").read()
+    open(dst, "wb").write(b[:int(len(b) * fraction)])
+
+
+# ---- the table ------------------------------------------------------------------------------------------
+rows, failures = [], []
+
+
+def check(cls, name, ok, detail=""):
+    rows.append((cls, name, ok))
+    status = "ok  " if ok else "FAIL"
+    print(f"{status} [{cls}] {name}" + ("" if ok else f"\n      {detail}"), flush=True)
+    if not ok:
+        failures.append(f"[{cls}] {name}: {detail}")
+
+
+def expect(cls, name, args, code, culprit, watch, env=None, stdout_has=None):
+    """Runs args; asserts code, culprit in the output, no trace, one error line, files in `watch` unchanged."""
+    before = snapshot(*watch)
+    try:
+        p = run(args, env)
+    except subprocess.TimeoutExpired:
+        check(cls, name, False, f"hung (more than {TIMEOUT} s)")
+        return None
+    out = p.stdout + p.stderr
+    problems = []
+    if p.returncode != code:
+        problems.append(f"exit code {p.returncode}, expected {code}")
+    for c in ([culprit] if isinstance(culprit, str) else culprit):
+        if c not in out:
+            problems.append(f"message does not name {c!r}")
+    if stdout_has and stdout_has not in p.stdout:
+        problems.append(f"stdout lacks {stdout_has!r}")
+    if any(t in out for t in TRACE):
+        problems.append("a stack trace was printed")
+    errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    if code == 3 and len(errors) != 1:
+        problems.append(f"{len(errors)} 'error:' lines, expected one")
+    after = snapshot(*watch)
+    changed = [k for k in before if after.get(k) != before[k]]
+    if changed:
+        problems.append(f"pre-existing files changed or removed: {changed[:3]}")
+    left = [t for w in watch if os.path.isdir(w) for t in temp_files(w)]
+    if left:
+        problems.append(f"temporary files left: {left[:3]}")
+    check(cls, name, not problems, "; ".join(problems) + f"\n      stderr: {p.stderr.strip()[-600:]!r}")
+    return p
+
+
+def main():
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    rng = np.random.default_rng(0)
+    data, run_dir = f"{WORK}/data", f"{WORK}/run"
+    make_dataset(data, rng)
+    steps = [["extract", "--dataset", "folder:" + data, "--out", run_dir] + EXTRACT,
+             ["train", "--out", run_dir] + TRAIN,
+             ["eval", "--out", run_dir, "--heatmaps", "1"],
+             ["export", "--out", run_dir, "--to", f"{run_dir}/model.vfm"]]
+    for s in steps:
+        p = run(s)
+        assert p.returncode == 0, f"setup step {s[0]} failed ({p.returncode}): {p.stderr[-3000:]}"
+    model, features, ckpt = f"{run_dir}/model.vfm", f"{run_dir}/features.pt", f"{run_dir}/checkpoint.pt"
+    bad = f"{WORK}/bad"
+    os.makedirs(bad)
+    W = [run_dir, data, bad]  # every row: nothing here may change
+
+    # ---- options: refused while parsing, naming the option and the range; nothing read or written ----
+    train_opts = [("--epochs", "0"), ("--epochs", "-1"), ("--epochs", "99999999999999999999"), ("--epochs", "nan"),
+                  ("--epochs", "2.5"), ("--batch-size", "0"), ("--batch-size", "-3"), ("--batch-size", "100000"),
+                  ("--checkpoint-every", "0"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "-1"), ("--lr", "inf"),
+                  ("--adam-eps", "0"), ("--weight-decay", "-1"), ("--max-grad-norm", "-1"),
+                  ("--max-grad-norm", "nan"), ("--hidden", "0"), ("--hidden", "-4"), ("--hidden", "100000000"),
+                  ("--kernel-size", "0"), ("--modules", "0"), ("--modules", "100000"), ("--clamp", "0"),
+                  ("--clamp", "-3"), ("--clamp", "nan"), ("--clamp", "1e400"), ("--model", "glow")]
+    for opt, value in train_opts:
+        expect("options", f"train {opt} {value}", ["train", "--out", run_dir, opt, value], 2, opt, W)
+    expect("options", "train --kernel-size 4 (even)", ["train", "--out", run_dir, "--kernel-size", "4"], 2,
+           ["--kernel-size", "odd"], W)
+    expect("options", "train --blocks with --model validflow", ["train", "--out", run_dir, "--blocks", "3"], 2,
+           "--blocks", W)
+    for opt, value in [("--threads", "0"), ("--threads", "-1"), ("--threads", "100000")]:
+        expect("options", f"{opt} {value}", ["train", "--out", run_dir, opt, value], 2, opt, W)
+    extract_opts = [("--image-size", "0"), ("--image-size", "100000"), ("--extract-batch-size", "0"),
+                    ("--layer", "-2"), ("--holdout", "0.9"), ("--holdout", "nan")]
+    for opt, value in extract_opts:
+        expect("options", f"extract {opt} {value}",
+               ["extract", "--dataset", "folder:" + data, "--out", run_dir, opt, value], 2, opt, W)
+    expect("options", "extract --image-size 100 (not a multiple of the stride)",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/size"] + EXTRACT[:4] + ["--image-size", "100",
+                                                                                              "--weights", "none"],
+           2, ["--image-size", "100 must divide by"], W)
+    expect("options", "extract --layer 99 (beyond the backbone)",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/layer", "--backbone", "efficientnet-b0",
+            "--layer", "99", "--weights", "none"], 2, ["--layer", "99"], W)
+    expect("options", "extract --backbone resnet50 (unknown)",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/bb", "--backbone", "resnet50"], 2,
+           ["--backbone", "resnet50"], W)
+    for opt, value in [("--heatmaps", "-1"), ("--map-sigma", "nan"), ("--precision", "fp8")]:
+        expect("options", f"eval {opt} {value}", ["eval", "--out", run_dir, opt, value], 2, opt, W)
+    for opt, value in [("--target-fpr", "2"), ("--threshold-from", "guess")]:
+        expect("options", f"export {opt} {value}", ["export", "--out", run_dir, "--to", f"{bad}/m.vfm", opt, value],
+               2, opt, W)
+    for opt, value in [("--batch-size", "0"), ("--device", "gpu"), ("--threshold", "nan")]:
+        expect("options", f"predict {opt} {value}", ["predict", "--model", model, data, opt, value], 2, opt, W)
+    expect("options", "predict --heatmaps without --out", ["predict", "--model", model, "--heatmaps", data], 2,
+           "--heatmaps", W)
+    expect("options", "check-csflow --tolerance nan", ["check-csflow", model, "--tolerance", "nan"], 2,
+           "--tolerance", W)
+    expect("options", "info --map-size 0", ["info", "--map-size", "0"], 2, "--map-size", W)
+    expect("options", "info --channels 3 (odd)", ["info", "--channels", "3"], 2, "channels", W)
+    expect("options", "extract --dataset without KIND:", ["extract", "--dataset", data, "--out", f"{bad}/spec"], 3,
+           "KIND:PATH", W)
+    expect("options", "extract --dataset unknown:", ["extract", "--dataset", "tiff:" + data, "--out", f"{bad}/spec"],
+           3, "unknown dataset kind", W)
+
+    # ---- files: every defect refused before any output is touched, the file named ----
+    def case_dir(name, files):
+        d = f"{bad}/{name}"
+        os.makedirs(d)
+        for f in files:
+            shutil.copy(f, d)
+        return d
+
+    corruptions = {
+        "truncated": lambda src, dst: truncate(src, dst),
+        "one byte changed": lambda src, dst: flip(src, dst),
+        "empty": lambda src, dst: open(dst, "wb").close(),
+        "a foreign zip": lambda src, dst: zipfile.ZipFile(dst, "w").writestr("data.pkl", b"\x80\x02}q\x00."),
+        "a directory": lambda src, dst: os.makedirs(dst),
+        "a text file": lambda src, dst: open(dst, "w").write("hello\n"),
+    }
+    for what, corrupt in corruptions.items():
+        d = case_dir("ckpt-" + what.replace(" ", "-"), [features])
+        corrupt(ckpt, f"{d}/checkpoint.pt")
+        expect("files", f"eval: checkpoint is {what}", ["eval", "--out", d], 3, "checkpoint.pt", W)
+        d = case_dir("feat-" + what.replace(" ", "-"), [ckpt])
+        corrupt(features, f"{d}/features.pt")
+        expect("files", f"train: features file is {what}", ["train", "--out", d] + TRAIN, 3, "features.pt", W)
+        target = f"{bad}/model-{what.replace(' ', '-')}.vfm"
+        corrupt(model, target)
+        expect("files", f"predict: model file is {what}", ["predict", "--model", target, data], 3, target, W)
+    d = case_dir("kinds", [])
+    shutil.copy(features, f"{d}/checkpoint.pt")
+    shutil.copy(ckpt, f"{d}/features.pt")
+    expect("files", "eval: a features file as checkpoint", ["eval", "--out", d], 3,
+           ["checkpoint.pt", "validflow-features file, expected a validflow-checkpoint"], W)
+    expect("files", "predict: a checkpoint as model file", ["predict", "--model", ckpt, data], 3,
+           ["checkpoint.pt", "expected a validflow-model"], W)
+    expect("files", "predict: a missing model file", ["predict", "--model", f"{bad}/absent.vfm", data], 3,
+           "absent.vfm", W)
+    expect("files", "eval: an empty run folder", ["eval", "--out", f"{bad}/nothing"], 3, f"{bad}/nothing", W)
+    expect("files", "check-csflow: a model file as golden file", ["check-csflow", model], 3,
+           ["model.vfm", "validflow file"], W)
+    expect("files", "check-csflow: a directory", ["check-csflow", bad], 3, [bad, "directory"], W)
+    # Well-formed files (checksums right) that lie: named key, shape or value.
+    d = case_dir("missing-key", [ckpt])
+    edited(features, f"{d}/features.pt", edit_header=lambda h: h["tensors"].pop(
+        next(i for i, e in enumerate(h["tensors"]) if e["name"] == "test.1")))
+    expect("files", "train: features file without 'test.1'", ["train", "--out", d] + TRAIN, 3,
+           ["features.pt", "test.1"], W)
+
+    def rank3(h):
+        e = next(e for e in h["tensors"] if e["name"] == "train.0")
+        e["shape"] = [e["shape"][0] * e["shape"][1], e["shape"][2], e["shape"][3]]
+    d = case_dir("rank", [ckpt])
+    edited(features, f"{d}/features.pt", edit_header=rank3)
+    expect("files", "train: features of the wrong rank", ["train", "--out", d] + TRAIN, 3, ["features.pt", "train.0"], W)
+
+    def nan_bytes(b):
+        return struct.pack("<f", float("nan")) + b[4:]
+    d = case_dir("nan-features", [ckpt])
+    edited(features, f"{d}/features.pt", tensor="test.0", edit_bytes=nan_bytes)
+    expect("files", "eval: NaN in the test features", ["eval", "--out", d], 3, ["features.pt", "NaN"], W)
+    d = case_dir("nan-weights", [features])
+    first_weight = next(e["name"] for e in read_archive(ckpt)[1]["tensors"] if e["name"].startswith("model.")
+                        and e["dtype"] == "float32" and e["size"] >= 4)
+    edited(ckpt, f"{d}/checkpoint.pt", tensor=first_weight, edit_bytes=nan_bytes)
+    expect("files", "eval: NaN in the checkpoint's weights", ["eval", "--out", d], 3,
+           ["checkpoint.pt", first_weight, "NaN"], W)
+    d = case_dir("hidden", [features])
+    edited(ckpt, f"{d}/checkpoint.pt", edit_header=lambda h: h["meta"]["config"].update(hidden=16))
+    expect("files", "eval: checkpoint config disagrees with its weights", ["eval", "--out", d], 3, "checkpoint.pt", W)
+    d = case_dir("huge", [features])
+    edited(ckpt, f"{d}/checkpoint.pt", edit_header=lambda h: h["meta"]["config"].update(hidden=65536, kernel_size=31))
+    expect("files", "eval: small checkpoint describing a huge flow", ["eval", "--out", d], 3,
+           ["checkpoint.pt", "needs at least"], W)
+    d = case_dir("float-epoch", [features])
+    edited(ckpt, f"{d}/checkpoint.pt", edit_header=lambda h: h["meta"].update(epoch=1e300))
+    expect("files", "eval: checkpoint epoch 1e300", ["eval", "--out", d], 3, ["checkpoint.pt", "epoch"], W)
+    target = f"{bad}/big-backbone.vfm"
+    edited(model, target, edit_header=lambda h: h["meta"]["backbone"].update(name="efficientnet-b7", layer=54))
+    expect("files", "predict: small model file describing a B7 backbone", ["predict", "--model", target, data], 3,
+           [target, "needs"], W)
+    expect("files", "export --to an existing directory", ["export", "--out", run_dir, "--to", bad], 3, bad, W)
+
+    # ---- images: bad ones are errors naming the file, or listed with --skip-bad-images ----
+    def image_case(name, make, code, culprit, skip_code=0):
+        root = f"{bad}/img-{name}"
+        shutil.copytree(data, root)
+        path = make(root)
+        expect("images", f"extract: {name}",
+               ["extract", "--dataset", "folder:" + root, "--out", f"{root}-run"] + EXTRACT, code,
+               culprit(path) if callable(culprit) else culprit, W + [root])
+        if code == 3:
+            p = expect("images", f"extract --skip-bad-images: {name} (listed)",
+                       ["extract", "--dataset", "folder:" + root, "--out", f"{root}-run2", "--skip-bad-images"] +
+                       EXTRACT, skip_code, ["skipped", path], W + [root])
+
+    def truncated_jpeg(root):
+        p = f"{root}/test/good/cut.jpg"
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(p, quality=90)
+        truncate(p, p, 0.7)
+        return p
+
+    def truncated_png(root):
+        p = f"{root}/train/good/000.png"
+        truncate(p, p, 0.8)
+        return p
+
+    def corrupt_png(root):
+        p = f"{root}/test/spot/001.png"
+        flip(p, p, 0.5)
+        return p
+
+    def text_png(root):
+        p = f"{root}/test/good/notes.png"
+        open(p, "w").write("not an image\n")
+        return p
+
+    def ppm_png(root):
+        p = f"{root}/test/good/netpbm.png"
+        open(p, "wb").write(b"P6\n2 2\n255\n" + bytes(12))
+        return p
+
+    def empty_png(root):
+        p = f"{root}/test/good/empty.png"
+        open(p, "wb").close()
+        return p
+
+    def dangling(root):
+        p = f"{root}/train/good/link.png"
+        os.symlink(f"{root}/nowhere.png", p)
+        return p
+
+    def mask_size(root):
+        p = f"{root}/ground_truth/scratch/001_mask.png"
+        png(p, np.zeros((32, 48), np.uint8))
+        return p
+
+    def huge_header(root):
+        p = f"{root}/test/good/huge.png"
+        ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
+        chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+        open(p, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                            + chunk(b"IEND", b""))
+        return p
+
+    for name, make, culprit in [("truncated JPEG", truncated_jpeg, lambda p: [p, "truncated JPEG"]),
+                                ("truncated PNG", truncated_png, lambda p: [p, "truncated PNG"]),
+                                ("PNG with a changed byte", corrupt_png, lambda p: [p, "CRC"]),
+                                ("text file named .png", text_png, lambda p: [p, "not a PNG, JPEG, BMP or TIFF"]),
+                                ("Netpbm file named .png", ppm_png, lambda p: [p, "not a PNG, JPEG, BMP or TIFF"]),
+                                ("empty .png", empty_png, lambda p: [p, "empty file"]),
+                                ("dangling symbolic link", dangling, lambda p: [p, "dangling symbolic link"]),
+                                ("PNG header of 100000 x 100000", huge_header, lambda p: [p, "larger than the limit"])]:
+        image_case(name, make, 3, culprit)
+    root = f"{bad}/img-mask-size"
+    shutil.copytree(data, root)
+    mask_size(root)
+    expect("images", "extract: a mask of another size than its image",
+           ["extract", "--dataset", "folder:" + root, "--out", f"{root}-run"] + EXTRACT, 3,
+           ["001_mask.png is 48 x 32", "scratch/001.png is 64 x 64"], W + [root])
+
+    def odd_image(name, array):
+        def make(root):
+            p = f"{root}/test/good/odd.png"
+            png(p, array)
+            return p
+        image_case(name, make, 0, "features")
+    odd_image("a 1x1 image (accepted)", np.full((1, 1, 3), 128, np.uint8))
+    odd_image("a 16-bit gray image (accepted)", (rng.random((40, 30)) * 65535).astype(np.uint16))
+    odd_image("a gray image (accepted)", (rng.random((40, 30)) * 255).astype(np.uint8))
+    odd_image("an RGBA image (accepted)", (rng.random((40, 30, 4)) * 255).astype(np.uint8))
+    # predict: unreadable images are listed and skipped (exit 4), the rest scored.
+    pred = f"{bad}/predict-images"
+    os.makedirs(pred)
+    shutil.copy(f"{data}/test/good/000.png", pred)
+    open(f"{pred}/broken.png", "wb").write(open(f"{data}/test/good/001.png", "rb").read()[:300])
+    os.symlink(f"{pred}/gone.png", f"{pred}/dangling.png")
+    expect("images", "predict: a truncated image and a dangling link are listed",
+           ["predict", "--model", model, pred], 4, ["broken.png", "dangling.png", "truncated PNG"], W,
+           stdout_has="1 scored")
+
+    # ---- DAGM labels ----
+    def dagm(name, rows):
+        root = f"{bad}/dagm-{name}"
+        for split in ("Train", "Test"):
+            png(f"{root}/{split}/0001.PNG", (rng.random((32, 32)) * 255).astype(np.uint8))
+            png(f"{root}/{split}/0002.PNG", (rng.random((32, 32)) * 255).astype(np.uint8))
+            png(f"{root}/{split}/Label/0002_label.PNG", np.zeros((32, 32), np.uint8))
+            os.makedirs(f"{root}/{split}/Label", exist_ok=True)
+            open(f"{root}/{split}/Label/Labels.txt", "w").write(rows)
+        return root
+    good_rows = "2\n1\t0\t0001.PNG\t0\t0\n2\t1\t0002.PNG\t0\t0002_label.PNG\n"
+    for name, rows_text, culprit in [
+            ("4 columns", "1\n1\t0\t0001.PNG\t0\n", ["Labels.txt line 2", "4 columns instead of 5"]),
+            ("6 columns", good_rows + "3\t0\t0001.PNG\t0\t0\t9\n", ["Labels.txt line 4", "6 columns instead of 5"]),
+            ("../ escape", "1\n1\t0\t../../../etc/passwd\t0\t0\n", ["Labels.txt line 2", "leaves the dataset folder"]),
+            ("absolute path", "1\n1\t1\t0002.PNG\t0\t/etc/shadow\n", ["Labels.txt line 2", "leaves the dataset"]),
+            ("label 2", "1\n1\t2\t0001.PNG\t0\t0\n", ["Labels.txt line 2", "label is not 0 or 1"]),
+            ("listed image missing", "1\n1\t0\t0009.PNG\t0\t0\n", "0009.PNG")]:
+        root = dagm(name.replace(" ", "-").replace("/", ""), rows_text)
+        expect("labels", f"DAGM Labels.txt: {name}",
+               ["extract", "--dataset", "dagm:" + root, "--out", f"{root}-run"] + EXTRACT, 3, culprit, W + [root])
+    root = dagm("good", good_rows)
+    os.remove(f"{root}/Test/Label/Labels.txt")
+    expect("labels", "DAGM: Labels.txt missing", ["extract", "--dataset", "dagm:" + root, "--out", f"{root}-run"] +
+           EXTRACT, 3, "Labels.txt", W + [root])
+
+    # ---- interrupts: kill -9 at several points; good files intact; the next run cleans up and succeeds ----
+    def interrupt(name, args, kill_at, rerun, intact, temp_expected=True, after=None):
+        before = snapshot(*intact)
+        if kill_at.startswith("after:"):  # kill -9 from outside once the process printed a line
+            marker = kill_at[len("after:"):]
+            p = subprocess.Popen([VALIDFLOW] + args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                 env=ENV)
+            for line in p.stderr:
+                if marker in line:
+                    time.sleep(0.05)
+                    p.send_signal(signal.SIGKILL)
+                    break
+            p.stderr.close()
+            code = p.wait(timeout=TIMEOUT)
+        else:
+            code = run(args, {"VALIDFLOW_FAULT_KILL": kill_at}).returncode
+        problems = []
+        if code != -signal.SIGKILL:
+            problems.append(f"not killed (exit code {code})")
+        changed = [k for k in before if snapshot(*intact).get(k) != before[k]]
+        if changed:
+            problems.append(f"good files changed by the killed run: {changed[:3]}")
+        left = [t for w in intact if os.path.isdir(w) for t in temp_files(w)]
+        if temp_expected and not left:
+            problems.append("no temporary file left by the killed write (the kill point was not reached)")
+        p = run(rerun)
+        if p.returncode != 0:
+            problems.append(f"rerun failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+        left = [t for w in intact if os.path.isdir(w) for t in temp_files(w)]
+        if left:
+            problems.append(f"temporary files not removed by the rerun: {left[:3]}")
+        if after:
+            problems += after()
+        check("interrupts", name, not problems, "; ".join(problems))
+
+    kr = f"{WORK}/killed"
+    shutil.copytree(run_dir, kr)
+    extract_kr = ["extract", "--dataset", "folder:" + data, "--out", kr] + EXTRACT
+    interrupt("extract killed while writing features.pt (a new request: --fp16)", extract_kr + ["--fp16"],
+              "features.pt:1", extract_kr, [kr])
+    interrupt("extract killed while extracting (kill -9 from outside)", extract_kr + ["--fp16"],
+              "after:extracting", extract_kr, [kr], temp_expected=False)
+    resume = ["train", "--out", kr, "--resume", "--modules", "1", "--hidden", "8", "--epochs", "5", "--batch-size", "4",
+              "--checkpoint-every", "1"]
+    interrupt("train --resume killed while writing its first checkpoint", resume, "checkpoint.pt:1", resume, [kr],
+              after=lambda: [] if json.load(open(f"{kr}/training.json"))["epochs"] == 5 else ["not 5 epochs"])
+    shutil.rmtree(kr)
+    shutil.copytree(run_dir, kr)
+    longer = ["train", "--out", kr, "--resume", "--modules", "1", "--hidden", "8", "--epochs", "400",
+              "--batch-size", "4", "--checkpoint-every", "1000"]
+    interrupt("train killed mid-training (kill -9 from outside)", longer, "after:model", ["eval", "--out", kr], [kr],
+              temp_expected=False)
+    interrupt("eval killed while writing the report", ["eval", "--out", kr], "metrics.json:1",
+              ["eval", "--out", kr], [kr])
+    interrupt("eval killed while writing its last report file", ["eval", "--out", kr], "index.html:1",
+              ["eval", "--out", kr], [kr])
+    interrupt("export killed while writing the model file", ["export", "--out", kr, "--to", f"{kr}/model.vfm"],
+              "model.vfm:1", ["export", "--out", kr, "--to", f"{kr}/model.vfm"], [kr])
+    pred_out = f"{kr}/predictions"
+    run(["predict", "--model", model, "--out", pred_out, f"{data}/test"])
+    interrupt("predict killed while writing predictions.csv",
+              ["predict", "--model", model, "--out", pred_out, f"{data}/test"], "predictions.csv:1",
+              ["predict", "--model", model, "--out", pred_out, f"{data}/test"], [kr])
+
+    by_class = {}
+    for cls, _, ok in rows:
+        by_class.setdefault(cls, [0, 0])[0 if ok else 1] += 1
+    print("\nbad-input table: %d cases (%s)" % (len(rows), ", ".join(
+        f"{c} {n[0] + n[1]}" for c, n in by_class.items())))
+    if failures:
+        print("%d FAILED:\n  " % len(failures) + "\n  ".join(failures))
+        sys.exit(1)
+    print("bad_inputs OK")
+
+
+main()
