@@ -230,152 +230,181 @@ void install_fault_injection() {
   };
 }
 
-}  // namespace
-
-int run_cli(int argc, char** argv) {
-  CLI::App app{"validflow: unsupervised defect detection with normalizing flows (ValidFlow, CS-Flow)"};
-  app.require_subcommand(1);
-  app.fallthrough();  // global options (--threads, --debug) may follow the subcommand
-  app.set_version_flag("--version", std::string("validflow ") + version_string);
-
-  FlowConfig config;
-  TrainOptions train;
-  EvalOptions eval_options;
-  ExtractArgs extract;
-  ExportArgs export_args;
-  PredictArgs predict;
-  std::string out = "validflow-out";
-  std::vector<ModelFlags> model_flags;
-
-  auto* info = app.add_subcommand("info", "Architecture, exact parameter count and GFLOPs of a flow or a backbone");
-  model_flags.push_back(add_model_options(*info, config));
+struct InfoArgs {
   int64_t map_size = 24, image_size = 768, layer = -1;
   std::string backbone;
   bool json = false;
+};
+
+struct CheckArgs {
+  std::string golden_file;
+  double tolerance = 1e-5;
+};
+
+struct DemoArgs {
+  std::string out = "validflow-demo";
+  int64_t epochs = 40;
+};
+
+CLI::App* add_info_command(CLI::App& app, FlowConfig& config, InfoArgs& a, std::vector<ModelFlags>& model_flags) {
+  auto* info = app.add_subcommand("info", "Architecture, exact parameter count and GFLOPs of a flow or a backbone");
+  model_flags.push_back(add_model_options(*info, config));
   info->add_option("--channels", config.channels, "Feature channels per scale")
       ->check(int_range(2, FlowConfig::max_width))
       ->capture_default_str();
-  info->add_option("--map-size", map_size, "Finest feature map size (768 px: 24)")
+  info->add_option("--map-size", a.map_size, "Finest feature map size (768 px: 24)")
       ->check(int_range(1, 1024))
       ->capture_default_str();
-  info->add_option("--backbone", backbone, "Show a backbone instead (efficientnet-b0..b7, efficientnet-lite0..4)");
-  info->add_option("--layer", layer, "Backbone feature block (default: the backbone's)")->check(int_range(0, 100));
-  info->add_option("--image-size", image_size, "Backbone input size")
+  info->add_option("--backbone", a.backbone, "Show a backbone instead (efficientnet-b0..b7, efficientnet-lite0..4)");
+  info->add_option("--layer", a.layer, "Backbone feature block (default: the backbone's)")->check(int_range(0, 100));
+  info->add_option("--image-size", a.image_size, "Backbone input size")
       ->check(int_range(32, features::BackboneSpec::max_image_size))
       ->capture_default_str();
-  info->add_flag("--json", json, "Print JSON");
+  info->add_flag("--json", a.json, "Print JSON");
+  return info;
+}
 
+CLI::App* add_check_command(CLI::App& app, CheckArgs& a) {
   auto* check = app.add_subcommand("check-csflow", "Compare the C++ CS-Flow with official outputs (golden file)");
-  std::string golden_file;
-  double tolerance = 1e-5;
   check
-      ->add_option("file", golden_file,
+      ->add_option("file", a.golden_file,
                    "Golden file (torch.save dict: official weights, inputs and outputs; docs/models.md)")
       ->required();
-  check->add_option("--tolerance", tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
+  check->add_option("--tolerance", a.tolerance, "Relative tolerance in float32 (float64: min(tol, 1e-10))")
       ->check(finite_range(0, 1))
       ->capture_default_str();
+  return check;
+}
 
-  auto* ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
-  add_extract_options(*ext, extract);
-  ext->add_option("--out", out, "Output folder")->capture_default_str();
-
-  auto* trn = app.add_subcommand("train", "Train a flow on OUT/features.pt; writes OUT/checkpoint.pt");
-  model_flags.push_back(add_model_options(*trn, config));
-  add_train_options(*trn, train);
-  trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")->capture_default_str();
-
+CLI::App* add_eval_command(CLI::App& app, std::string& out, EvalOptions& options, std::string& precision_name) {
   auto* evl = app.add_subcommand("eval", "Score the test set; writes OUT/report/ (metrics, plots, heatmaps)");
   evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")->capture_default_str();
-  evl->add_option("--heatmaps", eval_options.heatmaps_per_group,
-                  "Heatmaps of the most and of the least anomalous images")
+  evl->add_option("--heatmaps", options.heatmaps_per_group, "Heatmaps of the most and of the least anomalous images")
       ->check(int_range(0, 1000))
       ->capture_default_str();
-  evl->add_option("--map-sigma", eval_options.map_sigma, "Gaussian smoothing of the anomaly maps (pixels at 256)")
+  evl->add_option("--map-sigma", options.map_sigma, "Gaussian smoothing of the anomaly maps (pixels at 256)")
       ->check(finite_range(0, 64))
       ->capture_default_str();
-  std::string precision_name = "fp32";
   evl->add_option("--precision", precision_name, "Flow inference precision: fp32, bf16 (report in OUT/report-bf16)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
       ->capture_default_str();
+  return evl;
+}
 
+CLI::App* add_export_command(CLI::App& app, std::string& out, ExportArgs& a) {
   auto* exp = app.add_subcommand("export", "Write a trained run (OUT) as one self-contained model file");
   exp->add_option("--out", out, "The run folder (features.pt, checkpoint.pt)")->capture_default_str();
-  exp->add_option("--to", export_args.to, "The model file to write (e.g. model.vfm)")->required();
-  exp->add_option("--threshold-from", export_args.threshold_from,
+  exp->add_option("--to", a.to, "The model file to write (e.g. model.vfm)")->required();
+  exp->add_option("--threshold-from", a.threshold_from,
                   "auto: F1-optimal when the test set has defects, else a target false-positive rate; f1; fpr")
       ->check(CLI::IsMember({"auto", "f1", "fpr"}))
       ->capture_default_str();
-  exp->add_option("--target-fpr", export_args.target_fpr, "False-positive rate of the fpr threshold")
+  exp->add_option("--target-fpr", a.target_fpr, "False-positive rate of the fpr threshold")
       ->check(finite_range(0, 0.5))
       ->capture_default_str();
-  exp->add_option("--map-sigma", export_args.map_sigma, "Gaussian smoothing of the anomaly maps (input pixels)")
+  exp->add_option("--map-sigma", a.map_sigma, "Gaussian smoothing of the anomaly maps (input pixels)")
       ->check(finite_range(0, 64))
       ->capture_default_str();
-  auto* triton_repo = exp->add_option("--triton", export_args.triton_repository,
+  auto* triton_repo = exp->add_option("--triton", a.triton_repository,
                                       "Also write a Triton model repository entry REPO/NAME (docs/serving.md)");
-  exp->add_option("--name", export_args.triton_name, "Triton model name (letters, digits, _ - .)")
+  exp->add_option("--name", a.triton_name, "Triton model name (letters, digits, _ - .)")
       ->check(CLI::Validator([](std::string& name) { return triton_model_name_problem(name); }, "NAME"))
       ->needs(triton_repo)
       ->capture_default_str();
-  exp->add_option("--triton-max-batch-size", export_args.triton_max_batch_size, "Triton: images per execution")
+  exp->add_option("--triton-max-batch-size", a.triton_max_batch_size, "Triton: images per execution")
       ->check(int_range(1, 256))
       ->needs(triton_repo)
       ->capture_default_str();
-  exp->add_option("--triton-instances", export_args.triton_instances, "Triton: model instances (CPU)")
+  exp->add_option("--triton-instances", a.triton_instances, "Triton: model instances (CPU)")
       ->check(int_range(1, 64))
       ->needs(triton_repo)
       ->capture_default_str();
+  return exp;
+}
 
+/// "" for cpu, cuda and cuda:N; otherwise what is wrong (a CLI11 validator).
+std::string device_problem(const std::string& d) {
+  if (d == "cpu" || d == "cuda" ||
+      (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 9 &&
+       d.find_first_not_of("0123456789", 5) == std::string::npos))
+    return "";
+  return "expected cpu, cuda or cuda:N, got '" + d + "'";
+}
+
+CLI::App* add_predict_command(CLI::App& app, PredictArgs& a) {
   auto* pred = app.add_subcommand("predict", "Score new images with a model file");
-  pred->add_option("--model", predict.model, "Model file (validflow export)")->required();
-  pred->add_option("paths", predict.paths, "Image files or folders of images (searched recursively)")->required();
-  pred->add_option("--out", predict.out, "Folder for predictions.csv, predictions.json and heatmaps/");
-  pred->add_option("--threshold", predict.threshold, "Image threshold (raw score); default: the model file's")
+  pred->add_option("--model", a.model, "Model file (validflow export)")->required();
+  pred->add_option("paths", a.paths, "Image files or folders of images (searched recursively)")->required();
+  pred->add_option("--out", a.out, "Folder for predictions.csv, predictions.json and heatmaps/");
+  pred->add_option("--threshold", a.threshold, "Image threshold (raw score); default: the model file's")
       ->check(finite_range(-1e30, 1e30));
-  pred->add_option("--pixel-threshold", predict.pixel_threshold, "Pixel threshold; default: the model file's")
+  pred->add_option("--pixel-threshold", a.pixel_threshold, "Pixel threshold; default: the model file's")
       ->check(finite_range(-1e30, 1e30));
-  auto* heatmaps = pred->add_flag("--heatmaps", predict.heatmaps, "Write an overlay PNG per image (needs --out)");
-  pred->add_option("--batch-size", predict.batch_size, "Images per batch")
-      ->check(int_range(1, 256))
-      ->capture_default_str();
-  pred->add_option("--precision", predict.precision, "fp32, or bf16 where the device runs it natively")
+  pred->add_flag("--heatmaps", a.heatmaps, "Write an overlay PNG per image (needs --out)");
+  pred->add_option("--batch-size", a.batch_size, "Images per batch")->check(int_range(1, 256))->capture_default_str();
+  pred->add_option("--precision", a.precision, "fp32, or bf16 where the device runs it natively")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
-  pred->add_option("--device", predict.device, "cpu or cuda (cuda:N)")
-      ->check([](const std::string& d) -> std::string {
-        if (d == "cpu" || d == "cuda" ||
-            (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 9 &&
-             d.find_first_not_of("0123456789", 5) == std::string::npos))
-          return "";
-        return "expected cpu, cuda or cuda:N, got '" + d + "'";
-      })
-      ->capture_default_str();
+  pred->add_option("--device", a.device, "cpu or cuda (cuda:N)")->check(device_problem)->capture_default_str();
+  return pred;
+}
 
-  auto* run = app.add_subcommand("run", "extract + train + eval");
-  add_extract_options(*run, extract);
-  model_flags.push_back(add_model_options(*run, config));
-  add_train_options(*run, train);
-  run->add_option("--out", out, "Output folder")->capture_default_str();
-
+CLI::App* add_demo_command(CLI::App& app, DemoArgs& a) {
   auto* demo = app.add_subcommand("demo", "Synthetic defects -> extract -> train -> eval -> export (no download)");
-  std::string demo_out = "validflow-demo";
-  demo->add_option("--out", demo_out, "Output folder")->capture_default_str();
-  int64_t demo_epochs = 40;
-  demo->add_option("--epochs", demo_epochs, "Training epochs")->check(int_range(1, 100000))->capture_default_str();
+  demo->add_option("--out", a.out, "Output folder")->capture_default_str();
+  demo->add_option("--epochs", a.epochs, "Training epochs")->check(int_range(1, 100000))->capture_default_str();
+  return demo;
+}
 
-  int64_t threads = 0;
-  bool debug = false;
-  app.add_option("--threads", threads, "CPU threads (default: $OMP_NUM_THREADS, else every core)")
-      ->check(int_range(1, kMaxThreads));
-  app.add_flag("--debug", debug, "On an error, print LibTorch's full message (with its C++ trace)");
+/// Every command's arguments and the subcommand that owns them: defined, checked after parsing, then run.
+struct Commands {
+  FlowConfig config;
+  TrainOptions train;
+  EvalOptions eval_options;
+  std::string precision_name = "fp32";
+  ExtractArgs extract;
+  ExportArgs export_args;
+  PredictArgs predict;
+  InfoArgs info_args;
+  CheckArgs check_args;
+  DemoArgs demo_args;
+  std::string out = "validflow-out";
+  std::vector<std::pair<CLI::App*, ModelFlags>> model_flags;
+  CLI::App *info = nullptr, *check = nullptr, *ext = nullptr, *trn = nullptr, *evl = nullptr, *exp = nullptr,
+           *pred = nullptr, *run = nullptr, *demo = nullptr;
 
-  try {
-    app.parse(argc, argv);
-    for (size_t i = 0; i < model_flags.size(); ++i) {
-      CLI::App* owner = i == 0 ? info : i == 1 ? trn : run;
-      if (*owner) check_model_flags(model_flags[i], config, /*channels_from_features=*/owner != info);
-    }
+  void define(CLI::App& app) {
+    std::vector<ModelFlags> info_flags;
+    info = add_info_command(app, config, info_args, info_flags);
+    model_flags.emplace_back(info, info_flags.front());
+    check = add_check_command(app, check_args);
+
+    ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
+    add_extract_options(*ext, extract);
+    ext->add_option("--out", out, "Output folder")->capture_default_str();
+
+    trn = app.add_subcommand("train", "Train a flow on OUT/features.pt; writes OUT/checkpoint.pt");
+    model_flags.emplace_back(trn, add_model_options(*trn, config));
+    add_train_options(*trn, train);
+    trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")->capture_default_str();
+
+    evl = add_eval_command(app, out, eval_options, precision_name);
+    exp = add_export_command(app, out, export_args);
+    pred = add_predict_command(app, predict);
+
+    run = app.add_subcommand("run", "extract + train + eval");
+    add_extract_options(*run, extract);
+    model_flags.emplace_back(run, add_model_options(*run, config));
+    add_train_options(*run, train);
+    run->add_option("--out", out, "Output folder")->capture_default_str();
+
+    demo = add_demo_command(app, demo_args);
+  }
+
+  /// What CLI11's per-option checks cannot see: options that only make sense together.
+  void check_parsed() const {
+    for (const auto& [owner, flags] : model_flags)
+      if (*owner) check_model_flags(flags, config, /*channels_from_features=*/owner != info);
     if (*ext || *run) {  // backbone, block and image size together (stride), without building anything
       try {
         const auto& b = extract.spec.backbone;
@@ -385,51 +414,68 @@ int run_cli(int argc, char** argv) {
       }
     }
     if (*pred && predict.heatmaps && predict.out.empty())
-      throw CLI::ValidationError(heatmaps->get_name(), "needs --out (the folder the heatmaps go to)");
+      throw CLI::ValidationError("--heatmaps", "needs --out (the folder the heatmaps go to)");
+  }
+
+  /// Runs the parsed subcommand; returns the exit code.
+  int run_parsed() {
+    eval_options.precision = parse_precision(precision_name);
+    if (*info)
+      return run_info(config, info_args.map_size, info_args.backbone, info_args.layer, info_args.image_size,
+                      info_args.json);
+    if (*check) return run_check_csflow(check_args.golden_file, check_args.tolerance);
+    if (*ext) run_extract(extract, out);
+    if (*trn) run_train(config, train, load_feature_cache(features_path(out)), out);
+    if (*evl) {
+      const auto checkpoint = load_checkpoint(checkpoint_path(out));  // in this order: a deterministic message
+      run_eval(checkpoint, load_feature_cache(features_path(out)), out, eval_options);
+    }
+    if (*exp) run_export(out, export_args);
+    if (*pred) return run_predict(predict);
+    if (*run) {
+      const auto cache = run_extract(extract, out);
+      run_eval(run_train(config, train, cache, out), cache, out, eval_options);
+    }
+    if (*demo) return run_demo(demo_args.out, demo_args.epochs);
+    return kExitOk;
+  }
+};
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"validflow: unsupervised defect detection with normalizing flows (ValidFlow, CS-Flow)"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options (--threads, --debug) may follow the subcommand
+  app.set_version_flag("--version", std::string("validflow ") + version_string);
+  Commands commands;
+  commands.define(app);
+  int64_t threads = 0;
+  bool debug = false;
+  app.add_option("--threads", threads, "CPU threads (default: $OMP_NUM_THREADS, else every core)")
+      ->check(int_range(1, kMaxThreads));
+  app.add_flag("--debug", debug, "On an error, print LibTorch's full message (with its C++ trace)");
+
+  try {
+    app.parse(argc, argv);
+    commands.check_parsed();
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   }
-  eval_options.precision = parse_precision(precision_name);
   // Threads (Debian's LibTorch starts with one unless OMP_NUM_THREADS is set), OpenBLAS single-threaded, glibc
   // malloc keeping large blocks, AVX-512 kernels: runtime.hpp, measured in docs/benchmarks.md.
   CpuRuntimeOptions runtime;
   runtime.threads = static_cast<int>(threads);
   const auto runtime_report = configure_cpu_runtime(runtime);
-  if (!*info && !*check) std::cerr << runtime_report.to_string() << "\n";
+  if (!*commands.info && !*commands.check) std::cerr << runtime_report.to_string() << "\n";
 
   install_fault_injection();
   try {
-    if (*info) return run_info(config, map_size, backbone, layer, image_size, json);
-    if (*check) return run_check_csflow(golden_file, tolerance);
-    if (*ext) {
-      run_extract(extract, out);
-      return kExitOk;
-    }
-    if (*trn) {
-      run_train(config, train, load_feature_cache(features_path(out)), out);
-      return kExitOk;
-    }
-    if (*evl) {
-      const auto checkpoint = load_checkpoint(checkpoint_path(out));  // in this order: a deterministic message
-      run_eval(checkpoint, load_feature_cache(features_path(out)), out, eval_options);
-      return kExitOk;
-    }
-    if (*exp) {
-      run_export(out, export_args);
-      return kExitOk;
-    }
-    if (*pred) return run_predict(predict);
-    if (*run) {
-      const auto cache = run_extract(extract, out);
-      run_eval(run_train(config, train, cache, out), cache, out, eval_options);
-      return kExitOk;
-    }
-    if (*demo) return run_demo(demo_out, demo_epochs);
+    return commands.run_parsed();
   } catch (const std::exception& e) {
     return report_error(e, debug);
   }
-  return kExitOk;
 }
 
 }  // namespace validflow::app
