@@ -104,25 +104,10 @@ void sample_pixels(const torch::Tensor& maps, const std::vector<Sample>* samples
 
 }  // namespace
 
-std::string run_export(const std::string& out, const ExportArgs& e) {
-  std::error_code ec;
-  if (fs::is_directory(e.to, ec)) throw FileError(e.to, "--to " + e.to + " is a directory; give the model file's name");
-  const auto checkpoint = load_checkpoint(checkpoint_path(out));
-  const auto cache = load_feature_cache(features_path(out));
-  const auto& request = cache.meta.at("request");
-  auto extractor = extractor_of(cache);
-  if (checkpoint.config.channels != cache.channels() || checkpoint.config.scales != cache.scales())
-    throw FileError(checkpoint_path(out), "the checkpoint in " + out + " was trained on other features than " +
-                                              features_path(out) + " holds: run `validflow train` again");
-  ModelInfo info;
-  info.backbone = features::backbone_spec_from_json(request.at("backbone"));
-  info.flow = checkpoint.config;
-  const int64_t size = info.backbone.image_size;
-  std::cerr << "export    " << out << ": " << checkpoint.config.model << " (" << checkpoint.epoch << " epochs), "
-            << info.backbone.name << " at " << size << " px\n";
+namespace {
 
-  // --triton: the options and the target are checked before the work (a refusal writes nothing); the entry is
-  // written from the checked model file before that file takes its name --to, so an export writes both or neither.
+/// The Triton entry's options from `export --triton ...` (checked before any work; see run_export).
+triton::RepositoryOptions triton_options_for(const ExportArgs& e) {
   triton::RepositoryOptions repository;
   repository.name = e.triton_name;
   repository.max_batch_size = e.triton_max_batch_size;
@@ -130,6 +115,100 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   repository.overwrite = true;  // as --to replaces its file (never another backend's entry)
   repository.model_file_name =
       "model" + (fs::path(e.to).has_extension() ? fs::path(e.to).extension().string() : std::string(".vfm"));
+  return repository;
+}
+
+/// The pixel threshold, on a sample of pixels of the maps at the model's input size (at most ~4 M values):
+/// labelled by the masks when the test set has them, else at the target false-positive rate of good pixels
+/// (held-out images when there are any, else the good test images).
+ThresholdChoice choose_pixel_threshold(const ExportArgs& e, const FeatureCache& cache, const TestScores& test,
+                                       const TestScores& holdout) {
+  const bool masks = has_masks(cache.test_samples);
+  const auto& pixel_maps = (masks || cache.holdout.empty()) ? test.maps : holdout.maps;
+  const int64_t stride = std::max<int64_t>(1, pixel_maps.numel() / (int64_t{4} << 20));
+  std::vector<double> pixel_values, holdout_pixels;
+  std::vector<int> pixel_labels, unused;
+  if (masks) sample_pixels(test.maps, &cache.test_samples, 0, stride, pixel_values, pixel_labels);
+  if (!cache.holdout.empty()) {
+    sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
+  } else if (!masks) {  // good test images only
+    for (size_t i = 0; i < cache.test_samples.size(); ++i) {
+      if (cache.test_samples[i].label != 0) continue;
+      const auto one = test.maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
+      sample_pixels(one, nullptr, 0, stride, pixel_values, pixel_labels);
+    }
+  }
+  return choose_threshold(masks ? e.threshold_from : "fpr", e.target_fpr, pixel_values, pixel_labels, holdout_pixels,
+                          "pixels");
+}
+
+/// Where the model came from: data, weights, training, export (stored in the model file, shown by predict).
+nlohmann::json export_provenance(const FeatureCache& cache, const Checkpoint& checkpoint) {
+  const auto& request = cache.meta.at("request");
+  return {{"dataset", request.at("dataset")},
+          {"files_fingerprint", text_fingerprint(request.at("train_files").dump() + request.at("test_files").dump() +
+                                                 request.at("holdout_files").dump())},
+          {"train_images", cache.train[0].size(0)},
+          {"test_images", cache.test[0].size(0)},
+          {"holdout_images", cache.holdout.empty() ? 0 : cache.holdout[0].size(0)},
+          {"backbone_weights", request.at("weights")},
+          {"backbone_weights_fingerprint", request.at("weights_fingerprint")},
+          {"training", checkpoint.train_options},
+          {"epochs", checkpoint.epoch},
+          {"final_loss", checkpoint.loss_history.empty() ? 0.0 : checkpoint.loss_history.back()},
+          {"exported", utc_now()},
+          {"exported_by", std::string("validflow ") + version_string}};
+}
+
+/// Loads the staged model file back and scores up to 4 test images from disk: they must reproduce the run's
+/// scores (relative 1e-4), or the export is refused.
+void check_staged_model(const std::string& staging, const FeatureCache& cache, const std::vector<double>& scores) {
+  const Detector detector(staging);
+  std::vector<torch::Tensor> images;
+  std::vector<double> expected;
+  for (size_t i = 0; i < cache.test_samples.size() && images.size() < 4; ++i) {
+    try {
+      images.push_back(image_tensor(decode_image(cache.test_samples[i].path)));
+      expected.push_back(scores[i]);
+    } catch (const DatasetError&) {  // moved or deleted since extraction: nothing to compare with
+    }
+  }
+  if (images.empty()) {
+    std::cerr << "checked   not compared with the run's scores: its test images are no longer readable\n";
+    return;
+  }
+  const auto predicted = detector.predict(images, PredictOptions().maps(false));
+  for (size_t i = 0; i < images.size(); ++i) {
+    const double rel = std::abs(predicted[i].score - expected[i]) / std::max(std::abs(expected[i]), 1e-12);
+    if (rel > 1e-4)
+      throw DatasetError("the exported model scores a test image " + std::to_string(predicted[i].score) +
+                         ", the run's features gave " + std::to_string(expected[i]) +
+                         " (images changed since extraction?)");
+  }
+  std::cerr << "checked   the file reproduces the run's scores on " << images.size() << " test images\n";
+}
+
+}  // namespace
+
+std::string run_export(const std::string& out, const ExportArgs& e) {
+  std::error_code ec;
+  if (fs::is_directory(e.to, ec)) throw FileError(e.to, "--to " + e.to + " is a directory; give the model file's name");
+  const auto checkpoint = load_checkpoint(checkpoint_path(out));
+  const auto cache = load_feature_cache(features_path(out));
+  auto extractor = extractor_of(cache);
+  if (checkpoint.config.channels != cache.channels() || checkpoint.config.scales != cache.scales())
+    throw FileError(checkpoint_path(out), "the checkpoint in " + out + " was trained on other features than " +
+                                              features_path(out) + " holds: run `validflow train` again");
+  ModelInfo info;
+  info.backbone = features::backbone_spec_from_json(cache.meta.at("request").at("backbone"));
+  info.flow = checkpoint.config;
+  const int64_t size = info.backbone.image_size;
+  std::cerr << "export    " << out << ": " << checkpoint.config.model << " (" << checkpoint.epoch << " epochs), "
+            << info.backbone.name << " at " << size << " px\n";
+
+  // --triton: the options and the target are checked before the work (a refusal writes nothing); the entry is
+  // written from the checked model file before that file takes its name --to, so an export writes both or neither.
+  const auto repository = triton_options_for(e);
   const auto triton_error = [&](const std::string& why) {
     return FileError(e.triton_repository, "--triton " + e.triton_repository + ": " + why + " (nothing written)");
   };
@@ -141,7 +220,6 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
     }
   }
 
-  // Image threshold.
   EvalOptions scoring;
   scoring.pixel_size = static_cast<int>(size);
   scoring.map_sigma = e.map_sigma;
@@ -151,27 +229,7 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   TestScores holdout;
   if (!cache.holdout.empty()) holdout = score_test_set(checkpoint.model, cache.holdout, scoring);
   const auto image = choose_threshold(e.threshold_from, e.target_fpr, test.scores, labels, holdout.scores, "images");
-
-  // Pixel threshold, on a sample of pixels of the maps at the model's input size (at most ~4 M values).
-  const bool masks = has_masks(cache.test_samples);
-  const auto& pixel_maps = (masks || cache.holdout.empty()) ? test.maps : holdout.maps;
-  const int64_t stride = std::max<int64_t>(1, pixel_maps.numel() / (int64_t{4} << 20));
-  std::vector<double> pixel_values, holdout_pixels;
-  std::vector<int> pixel_labels, unused;
-  if (masks) {
-    sample_pixels(test.maps, &cache.test_samples, 0, stride, pixel_values, pixel_labels);
-    if (!cache.holdout.empty()) sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
-  } else if (!cache.holdout.empty()) {
-    sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
-  } else {  // good test images only
-    for (size_t i = 0; i < cache.test_samples.size(); ++i) {
-      if (labels[i] != 0) continue;
-      const auto one = test.maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
-      sample_pixels(one, nullptr, 0, stride, pixel_values, pixel_labels);
-    }
-  }
-  const auto pixel = choose_threshold(masks ? e.threshold_from : "fpr", e.target_fpr, pixel_values, pixel_labels,
-                                      holdout_pixels, "pixels");
+  const auto pixel = choose_pixel_threshold(e, cache, test, holdout);
 
   info.decision.threshold = image.threshold;
   info.decision.threshold_source = image.source;
@@ -182,20 +240,7 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   info.decision.map_min = pixel.lo;
   info.decision.map_max = pixel.hi;
   info.decision.map_sigma = e.map_sigma;
-  info.provenance = {
-      {"dataset", request.at("dataset")},
-      {"files_fingerprint", text_fingerprint(request.at("train_files").dump() + request.at("test_files").dump() +
-                                             request.at("holdout_files").dump())},
-      {"train_images", cache.train[0].size(0)},
-      {"test_images", cache.test[0].size(0)},
-      {"holdout_images", cache.holdout.empty() ? 0 : cache.holdout[0].size(0)},
-      {"backbone_weights", request.at("weights")},
-      {"backbone_weights_fingerprint", request.at("weights_fingerprint")},
-      {"training", checkpoint.train_options},
-      {"epochs", checkpoint.epoch},
-      {"final_loss", checkpoint.loss_history.empty() ? 0.0 : checkpoint.loss_history.back()},
-      {"exported", utc_now()},
-      {"exported_by", std::string("validflow ") + version_string}};
+  info.provenance = export_provenance(cache, checkpoint);
   if (std::count(labels.begin(), labels.end(), 1) > 0)
     info.provenance["test_image_auroc"] = eval::auroc(test.scores, labels);
 
@@ -206,42 +251,19 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   io::remove_stale_temp_files(target.has_parent_path() ? target.parent_path().string() : ".");
   const std::string staging = io::temp_path_for(e.to);  // removed by a later run if this one is killed
   save_model_file(staging, info, *extractor, checkpoint.model);
+  std::optional<triton::RepositoryEntry> entry;
   try {
-    const Detector detector(staging);
-    std::vector<torch::Tensor> images;
-    std::vector<double> expected;
-    for (size_t i = 0; i < cache.test_samples.size() && images.size() < 4; ++i) {
+    check_staged_model(staging, cache, test.scores);
+    if (!e.triton_repository.empty()) {
       try {
-        images.push_back(image_tensor(decode_image(cache.test_samples[i].path)));
-        expected.push_back(test.scores[i]);
-      } catch (const DatasetError&) {  // moved or deleted since extraction: nothing to compare with
+        entry = triton::write_model_repository(staging, e.triton_repository, repository);
+      } catch (const triton::RepositoryError& x) {
+        throw triton_error(x.what());
       }
-    }
-    if (!images.empty()) {
-      const auto predicted = detector.predict(images, PredictOptions().maps(false));
-      for (size_t i = 0; i < images.size(); ++i) {
-        const double rel = std::abs(predicted[i].score - expected[i]) / std::max(std::abs(expected[i]), 1e-12);
-        if (rel > 1e-4)
-          throw DatasetError("the exported model scores a test image " + std::to_string(predicted[i].score) +
-                             ", the run's features gave " + std::to_string(expected[i]) +
-                             " (images changed since extraction?)");
-      }
-      std::cerr << "checked   the file reproduces the run's scores on " << images.size() << " test images\n";
-    } else {
-      std::cerr << "checked   not compared with the run's scores: its test images are no longer readable\n";
     }
   } catch (...) {
     fs::remove(staging, ec);
     throw;
-  }
-  std::optional<triton::RepositoryEntry> entry;
-  if (!e.triton_repository.empty()) {
-    try {
-      entry = triton::write_model_repository(staging, e.triton_repository, repository);
-    } catch (const triton::RepositoryError& x) {
-      fs::remove(staging, ec);
-      throw triton_error(x.what());
-    }
   }
   fs::rename(staging, target, ec);
   if (ec) {
@@ -261,13 +283,73 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
 
 std::string triton_model_name_problem(const std::string& name) { return triton::model_name_problem(name); }
 
-int run_predict(const PredictArgs& p) {
-  const auto start = std::chrono::steady_clock::now();
+namespace {
+
+/// A CSV field, quoted when it holds a separator, a quote or a line break.
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+/// The image beside its anomaly map and defect mask, as `heatmaps/<index>_<stem>.png` under `out`; returns that
+/// relative path.
+std::string write_prediction_heatmap(const std::string& out, size_t index, const std::string& name,
+                                     const cv::Mat& decoded, const Prediction& r, const Detector& detector,
+                                     decltype(PredictArgs::pixel_threshold) pixel_threshold) {
+  const auto heatmap =
+      (fs::path("heatmaps") / (std::to_string(index) + "_" + fs::path(name).stem().string() + ".png")).string();
+  cv::Mat shown;
+  decoded.convertTo(shown, CV_32FC3, decoded.depth() == CV_8U ? 1.0 / 255.0 : 1.0);
+  OverlayOptions overlay;
+  overlay.side_by_side = true;
+  overlay.vmin = 0;
+  overlay.vmax = 1;
+  write_heatmap_png((fs::path(out) / heatmap).string(), shown,
+                    to_mat(detector.normalized_map(r.anomaly_map, pixel_threshold)),
+                    to_mat(r.defect_mask.to(torch::kFloat32)) > 0.5f, overlay);
+  return heatmap;
+}
+
+/// predict's results as they come: rows of predictions.json and predictions.csv, and a line per image on stdout
+/// when there is no --out.
+struct PredictionTable {
+  nlohmann::json rows = nlohmann::json::array();
+  std::ostringstream csv{"path,score,normalized_score,anomalous,heatmap\n", std::ios::ate};
+  size_t anomalous = 0, scored = 0;
+
+  void add(const std::string& name, const Prediction& r, const std::string& heatmap, bool to_stdout) {
+    anomalous += r.anomalous ? 1 : 0;
+    ++scored;
+    rows.push_back({{"path", name},
+                    {"score", r.score},
+                    {"normalized_score", r.normalized_score},
+                    {"anomalous", r.anomalous},
+                    {"heatmap", heatmap}});
+    std::ostringstream line;
+    line << std::setprecision(9) << csv_field(name) << "," << r.score << "," << r.normalized_score << ","
+         << (r.anomalous ? 1 : 0) << "," << csv_field(heatmap) << "\n";
+    csv << line.str();
+    if (to_stdout)
+      std::cout << (r.anomalous ? "ANOMALOUS " : "ok        ") << std::fixed << std::setprecision(4)
+                << r.normalized_score << "  " << name << "\n";
+  }
+};
+
+Detector load_detector_for(const PredictArgs& p) {
   DetectorOptions options;
   options.device(torch::Device(p.device)).precision(parse_precision(p.precision));
   if (options.device().is_cuda() && !torch::cuda::is_available())
     throw std::invalid_argument("--device cuda: this LibTorch has no CUDA, or no GPU is visible");
-  const Detector detector(p.model, options);
+  return Detector(p.model, options);
+}
+
+}  // namespace
+
+int run_predict(const PredictArgs& p) {
+  const auto start = std::chrono::steady_clock::now();
+  const Detector detector = load_detector_for(p);
   const auto& decision = detector.info().decision;
   const double threshold = p.threshold ? *p.threshold : decision.threshold;
   std::cerr << "model     " << p.model << ": " << detector.info().flow.model << " on " << detector.info().backbone.name
@@ -280,25 +362,16 @@ int run_predict(const PredictArgs& p) {
     fs::create_directories(p.out);
     io::remove_stale_temp_files(p.out);
   }
-  nlohmann::json rows = nlohmann::json::array();
-  std::ostringstream csv;
-  csv << "path,score,normalized_score,anomalous,heatmap\n";
-  auto csv_field = [](const std::string& s) {
-    if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-    std::string q = "\"";
-    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return q + "\"";
-  };
-  size_t anomalous = 0, index = 0;
+  PredictionTable table;
   ProgressBar bar(files.size(), "predict", {"img"});
   const auto predict_options =
       PredictOptions().threshold(p.threshold).pixel_threshold(p.pixel_threshold).maps(p.heatmaps);
-  for (size_t start_index = 0; start_index < files.size(); start_index += static_cast<size_t>(p.batch_size)) {
-    const size_t end = std::min(files.size(), start_index + static_cast<size_t>(p.batch_size));
+  for (size_t first = 0; first < files.size(); first += static_cast<size_t>(p.batch_size)) {
+    const size_t end = std::min(files.size(), first + static_cast<size_t>(p.batch_size));
     std::vector<torch::Tensor> images;
     std::vector<cv::Mat> decoded;
     std::vector<std::string> names;
-    for (size_t i = start_index; i < end; ++i) {
+    for (size_t i = first; i < end; ++i) {
       try {
         decoded.push_back(decode_image(files[i]));
         images.push_back(image_tensor(decoded.back()));
@@ -307,39 +380,13 @@ int run_predict(const PredictArgs& p) {
         problems.push_back({files[i], err.what()});
       }
     }
-    if (!images.empty()) {
-      const auto predictions = detector.predict(images, predict_options);
-      for (size_t i = 0; i < predictions.size(); ++i) {
-        const auto& r = predictions[i];
-        anomalous += r.anomalous ? 1 : 0;
-        std::string heatmap;
-        if (p.heatmaps && !p.out.empty()) {
-          heatmap = (fs::path("heatmaps") / (std::to_string(index) + "_" + fs::path(names[i]).stem().string() + ".png"))
-                        .string();
-          cv::Mat shown;
-          decoded[i].convertTo(shown, CV_32FC3, decoded[i].depth() == CV_8U ? 1.0 / 255.0 : 1.0);
-          OverlayOptions overlay;
-          overlay.side_by_side = true;
-          overlay.vmin = 0;
-          overlay.vmax = 1;
-          write_heatmap_png((fs::path(p.out) / heatmap).string(), shown,
-                            to_mat(detector.normalized_map(r.anomaly_map, p.pixel_threshold)),
-                            to_mat(r.defect_mask.to(torch::kFloat32)) > 0.5f, overlay);
-        }
-        rows.push_back({{"path", names[i]},
-                        {"score", r.score},
-                        {"normalized_score", r.normalized_score},
-                        {"anomalous", r.anomalous},
-                        {"heatmap", heatmap}});
-        std::ostringstream line;
-        line << std::setprecision(9) << csv_field(names[i]) << "," << r.score << "," << r.normalized_score << ","
-             << (r.anomalous ? 1 : 0) << "," << csv_field(heatmap) << "\n";
-        csv << line.str();
-        if (p.out.empty())
-          std::cout << (r.anomalous ? "ANOMALOUS " : "ok        ") << std::fixed << std::setprecision(4)
-                    << r.normalized_score << "  " << names[i] << "\n";
-        ++index;
-      }
+    const auto predictions = images.empty() ? std::vector<Prediction>{} : detector.predict(images, predict_options);
+    for (size_t i = 0; i < predictions.size(); ++i) {
+      const auto heatmap = p.heatmaps && !p.out.empty()
+                               ? write_prediction_heatmap(p.out, table.scored, names[i], decoded[i], predictions[i],
+                                                          detector, p.pixel_threshold)
+                               : std::string();
+      table.add(names[i], predictions[i], heatmap, /*to_stdout=*/p.out.empty());
     }
     bar.update(end);
   }
@@ -350,23 +397,24 @@ int run_predict(const PredictArgs& p) {
     std::cerr << "skipped   " << b.path << ": " << b.reason << "\n";
     skipped.push_back({{"path", b.path}, {"reason", b.reason}});
   }
-  const double rate = static_cast<double>(index) / seconds;
+  const double rate = static_cast<double>(table.scored) / seconds;
   if (!p.out.empty()) {
     const nlohmann::json report = {
         {"model", p.model},
         {"threshold", threshold},
         {"pixel_threshold", p.pixel_threshold ? *p.pixel_threshold : decision.pixel_threshold},
-        {"images", rows},
+        {"images", table.rows},
         {"skipped", skipped},
-        {"anomalous", anomalous},
+        {"anomalous", table.anomalous},
         {"seconds", seconds},
         {"images_per_second", rate},
         {"device", p.device},
         {"precision", p.precision}};
-    io::write_file_atomic((fs::path(p.out) / "predictions.csv").string(), csv.str());
+    io::write_file_atomic((fs::path(p.out) / "predictions.csv").string(), table.csv.str());
     io::write_file_atomic((fs::path(p.out) / "predictions.json").string(), report.dump(2) + "\n");
   }
-  std::cout << "images      " << index << " scored, " << anomalous << " anomalous, " << problems.size() << " skipped\n";
+  std::cout << "images      " << table.scored << " scored, " << table.anomalous << " anomalous, " << problems.size()
+            << " skipped\n";
   std::cout << "speed       " << std::fixed << std::setprecision(2) << rate
             << " images/s end to end (decoding, preprocessing, features, flow, maps)\n";
   if (!p.out.empty()) std::cout << "results     " << (fs::path(p.out) / "predictions.csv").string() << "\n";
