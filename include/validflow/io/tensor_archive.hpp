@@ -160,37 +160,79 @@ inline std::string serialize_archive(const TensorArchive& archive) {
   return out;
 }
 
-/// Parses and verifies archive bytes; `path` names the source in messages. Throws FileError on any defect.
-inline TensorArchive parse_archive(std::string_view bytes, const std::string& path) {
-  auto refuse = [&](const std::string& why) -> FileError {
+namespace detail {
+/// The error for a defective archive: names the file and what is wrong with it.
+struct ArchiveRefusal {
+  const std::string& path;
+  FileError operator()(const std::string& why) const {
     return FileError(path, "'" + path + "' is not a valid validflow file: " + why);
-  };
-  if (bytes.size() < 24 || std::memcmp(bytes.data(), detail::archive_magic(), 8) != 0) {
+  }
+};
+
+/// Checks the fixed prefix (magic, version, header length and checksum) and parses the JSON header.
+inline nlohmann::json parse_archive_header(std::string_view bytes, const ArchiveRefusal& refuse) {
+  if (bytes.size() < 24 || std::memcmp(bytes.data(), archive_magic(), 8) != 0) {
     if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] == 'K')
       throw refuse("it is a zip archive (a torch.save file or a checkpoint of validflow < 0.2), not a validflow file");
     throw refuse(bytes.size() < 24 ? "too short (" + std::to_string(bytes.size()) + " bytes)" : "wrong magic bytes");
   }
-  const auto version = detail::get<uint32_t>(bytes, 8);
+  const auto version = get<uint32_t>(bytes, 8);
   if (version != kArchiveVersion)
     throw refuse("container version " + std::to_string(version) + ", this build reads version " +
                  std::to_string(kArchiveVersion));
-  const auto header_crc = detail::get<uint32_t>(bytes, 12);
-  const auto header_len = detail::get<uint64_t>(bytes, 16);
+  const auto header_crc = get<uint32_t>(bytes, 12);
+  const auto header_len = get<uint64_t>(bytes, 16);
   if (header_len == 0 || header_len > kMaxHeaderBytes || header_len > bytes.size() - 24)
     throw refuse("header length " + std::to_string(header_len) + " does not fit the file (" +
                  std::to_string(bytes.size()) + " bytes; truncated?)");
   const std::string_view header = bytes.substr(24, header_len);
   if (crc32(header.data(), header.size()) != header_crc) throw refuse("header checksum mismatch (corrupt file)");
-  nlohmann::json h;
   try {
-    h = nlohmann::json::parse(header.begin(), header.end());
+    auto h = nlohmann::json::parse(header.begin(), header.end());
+    if (!h.is_object()) throw refuse("the header is not a JSON object");
+    return h;
   } catch (const nlohmann::json::exception& e) {
     throw refuse(std::string("unreadable header: ") + e.what());
   }
+}
+
+/// A tensor entry's bytes as a tensor of its dtype and shape, which must account for exactly those bytes.
+inline torch::Tensor archive_tensor(const nlohmann::json& e, const std::string& name, std::string_view data,
+                                    const ArchiveRefusal& refuse) {
+  const auto dtype_text = e.at("dtype").get<std::string>();
+  const DtypeName* dtype = nullptr;
+  for (const auto& d : dtype_names())
+    if (dtype_text == d.name) dtype = &d;
+  if (!dtype) throw refuse("entry '" + name + "' has unknown dtype '" + dtype_text + "'");
+  const auto shape = json_integers<int64_t>(e.at("shape"), "shape");
+  if (static_cast<int64_t>(shape.size()) > kMaxTensorDims) throw refuse("entry '" + name + "' has too many dims");
+  const auto element = static_cast<uint64_t>(c10::elementSize(dtype->dtype));
+  uint64_t numel = 1;
+  for (auto d : shape) {
+    if (d < 0) throw refuse("entry '" + name + "' has a negative dimension");
+    if (d > 0 && numel > std::numeric_limits<uint64_t>::max() / element / static_cast<uint64_t>(d))
+      throw refuse("entry '" + name + "' is impossibly large");
+    numel *= static_cast<uint64_t>(d);
+  }
+  if (numel * element != data.size())
+    throw refuse("entry '" + name + "': shape and dtype need " + std::to_string(numel * element) +
+                 " bytes, the entry has " + std::to_string(data.size()));
+  if (dtype->dtype == torch::kBool)
+    for (char c : data)
+      if (static_cast<unsigned char>(c) > 1) throw refuse("entry '" + name + "' holds bool values other than 0/1");
+  auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype->dtype));
+  if (!data.empty()) std::memcpy(t.data_ptr(), data.data(), data.size());
+  return t;
+}
+}  // namespace detail
+
+/// Parses and verifies archive bytes; `path` names the source in messages. Throws FileError on any defect.
+inline TensorArchive parse_archive(std::string_view bytes, const std::string& path) {
+  const detail::ArchiveRefusal refuse{path};
+  const auto h = detail::parse_archive_header(bytes, refuse);
+  const uint64_t payload_start = detail::align64(24 + detail::get<uint64_t>(bytes, 16));
   TensorArchive archive;
-  const uint64_t payload_start = detail::align64(24 + header_len);
   try {
-    if (!h.is_object()) throw refuse("the header is not a JSON object");
     archive.kind = h.at("kind").get<std::string>();
     archive.kind_version = json_integer<int64_t>(h.at("kind_version"), "kind_version");
     archive.meta = h.at("meta");
@@ -219,30 +261,7 @@ inline TensorArchive parse_archive(std::string_view bytes, const std::string& pa
     for (const auto& e : tensors) {
       std::string name;
       const auto data = entry_bytes(e, name);
-      const auto dtype_text = e.at("dtype").get<std::string>();
-      const detail::DtypeName* dtype = nullptr;
-      for (const auto& d : detail::dtype_names())
-        if (dtype_text == d.name) dtype = &d;
-      if (!dtype) throw refuse("entry '" + name + "' has unknown dtype '" + dtype_text + "'");
-      const auto shape = json_integers<int64_t>(e.at("shape"), "shape");
-      if (static_cast<int64_t>(shape.size()) > kMaxTensorDims) throw refuse("entry '" + name + "' has too many dims");
-      const auto element = static_cast<uint64_t>(c10::elementSize(dtype->dtype));
-      uint64_t numel = 1;
-      for (auto d : shape) {
-        if (d < 0) throw refuse("entry '" + name + "' has a negative dimension");
-        if (d > 0 && numel > std::numeric_limits<uint64_t>::max() / element / static_cast<uint64_t>(d))
-          throw refuse("entry '" + name + "' is impossibly large");
-        numel *= static_cast<uint64_t>(d);
-      }
-      if (numel * element != data.size())
-        throw refuse("entry '" + name + "': shape and dtype need " + std::to_string(numel * element) +
-                     " bytes, the entry has " + std::to_string(data.size()));
-      if (dtype->dtype == torch::kBool)
-        for (char c : data)
-          if (static_cast<unsigned char>(c) > 1) throw refuse("entry '" + name + "' holds bool values other than 0/1");
-      auto t = torch::empty(shape, torch::TensorOptions().dtype(dtype->dtype));
-      if (!data.empty()) std::memcpy(t.data_ptr(), data.data(), data.size());
-      archive.tensors.emplace_back(name, std::move(t));
+      archive.tensors.emplace_back(name, detail::archive_tensor(e, name, data, refuse));
     }
     for (const auto& e : blobs) {
       std::string name;
