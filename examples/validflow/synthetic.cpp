@@ -249,6 +249,40 @@ std::pair<cv::Mat, cv::Mat> synthetic_sample(const SyntheticOptions& o, const st
   return {detail::to_u8(img), mask};
 }
 
+namespace detail {
+/// Every image, mask and the manifest of a synthetic dataset, written into `dir` (a staging folder).
+void write_synthetic_files(const std::filesystem::path& dir, const SyntheticOptions& o,
+                           const std::map<std::string, int>& test_counts, const std::string& manifest) {
+  namespace fs = std::filesystem;
+  const auto types = synthetic_defect_types();
+  fs::create_directories(dir / "train" / "good");
+  fs::create_directories(dir / "test" / "good");
+  auto name = [](int i) {
+    char b[16];
+    std::snprintf(b, sizeof b, "%03d", i);
+    return std::string(b);
+  };
+  for (int i = 0; i < o.n_train; ++i)
+    write_png_atomic(dir / "train" / "good" / (name(i) + ".png"), synthetic_sample(o, "good", 0, i).first);
+  for (int i = 0; i < o.n_test_good; ++i)
+    write_png_atomic(dir / "test" / "good" / (name(i) + ".png"), synthetic_sample(o, "good", 1, i).first);
+  for (std::size_t k = 0; k < types.size(); ++k) {
+    const std::string& t = types[k];
+    fs::create_directories(dir / "test" / t);
+    fs::create_directories(dir / "ground_truth" / t);
+    for (int i = 0; i < test_counts.at(t); ++i) {
+      const auto im = synthetic_sample(o, t, 2 + static_cast<int>(k), i);
+      write_png_atomic(dir / "test" / t / (name(i) + ".png"), im.first);
+      write_png_atomic(dir / "ground_truth" / t / (name(i) + "_mask.png"), im.second);
+    }
+  }
+  std::ofstream mf(dir / "synthetic.json", std::ios::binary);
+  mf << manifest;
+  mf.close();
+  if (!mf) throw ReportError("cannot write " + (dir / "synthetic.json").string());
+}
+}  // namespace detail
+
 SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const SyntheticOptions& o) {
   namespace fs = std::filesystem;
   if (o.n_train < 1 || o.n_test_good < 1 || o.n_test_defective < 1)
@@ -288,33 +322,7 @@ SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const Syn
   const fs::path tmp = io::temp_path_for(root.string());
   fs::remove_all(tmp, ec);
   try {
-    fs::create_directories(tmp / "train" / "good");
-    fs::create_directories(tmp / "test" / "good");
-    auto name = [](int i) {
-      char b[16];
-      std::snprintf(b, sizeof b, "%03d", i);
-      return std::string(b);
-    };
-    for (int i = 0; i < o.n_train; ++i)
-      write_png_atomic(tmp / "train" / "good" / (name(i) + ".png"), synthetic_sample(o, "good", 0, i).first);
-    for (int i = 0; i < o.n_test_good; ++i)
-      write_png_atomic(tmp / "test" / "good" / (name(i) + ".png"), synthetic_sample(o, "good", 1, i).first);
-    for (std::size_t k = 0; k < types.size(); ++k) {
-      const std::string& t = types[k];
-      fs::create_directories(tmp / "test" / t);
-      fs::create_directories(tmp / "ground_truth" / t);
-      for (int i = 0; i < res.test_counts[t]; ++i) {
-        const auto im = synthetic_sample(o, t, 2 + static_cast<int>(k), i);
-        write_png_atomic(tmp / "test" / t / (name(i) + ".png"), im.first);
-        write_png_atomic(tmp / "ground_truth" / t / (name(i) + "_mask.png"), im.second);
-      }
-    }
-    {
-      std::ofstream mf(tmp / "synthetic.json", std::ios::binary);
-      mf << manifest;
-      mf.close();
-      if (!mf) throw ReportError("cannot write " + (tmp / "synthetic.json").string());
-    }
+    detail::write_synthetic_files(tmp, o, res.test_counts, manifest);
     if (fs::exists(root)) fs::remove_all(root);  // empty, or an older dataset made by this generator
     fs::create_directories(root.parent_path());
     fs::rename(tmp, root);
