@@ -12,17 +12,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from triton_harness import common_arguments  # noqa: E402
 from triton_harness import (TritonServer, batching_stats, check, check_result, config_variant, infer_one,  # noqa: E402
                             load_expected, load_image, pick_images, main_wrapper, make_client, results_of, run_load)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backend-dir", required=True)
-    parser.add_argument("--repo", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--expected", required=True, help="validflow predict's predictions.json")
-    parser.add_argument("--work", required=True)
+    common_arguments(parser)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--deadline", type=float, default=240.0, help="seconds for the whole load")

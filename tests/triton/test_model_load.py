@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from triton_harness import common_arguments  # noqa: E402
 from triton_harness import (TritonServer, check, check_result, config_variant, infer_one, load_expected,  # noqa: E402
                             load_image, main_wrapper, make_client, results_of)
 
@@ -131,12 +132,8 @@ def broken_models(args, expected):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backend-dir", required=True)
+    common_arguments(parser)
     parser.add_argument("--future-backend-dir", required=True)
-    parser.add_argument("--repo", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--expected", required=True)
-    parser.add_argument("--work", required=True)
     args = parser.parse_args()
     future_api(args)
     broken_models(args, load_expected(args.expected))

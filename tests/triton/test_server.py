@@ -25,6 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from triton_harness import common_arguments  # noqa: E402
 from triton_harness import (TritonServer, check, check_result, config_variant, load_expected, load_image, pick_images,  # noqa: E402
                             main_wrapper, results_of)
 
@@ -276,11 +277,7 @@ def check_statistics(http, model, successes):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backend-dir", required=True)
-    parser.add_argument("--repo", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--expected", required=True, help="validflow predict's predictions.json")
-    parser.add_argument("--work", required=True)
+    common_arguments(parser)
     parser.add_argument("--max-images", type=int, default=8)
     args = parser.parse_args()
 

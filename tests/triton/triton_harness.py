@@ -254,6 +254,16 @@ def percentile(values, q):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def common_arguments(parser):
+    """The arguments every server test takes from CTest: backend, repository, model, expected results, work folder."""
+    parser.add_argument("--backend-dir", required=True)
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--expected", required=True, help="validflow predict's predictions.json")
+    parser.add_argument("--work", required=True)
+    return parser
+
+
 def main_wrapper(main):
     """Runs a test's main(): prints FAILED and the reason on a TestFailure, exits non-zero."""
     try:
