@@ -59,4 +59,20 @@ inline std::string reseal_archive(std::string_view bytes) {
   return out;
 }
 
+/// Runs `load` on the raw bytes and on their resealed form (reseal_archive): a FileError is the accepted refusal,
+/// any other exception aborts (libFuzzer records the input).
+template <class Load>
+int on_raw_and_resealed(const uint8_t* data, size_t size, const char* target, Load&& load) {
+  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  for (const auto& input : {std::string(bytes), reseal_archive(bytes)}) {
+    try {
+      load(input);
+    } catch (const FileError&) {
+    } catch (const std::exception& e) {
+      unexpected(target, e);
+    }
+  }
+  return 0;
+}
+
 }  // namespace validflow::fuzz

@@ -6,20 +6,13 @@
 namespace validflow::fuzz {
 
 inline int run_archive(const uint8_t* data, size_t size) {
-  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  for (const auto& input : {std::string(bytes), validflow::fuzz::reseal_archive(bytes)}) {
-    try {
-      const auto archive = validflow::io::parse_archive(input, "fuzz.vf");
-      // A file that was accepted serialises back into one that parses to the same content.
-      const auto again = validflow::io::parse_archive(validflow::io::serialize_archive(archive), "again.vf");
-      if (again.tensors.size() != archive.tensors.size() || again.blobs != archive.blobs || again.meta != archive.meta)
-        std::abort();
-    } catch (const validflow::FileError&) {
-    } catch (const std::exception& e) {
-      unexpected("fuzz_archive", e);
-    }
-  }
-  return 0;
+  return on_raw_and_resealed(data, size, "fuzz_archive", [](const std::string& input) {
+    const auto archive = validflow::io::parse_archive(input, "fuzz.vf");
+    // A file that was accepted serialises back into one that parses to the same content.
+    const auto again = validflow::io::parse_archive(validflow::io::serialize_archive(archive), "again.vf");
+    if (again.tensors.size() != archive.tensors.size() || again.blobs != archive.blobs || again.meta != archive.meta)
+      std::abort();
+  });
 }
 
 }  // namespace validflow::fuzz

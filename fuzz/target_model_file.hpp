@@ -8,17 +8,9 @@
 namespace validflow::fuzz {
 
 inline int run_model_file(const uint8_t* data, size_t size) {
-  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  for (const auto& input : {std::string(bytes), validflow::fuzz::reseal_archive(bytes)}) {
-    try {
-      const auto model = validflow::load_model_archive(validflow::io::parse_archive(input, "fuzz.vfm"), "fuzz.vfm");
-      (void)model;
-    } catch (const validflow::FileError&) {
-    } catch (const std::exception& e) {
-      unexpected("fuzz_model_file", e);
-    }
-  }
-  return 0;
+  return on_raw_and_resealed(data, size, "fuzz_model_file", [](const std::string& input) {
+    (void)validflow::load_model_archive(validflow::io::parse_archive(input, "fuzz.vfm"), "fuzz.vfm");
+  });
 }
 
 }  // namespace validflow::fuzz
