@@ -172,13 +172,15 @@ def cmd_run(a):
     if a.only and len(runs) != len(a.only):
         sys.exit("unknown run(s): %s (see: tools/reproduce_paper.py list)" %
                  ", ".join(sorted(set(a.only) - {r[0] for r in runs})))
+    # Every run of one grid compares models on identical features: new runs on other features would make the
+    # tables mix them.
+    others = sorted({r["features"]["sha256"] for r in load_results()} - {fingerprint})
+    if others:
+        sys.exit("results/mtd holds runs on other features (sha256 %s...), these are %s...: continue with the same "
+                 "features file (docs/results.md names it), or move the old results away to start a new grid" %
+                 (", ".join(o[:12] for o in others), fingerprint[:12]))
     for run in runs:
-        path = os.path.join(RESULTS, run[0] + ".json")
-        if os.path.exists(path):
-            previous = json.load(open(path))
-            if previous["features"]["sha256"] != fingerprint:
-                print("%s: result exists for other features (%s...); skipped, delete it to rerun" %
-                      (run[0], previous["features"]["sha256"][:12]))
+        if os.path.exists(os.path.join(RESULTS, run[0] + ".json")):
             continue
         run_one(run, a, features, fingerprint)
     cmd_tables(a)
