@@ -146,17 +146,19 @@ def run_one(run, a, features, fingerprint):
 
 
 def commit_result(path, run_id):
-    """Commits only the result file (other staged work stays staged); retries while git is busy."""
-    rel = os.path.relpath(path, ROOT)
+    """Regenerates the tables and commits them with the result file (other staged work stays staged); retries
+    while git is busy. The two go together: CTest results.tables_generated checks that they agree."""
+    cmd_tables(argparse.Namespace(check=False))
+    paths = [os.path.relpath(path, ROOT), os.path.relpath(DOC, ROOT)]
     for attempt in range(30):
-        add = subprocess.run(["git", "-C", ROOT, "add", "--", rel], capture_output=True, text=True)
+        add = subprocess.run(["git", "-C", ROOT, "add", "--"] + paths, capture_output=True, text=True)
         if add.returncode == 0:
-            done = subprocess.run(["git", "-C", ROOT, "commit", "-q", "-m", "results/mtd: %s" % run_id, "--", rel],
+            done = subprocess.run(["git", "-C", ROOT, "commit", "-q", "-m", "results/mtd: %s" % run_id, "--"] + paths,
                                   capture_output=True, text=True)
             if done.returncode == 0:
                 return
         time.sleep(10)
-    print("WARNING: could not commit %s; commit it by hand" % rel, file=sys.stderr)
+    print("WARNING: could not commit %s; commit it and docs/results.md by hand" % paths[0], file=sys.stderr)
 
 
 def cmd_run(a):
@@ -307,9 +309,16 @@ def cmd_tables(a):
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     generated = tables_markdown(load_results())
+    new_text = head + BEGIN + "\n" + generated + END + tail
+    if getattr(a, "check", False):
+        if new_text != text:
+            sys.exit("%s: the generated tables differ from what results/mtd/*.json give: run "
+                     "`tools/reproduce_paper.py tables` (never edit them by hand)" % os.path.relpath(DOC, ROOT))
+        print("tables of %s match the %d result files" % (os.path.relpath(DOC, ROOT), len(load_results())))
+        return
     tmp = DOC + ".tmp"
     with open(tmp, "w") as f:
-        f.write(head + BEGIN + "\n" + generated + END + tail)
+        f.write(new_text)
     os.replace(tmp, DOC)
     print("tables of %s regenerated from %d result files" % (os.path.relpath(DOC, ROOT), len(load_results())))
 
@@ -326,7 +335,9 @@ def main(argv=None):
     r.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="the grid and which runs are done").set_defaults(fn=cmd_list)
-    sub.add_parser("tables", help="regenerate the tables of docs/results.md").set_defaults(fn=cmd_tables)
+    t = sub.add_parser("tables", help="regenerate the tables of docs/results.md")
+    t.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    t.set_defaults(fn=cmd_tables)
     a = p.parse_args(argv)
     if a.command == "run" and not 1 <= a.threads <= 256:
         p.error("--threads must be in 1..256")
