@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from export_backbone import official_eff_ext  # noqa: E402  (the one copy of CS-Flow's eff_ext)
+from host_info import cpu_description  # noqa: E402
 
 MODELS = {
     # name: (family, variant, image size, feature block)
@@ -116,24 +116,6 @@ def count_macs(torch, extractor, image_size):
     for h in handles:
         h.remove()
     return macs[0]
-
-
-def cpu_description():
-    model, flags = platform.processor(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model.strip():
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    break
-    except OSError:
-        pass
-    keep = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
-    return "%s, %d CPUs, %s" % (model, os.cpu_count() or 0, " ".join(sorted(keep)))
 
 
 def run_cpp(binary, model, batch, cpp_args, name="BM_Extractor"):

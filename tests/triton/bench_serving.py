@@ -13,27 +13,16 @@ Usage (inside the venv of scripts/triton_env.sh):
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from host_info import cpu_model  # noqa: E402
 from triton_harness import (TritonServer, batching_stats, check, config_variant, infer_one, load_expected,  # noqa: E402
                             load_image, main_wrapper, make_client, results_of, run_load)
-
-
-def cpu_model():
-    """The CPU's model name as lscpu shows it (/proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def predict_speed(args, paths, batch_size):

@@ -12,9 +12,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from triton_harness import common_arguments  # noqa: E402
+from triton_harness import common_arguments, expected_and_images  # noqa: E402
 from triton_harness import (TritonServer, batching_stats, check, check_result, config_variant, infer_one,  # noqa: E402
-                            load_expected, load_image, pick_images, main_wrapper, make_client, results_of, run_load)
+                            main_wrapper, make_client, results_of, run_load)
 
 
 def main():
@@ -26,9 +26,7 @@ def main():
     parser.add_argument("--max-images", type=int, default=16)
     args = parser.parse_args()
 
-    predicted = load_expected(args.expected)
-    paths = pick_images(predicted, args.max_images)
-    images = {p: load_image(p) for p in paths}
+    predicted, images = expected_and_images(args)
     repo = os.path.join(args.work, "load-repo")
     os.makedirs(repo, exist_ok=True)
     # Two CPU instances (two Detectors executing concurrently), dynamic batching as exported.
@@ -39,7 +37,7 @@ def main():
         # The sequential result of every image (and it equals validflow predict's).
         client = make_client("http", server)
         sequential = {}
-        for p in paths:
+        for p in images:
             sequential[p] = results_of(infer_one(client, "http", args.model, images[p],
                                                  ["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"]), 1)[0]
             check_result(sequential[p], predicted[p], 1e-5, f"sequential {os.path.basename(p)}")

@@ -14,7 +14,6 @@ Usage (inside the venv of scripts/triton_env.sh):
 import argparse
 import json
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -25,8 +24,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from triton_harness import common_arguments  # noqa: E402
-from triton_harness import (TritonServer, check, check_result, config_variant, load_expected, load_image, pick_images,  # noqa: E402
+from triton_harness import common_arguments, expected_and_images  # noqa: E402
+from triton_harness import (TritonServer, check, check_result, config_variant,  # noqa: E402
                             main_wrapper, results_of)
 
 TOLERANCE = 1e-5
@@ -281,9 +280,7 @@ def main():
     parser.add_argument("--max-images", type=int, default=8)
     args = parser.parse_args()
 
-    expected = load_expected(args.expected)
-    paths = pick_images(expected, args.max_images)
-    images = {p: load_image(p) for p in paths}
+    expected, images = expected_and_images(args)
     # The repository under test plus a variant whose config parameter threshold lies below every score.
     repo = os.path.join(args.work, "server-repo")
     os.makedirs(repo, exist_ok=True)
@@ -302,7 +299,7 @@ def main():
         successes = check_inference(http, grpc, args.model, images, expected, maps)
         successes += check_batches(http, args.model, images, expected, max_batch, maps)
         successes += check_thresholds(http, args.model, images, expected, strict)
-        first = paths[0]
+        first = next(iter(images))
         n_bad = bad_requests(server, http, grpc, args.model, images[first], expected[first], max_batch)
         successes += n_bad  # one good request after each bad one
         check_statistics(http, args.model, successes)

@@ -3,7 +3,6 @@ backend's tests and benchmarks, and holds what they share: images, expected resu
 
 Runs inside the virtual environment of scripts/triton_env.sh. Everything binds to 127.0.0.1 on free ports.
 """
-import contextlib
 import json
 import os
 import re
@@ -262,6 +261,12 @@ def common_arguments(parser):
     parser.add_argument("--expected", required=True, help="validflow predict's predictions.json")
     parser.add_argument("--work", required=True)
     return parser
+
+
+def expected_and_images(args):
+    """validflow predict's results (args.expected) and up to args.max_images of its images, decoded."""
+    expected = load_expected(args.expected)
+    return expected, {p: load_image(p) for p in pick_images(expected, args.max_images)}
 
 
 def main_wrapper(main):
