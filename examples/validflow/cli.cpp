@@ -246,9 +246,9 @@ struct DemoArgs {
   int64_t epochs = 40;
 };
 
-CLI::App* add_info_command(CLI::App& app, FlowConfig& config, InfoArgs& a, std::vector<ModelFlags>& model_flags) {
+CLI::App* add_info_command(CLI::App& app, FlowConfig& config, InfoArgs& a, ModelFlags& model_flags) {
   auto* info = app.add_subcommand("info", "Architecture, exact parameter count and GFLOPs of a flow or a backbone");
-  model_flags.push_back(add_model_options(*info, config));
+  model_flags = add_model_options(*info, config);
   info->add_option("--channels", config.channels, "Feature channels per scale")
       ->check(int_range(2, FlowConfig::max_width))
       ->capture_default_str();
@@ -374,9 +374,9 @@ struct Commands {
            *pred = nullptr, *run = nullptr, *demo = nullptr;
 
   void define(CLI::App& app) {
-    std::vector<ModelFlags> info_flags;
+    ModelFlags info_flags;
     info = add_info_command(app, config, info_args, info_flags);
-    model_flags.emplace_back(info, info_flags.front());
+    model_flags.emplace_back(info, info_flags);
     check = add_check_command(app, check_args);
 
     ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");

@@ -207,7 +207,8 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
             << info.backbone.name << " at " << size << " px\n";
 
   // --triton: the options and the target are checked before the work (a refusal writes nothing); the entry is
-  // written from the checked model file before that file takes its name --to, so an export writes both or neither.
+  // written from the checked model file before that file takes its name --to, so a failed entry never leaves a
+  // new model file behind (only the final rename, in the same folder, comes after it).
   const auto repository = triton_options_for(e);
   const auto triton_error = [&](const std::string& why) {
     return FileError(e.triton_repository, "--triton " + e.triton_repository + ": " + why + " (nothing written)");
