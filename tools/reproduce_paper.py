@@ -10,7 +10,11 @@ another session. Only the Python standard library is used.
 
   tools/reproduce_paper.py run --features DIR/features.pt [--only RUN ...] [--commit]
   tools/reproduce_paper.py list
+  tools/reproduce_paper.py speed --work DIR  # times every finished run's flow in one session
   tools/reproduce_paper.py tables          # rewrites the generated part of docs/results.md
+
+The generated part holds the three tables, the flow speed of one same-session measurement, and every relative
+claim of the paper tested over the seeds (Welch's t, or the pooled seed spread where a side has one seed).
 """
 import argparse
 import datetime
@@ -20,14 +24,16 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from host_info import cpu_model  # noqa: E402
+from host_info import cpu_description, cpu_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results", "mtd")
 DOC = os.path.join(ROOT, "docs", "results.md")
+SPEED = os.path.join(ROOT, "results", "mtd-speed.json")
 
 # The protocol shared by every run (docs/results.md): the paper's MTD recipe at a width that trains in well
 # under an hour on 2 CPU cores.
@@ -180,6 +186,46 @@ def cmd_run(a):
     cmd_tables(a)
 
 
+def cmd_speed(a):
+    """Times the flow of every finished run on the grid's test features in one session: round-robin over the
+    runs, `rounds` times, so that a changing load hits every configuration alike; each run's median goes to
+    results/mtd-speed.json. Every timing also re-checks the run's image AUROC (same checkpoint, same scores)."""
+    finished = [r for r in load_results() if os.path.exists(os.path.join(a.work, r["run"], "checkpoint.pt"))]
+    if not finished:
+        sys.exit("no finished run has its checkpoint under %s" % a.work)
+    timings = {r["run"]: [] for r in finished}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="validflow-speed-") as tmp:
+        for round_index in range(a.rounds):
+            for r in finished:
+                out = os.path.join(tmp, r["run"])
+                os.makedirs(out, exist_ok=True)
+                for name in ("features.pt", "checkpoint.pt"):
+                    link = os.path.join(out, name)
+                    if not os.path.exists(link):
+                        os.symlink(os.path.realpath(os.path.join(a.work, r["run"], name)), link)
+                subprocess.run([a.validflow, "eval", "--out", out, "--heatmaps", "0", "--threads", str(a.threads)],
+                               check=True, stdout=subprocess.DEVNULL)
+                metrics = json.load(open(os.path.join(out, "report", "metrics.json")))
+                if abs(metrics["image_auroc"] - r["metrics"]["image_auroc"]) > 1e-6:
+                    sys.exit("%s: image AUROC %.6f now, %.6f in its result file: the work folder does not hold "
+                             "that run's checkpoint" % (r["run"], metrics["image_auroc"], r["metrics"]["image_auroc"]))
+                timings[r["run"]].append(metrics["scoring_images_per_second"])
+                print("round %d/%d %-45s %7.1f img/s" % (round_index + 1, a.rounds, r["run"],
+                                                          timings[r["run"]][-1]), flush=True)
+    speed = {"what": "images/s of the flow scoring the %d cached test features (`validflow eval`, maps included), "
+                     "median of the rounds" % finished[0]["metrics"]["n_test"],
+             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "host": cpu_description(), "threads": a.threads, "rounds": a.rounds,
+             "load_average_before": [round(x, 2) for x in load_before],
+             "load_average_after": [round(x, 2) for x in os.getloadavg()],
+             "runs": {run: {"images_per_second": sorted(v), "median": sorted(v)[len(v) // 2]}
+                      for run, v in timings.items()}}
+    write_json_atomic(SPEED, speed)
+    print("wrote %s" % os.path.relpath(SPEED, ROOT))
+    cmd_tables(argparse.Namespace(check=False))
+
+
 def cmd_list(a):
     for run_id, table, label, args, seed in grid():
         done = os.path.exists(os.path.join(RESULTS, run_id + ".json"))
@@ -197,12 +243,103 @@ PAPER_TABLE7 = {"ValidFlow n = 3": 99.21, "FB without CBAM": 99.01, "FB without 
                 "FB without both": 98.80}
 TYPES = ["blowhole", "break", "crack", "fray", "uneven"]
 
+VALIDFLOW = ("table3", "ValidFlow n = 3")
+# The paper's relative claims: (claim, configuration A, configuration B, the paper's A and B, expected sign of
+# A - B: +1 "A is better", 0 "A and B are equal").
+CLAIMS = [
+    ("ValidFlow beats CS-Flow (Table 3)", VALIDFLOW, ("table3", "CS-Flow, 4 blocks (official default)"),
+     (99.6, 99.3), +1),
+    ("ValidFlow beats CS-Flow with 6 blocks (not in the paper: the same-size-class rival)", VALIDFLOW,
+     ("table3", "CS-Flow, 6 blocks (paper's Table 5)"), None, +1),
+    ("n = 3 beats n = 1 (Table 6)", VALIDFLOW, ("table6", "n = 1"), (99.63, 99.53), +1),
+    ("n = 3 beats n = 2 (Table 6)", VALIDFLOW, ("table6", "n = 2"), (99.63, 99.57), +1),
+    ("n = 3 and n = 4 are equal (Table 6)", VALIDFLOW, ("table6", "n = 4"), (99.63, 99.63), 0),
+    ("n = 3 beats n = 5 (Table 6)", VALIDFLOW, ("table6", "n = 5"), (99.63, 99.49), +1),
+    ("CBAM in FB helps, with the 1↔3 branches (Table 7, MVTec AD)", VALIDFLOW, ("table7", "FB without CBAM"),
+     (99.21, 99.01), +1),
+    ("the 1↔3 branches help, with CBAM (Table 7, MVTec AD)", VALIDFLOW, ("table7", "FB without the 1<->3 branches"),
+     (99.21, 98.97), +1),
+    ("CBAM in FB helps, without the branches (Table 7, MVTec AD)", ("table7", "FB without the 1<->3 branches"),
+     ("table7", "FB without both"), (98.97, 98.80), +1),
+    ("the 1↔3 branches help, without CBAM (Table 7, MVTec AD)", ("table7", "FB without CBAM"), ("table7", "FB without both"),
+     (99.01, 98.80), +1),
+    ("CBAM and the branches together help (Table 7, MVTec AD)", VALIDFLOW, ("table7", "FB without both"), (99.21, 98.80), +1),
+]
+ALPHA = 0.05
+
 
 def mean_std(values):
     m = sum(values) / len(values)
     if len(values) < 2:
         return m, None
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _betacf(a, b, x):
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                    -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def incomplete_beta(a, b, x):
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t, df):
+    """Two-sided p-value of Student's t with df (possibly fractional) degrees of freedom."""
+    return incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def pooled_seed_spread(groups):
+    """Within-configuration standard deviation pooled over every configuration with two or more seeds, and its
+    degrees of freedom: the seed spread used for configurations that have a single seed."""
+    ss, df = 0.0, 0
+    for values in groups:
+        if len(values) >= 2:
+            m = sum(values) / len(values)
+            ss += sum((v - m) ** 2 for v in values)
+            df += len(values) - 1
+    return (math.sqrt(ss / df), df) if df else (None, 0)
+
+
+def compare(a, b, pooled):
+    """Difference of the means of a and b (lists of AUROCs) with a two-sided test: Welch's t when both sides have
+    two or more seeds, else Student's t with the pooled seed spread. Returns (difference, p, how) or p None when
+    no spread is known yet."""
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if len(a) >= 2 and len(b) >= 2:
+        va, vb = mean_std(a)[1] ** 2 / len(a), mean_std(b)[1] ** 2 / len(b)
+        se = math.sqrt(va + vb)
+        if se == 0:
+            return diff, (0.0 if diff else 1.0), "Welch"
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        return diff, t_two_sided_p(diff / se, df), "Welch, df %.1f" % df
+    spread, df = pooled
+    if spread is None:
+        return diff, None, "no seed spread yet"
+    se = spread * math.sqrt(1.0 / len(a) + 1.0 / len(b))
+    return diff, t_two_sided_p(diff / se, df) if se else 1.0, "pooled spread, df %d" % df
 
 
 def pct(x):
@@ -223,7 +360,11 @@ def load_results():
     return results
 
 
-def group_row(label, runs, paper):
+def load_speed():
+    return json.load(open(SPEED)) if os.path.exists(SPEED) else None
+
+
+def group_row(label, runs, paper, speed):
     aurocs = [r["metrics"]["image_auroc"] for r in runs]
     seeds = ", ".join("%s (seed %d)" % (pct(r["metrics"]["image_auroc"]), r["seed"]) for r in
                       sorted(runs, key=lambda r: r["seed"]))
@@ -231,15 +372,16 @@ def group_row(label, runs, paper):
     pixel = mean_std([r["metrics"]["pixel_auroc"] for r in runs])[0]
     aupro = mean_std([r["metrics"]["aupro"] for r in runs])[0]
     minutes = mean_std([r["training_seconds"] / 60 for r in runs])[0]
-    speed = mean_std([r["flow_images_per_second"] for r in runs])[0]
-    return "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f M | %.0f | %.0f |" % (
+    timed = [speed["runs"][r["run"]]["median"] for r in runs if speed and r["run"] in speed["runs"]]
+    return "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f M | %.2f | %.0f | %s |" % (
         label, "%.2f" % paper if paper is not None else "–", fmt_mean_std(aurocs), len(runs), seeds, per_type,
-        pct(pixel), pct(aupro), runs[0]["parameters"] / 1e6, minutes, speed)
+        pct(pixel), pct(aupro), runs[0]["parameters"] / 1e6, runs[0]["gflops_per_image"], minutes,
+        "%.0f" % (sum(timed) / len(timed)) if timed else "–")
 
 
 HEADER = ("| configuration | paper | image AUROC (ours, mean ± std) | seeds | each seed | per type: blowhole / break / "
-          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | training min | eval img/s ¹ |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | GFLOP/image | training min ¹ | flow img/s ² |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def tables_markdown(results):
@@ -249,6 +391,7 @@ def tables_markdown(results):
     for r in results:
         by_label.setdefault((r["table"], r["label"]), []).append(r)
     lines = []
+    speed = load_speed()
     first = results[0]
     hosts = sorted({r["host"]["cpu"] for r in results})
     lines.append("Generated by `tools/reproduce_paper.py tables` from the %d result files in `results/mtd/` "
@@ -262,7 +405,7 @@ def tables_markdown(results):
     for label in PAPER_TABLE3:
         runs = by_label.get(("table3", label))
         if runs:
-            lines.append(group_row(label, runs, PAPER_TABLE3[label]))
+            lines.append(group_row(label, runs, PAPER_TABLE3[label], speed))
     lines.append("\nThe paper's 99.3 for CS-Flow is its Table 3 entry for CS-Flow (the official configuration); the "
                  "paper gives no MTD AUROC for its 6-block CS-Flow (Table 5 compares only size and speed).\n")
 
@@ -272,7 +415,7 @@ def tables_markdown(results):
         label, table = ("ValidFlow n = 3", "table3") if n == 3 else ("n = %d" % n, "table6")
         runs = by_label.get((table, label))
         if runs:
-            lines.append(group_row("n = %d" % n + (" (the Table 3 runs)" if n == 3 else ""), runs, PAPER_TABLE6[n]))
+            lines.append(group_row("n = %d" % n + (" (the Table 3 runs)" if n == 3 else ""), runs, PAPER_TABLE6[n], speed))
     lines.append("")
 
     lines.append("### Table 7 on MTD: CBAM and the scale-1↔3 branches in FB\n")
@@ -283,10 +426,100 @@ def tables_markdown(results):
         table = "table3" if label == "ValidFlow n = 3" else "table7"
         runs = by_label.get((table, label))
         if runs:
-            lines.append(group_row(label + (" (full FB; the Table 3 runs)" if table == "table3" else ""), runs, paper))
-    lines.append("¹ Training minutes and eval img/s (the flow's scoring speed during `validflow eval`) were measured while "
-                 "other jobs shared the 2 cores, with a varying load: they are not comparable between runs. The "
-                 "same-run speed comparison of the models is `bench_flows` in `docs/benchmarks.md`.\n")
+            lines.append(group_row(label + (" (full FB; the Table 3 runs)" if table == "table3" else ""), runs, paper, speed))
+    lines.append("\n¹ Training minutes were measured while other jobs shared the 2 cores, with a varying load, and "
+                 "count only the training calls that finished (a run resumed from a checkpoint lost the interrupted "
+                 "call's time): they are not comparable between runs. GFLOP/image is the flow's analytic forward cost.\n")
+    if speed:
+        lines.append("² Flow images/s: %s, measured by `tools/reproduce_paper.py speed` in one session (%s; %s; %d "
+                     "threads; round-robin over the runs, %d rounds; load average %.1f before, %.1f after), mean over "
+                     "the seeds; runs finished after that session show –. Ratios within this column are comparable.\n"
+                     % (speed["what"], speed["date"][:10], speed["host"], speed["threads"], speed["rounds"],
+                        speed["load_average_before"][0], speed["load_average_after"][0]))
+    else:
+        lines.append("² Flow images/s: not measured yet (`tools/reproduce_paper.py speed`).\n")
+    lines.append(claims_markdown(by_label))
+    return "\n".join(lines) + "\n"
+
+
+def verdict(diff, p, sign):
+    if p is None:
+        return "undecided: one seed on each side, no seed spread measured yet"
+    significant = p < ALPHA
+    if sign == 0:
+        return "**contradicted**: they differ" if significant else "consistent: no difference beyond the seed spread"
+    if not significant:
+        return "undecided: within the seed spread"
+    return "**supported**" if diff > 0 else "**contradicted**: the opposite holds"
+
+
+def claims_markdown(by_label):
+    """The paper's relative claims against our runs, each with a two-sided test at ALPHA over the seeds."""
+    groups = [[r["metrics"]["image_auroc"] for r in runs] for runs in by_label.values()]
+    pooled = pooled_seed_spread(groups)
+    lines = ["### The paper's claims, tested on our runs\n",
+             "Differences of mean image AUROC (points). The test is two-sided at %g: Welch's t when both sides have "
+             "two or more seeds, otherwise Student's t with the seed spread pooled over every configuration that has "
+             "several seeds (which assumes that all configurations vary alike across seeds). *Supported* and "
+             "*contradicted* need p < %g; everything else is within what the seeds can decide.\n" % (ALPHA, ALPHA)]
+    spreads = []
+    for (table, label), runs in sorted(by_label.items()):
+        values = [r["metrics"]["image_auroc"] for r in runs]
+        if len(values) >= 2:
+            spreads.append("%s: std %.2f, range %s–%s over %d seeds" % (
+                label, 100 * mean_std(values)[1], pct(min(values)), pct(max(values)), len(values)))
+    if spreads:
+        lines.append("Seed spread of the image AUROC: " + "; ".join(spreads) + "; pooled std %.2f (df %d).\n" % (
+            100 * pooled[0], pooled[1]))
+    else:
+        lines.append("Seed spread: not measured yet (no configuration has two seeds).\n")
+    lines.append("| claim | paper | ours: A − B | seeds A / B | p (test) | verdict |\n|---|---|---|---|---|---|")
+    for claim, a_key, b_key, paper, sign in CLAIMS:
+        paper_text = "%.2f vs %.2f (%+.2f)" % (paper[0], paper[1], paper[0] - paper[1]) if paper else "–"
+        a, b = by_label.get(a_key), by_label.get(b_key)
+        if not a or not b:
+            lines.append("| %s | %s | – | %d / %d | – | not run yet |" % (claim, paper_text, len(a or []), len(b or [])))
+            continue
+        a_values = [r["metrics"]["image_auroc"] for r in a]
+        b_values = [r["metrics"]["image_auroc"] for r in b]
+        diff, p, how = compare(a_values, b_values, pooled)
+        lines.append("| %s | %s | %s − %s = %+.2f | %d / %d | %s | %s |" % (
+            claim, paper_text, pct(sum(a_values) / len(a_values)), pct(sum(b_values) / len(b_values)), 100 * diff,
+            len(a_values), len(b_values), "–" if p is None else "%.3f (%s)" % (p, how), verdict(diff, p, sign)))
+    lines.append("")
+    lines.append(size_speed_markdown(by_label))
+    return "\n".join(lines)
+
+
+def size_speed_markdown(by_label):
+    """Table 5's claims: ValidFlow n = 3 against CS-Flow with 6 blocks, in parameters and speed."""
+    v, c = by_label.get(VALIDFLOW), by_label.get(("table3", "CS-Flow, 6 blocks (paper's Table 5)"))
+    lines = ["Size and speed (the paper's Table 5: ValidFlow n = 3 against CS-Flow with 6 blocks, EfficientNet-B5, "
+             "hidden width per its Fig. 2; FPS on a GPU at batch 16, backbone included):\n",
+             "| claim | paper | ours | verdict |\n|---|---|---|---|"]
+    if not v or not c:
+        lines.append("| fewer parameters, faster | 162.89 M vs 370.50 M; 122 vs 100 FPS | – | not run yet |")
+        return "\n".join(lines) + "\n"
+    pv, pc = v[0]["parameters"], c[0]["parameters"]
+    lines.append("| fewer parameters | 162.89 M vs 370.50 M (×0.44) | %.1f M vs %.1f M (×%.2f, exact count) | %s |" % (
+        pv / 1e6, pc / 1e6, pv / pc, "**supported**" if pv < pc else "**contradicted**"))
+    speed = load_speed()
+    timed = speed["runs"] if speed else {}
+    rounds = [[x for r in runs if r["run"] in timed for x in timed[r["run"]]["images_per_second"]] for runs in (v, c)]
+    if not rounds[0] or not rounds[1]:
+        lines.append("| faster | 122 vs 100 FPS (×1.22) | – | not measured yet |")
+    else:
+        ratio = (sum(rounds[0]) / len(rounds[0])) / (sum(rounds[1]) / len(rounds[1]))
+        if min(rounds[0]) > max(rounds[1]):
+            text = "**supported**"
+        elif max(rounds[0]) < min(rounds[1]):
+            text = "**contradicted**"
+        else:
+            text = "undecided: the rounds overlap"
+        lines.append("| faster | 122 vs 100 FPS (×1.22) | flow only, CPU: %.0f vs %.0f img/s (×%.2f; slowest round of "
+                     "ValidFlow %.0f, fastest of CS-Flow %.0f) ² | %s (every round of one faster than every round of "
+                     "the other) |" % (sum(rounds[0]) / len(rounds[0]), sum(rounds[1]) / len(rounds[1]), ratio,
+                                       min(rounds[0]), max(rounds[1]), text))
     return "\n".join(lines) + "\n"
 
 
@@ -327,12 +560,20 @@ def main(argv=None):
     r.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="the grid and which runs are done").set_defaults(fn=cmd_list)
+    v = sub.add_parser("speed", help="time the flow of every finished run in one session (results/mtd-speed.json)")
+    v.add_argument("--validflow", default=os.path.join(ROOT, "build", "examples", "validflow", "validflow"))
+    v.add_argument("--work", default=os.path.join(ROOT, "out", "reproduce"), help="run folders of `run`")
+    v.add_argument("--threads", type=int, default=2)
+    v.add_argument("--rounds", type=int, default=3)
+    v.set_defaults(fn=cmd_speed)
     t = sub.add_parser("tables", help="regenerate the tables of docs/results.md")
     t.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
     t.set_defaults(fn=cmd_tables)
     a = p.parse_args(argv)
-    if a.command == "run" and not 1 <= a.threads <= 256:
+    if a.command in ("run", "speed") and not 1 <= a.threads <= 256:
         p.error("--threads must be in 1..256")
+    if a.command == "speed" and not 1 <= a.rounds <= 100:
+        p.error("--rounds must be in 1..100")
     return a.fn(a) or 0
 
 

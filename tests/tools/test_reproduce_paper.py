@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Tests of tools/reproduce_paper.py's statistics and generated claims (standard library only)."""
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import reproduce_paper as rp  # noqa: E402
+
+
+def result(table, label, seed, auroc, run=None, parameters=1000000):
+    return {"run": run or "%s-%s-seed%d" % (table, label, seed), "table": table, "label": label, "seed": seed,
+            "parameters": parameters, "gflops_per_image": 1.0, "training_seconds": 60.0,
+            "metrics": {"image_auroc": auroc, "pixel_auroc": 0.7, "aupro": 0.5,
+                        "image_auroc_per_type": {t: auroc for t in rp.TYPES}},
+            "features": {"file": "f.pt", "sha256": "0" * 64}, "host": {"cpu": "test"}}
+
+
+def claim_rows(markdown):
+    """claim text -> verdict cell of the generated claims table."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] not in ("claim", "---"):
+            rows[cells[0]] = cells[5]
+    return rows
+
+
+class Statistics(unittest.TestCase):
+    def test_t_distribution_matches_the_tables(self):
+        # Two-sided 5 % critical values of Student's t (any statistics table) and a few exact p-values.
+        for t, df in [(12.7062, 1), (4.302653, 2), (2.776445, 4), (2.228139, 10), (1.959964, 1e7)]:
+            self.assertAlmostEqual(rp.t_two_sided_p(t, df), 0.05, places=5)
+        # df = 3 in closed form: p = 1 - (2 / pi) (atan(t / sqrt 3) + (t / sqrt 3) / (1 + t^2 / 3)) = 0.3910022 at t = 1.
+        self.assertAlmostEqual(rp.t_two_sided_p(1.0, 3), 0.3910022, places=6)
+        self.assertAlmostEqual(rp.t_two_sided_p(-1.0, 3), 0.3910022, places=6)
+        self.assertEqual(rp.t_two_sided_p(0.0, 5), 1.0)
+        self.assertLess(rp.t_two_sided_p(50.0, 2.5), 1e-3)
+
+    def test_welch(self):
+        a, b = [0.980, 0.982, 0.978], [0.970, 0.974, 0.966]
+        diff, p, how = rp.compare(a, b, (None, 0))
+        self.assertAlmostEqual(diff, 0.01, places=12)
+        # Sample variances 4e-6 and 1.6e-5: se^2 = va + vb, df = (va + vb)^2 / ((va^2 + vb^2) / 2).
+        va, vb = 4e-6 / 3, 1.6e-5 / 3
+        df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / 2)
+        self.assertIn("Welch, df %.1f" % df, how)
+        self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (va + vb) ** 0.5, df), places=12)
+        self.assertLess(p, 0.05)
+
+    def test_single_seed_uses_the_pooled_spread_or_stays_undecided(self):
+        self.assertIsNone(rp.compare([0.98], [0.97], (None, 0))[1])
+        spread, df = rp.pooled_seed_spread([[0.98, 0.99], [0.90, 0.92, 0.94], [0.5]])
+        self.assertEqual(df, 3)
+        self.assertAlmostEqual(spread, ((0.00005 + 0.0008) / 3) ** 0.5, places=12)
+        diff, p, how = rp.compare([0.98], [0.97], (spread, df))
+        self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (spread * 2 ** 0.5), 3), places=12)
+        self.assertIn("pooled", how)
+
+    def test_verdicts(self):
+        self.assertTrue(rp.verdict(0.01, 0.01, +1).startswith("**supported"))
+        self.assertTrue(rp.verdict(-0.01, 0.01, +1).startswith("**contradicted"))
+        self.assertTrue(rp.verdict(0.01, 0.2, +1).startswith("undecided"))
+        self.assertTrue(rp.verdict(0.01, None, +1).startswith("undecided"))
+        self.assertTrue(rp.verdict(0.01, 0.01, 0).startswith("**contradicted"))
+        self.assertTrue(rp.verdict(0.01, 0.2, 0).startswith("consistent"))
+
+
+class GeneratedClaims(unittest.TestCase):
+    def setUp(self):
+        self.saved_speed = rp.SPEED
+        rp.SPEED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no-such-speed-file.json")
+
+    def tearDown(self):
+        rp.SPEED = self.saved_speed
+
+    def test_claims_follow_the_results(self):
+        v, c4, c6 = rp.VALIDFLOW[1], "CS-Flow, 4 blocks (official default)", "CS-Flow, 6 blocks (paper's Table 5)"
+        results = [result("table3", v, s, x, parameters=16) for s, x in enumerate([0.980, 0.981, 0.979])]
+        results += [result("table3", c4, s, x) for s, x in enumerate([0.930, 0.935, 0.940])]
+        results += [result("table3", c6, s, x, parameters=32) for s, x in enumerate([0.975, 0.985, 0.965])]
+        # Pooled seed std: sqrt((2e-6 + 5e-5 + 2e-4) / 6) = 0.0065 (0.65 points), so one seed of n = 1 at 0.94 is
+        # clearly worse than n = 3 (t = 5.4), one of n = 2 at 1.0 clearly better (t = -2.7, p = 0.037).
+        results += [result("table6", "n = 1", 0, 0.94), result("table6", "n = 2", 0, 1.0),
+                    result("table6", "n = 4", 0, 0.9801)]
+        markdown = rp.tables_markdown(results)
+        rows = claim_rows(markdown)
+        self.assertTrue(rows["ValidFlow beats CS-Flow (Table 3)"].startswith("**supported"))
+        self.assertTrue(rows[rp.CLAIMS[1][0]].startswith("undecided"))
+        self.assertTrue(rows["n = 3 beats n = 1 (Table 6)"].startswith("**supported"))
+        self.assertTrue(rows["n = 3 beats n = 2 (Table 6)"].startswith("**contradicted"))
+        self.assertTrue(rows["n = 3 and n = 4 are equal (Table 6)"].startswith("consistent"))
+        self.assertEqual(rows["n = 3 beats n = 5 (Table 6)"], "not run yet")
+        self.assertIn("98.00 ± 0.10", markdown)
+        self.assertIn("pooled std", markdown)
+        self.assertIn("| fewer parameters |", markdown)
+        self.assertIn("**supported** |", markdown.split("| fewer parameters |")[1].splitlines()[0])
+        self.assertIn("not measured yet", markdown)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
