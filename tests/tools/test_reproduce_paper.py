@@ -37,6 +37,10 @@ class Statistics(unittest.TestCase):
         self.assertEqual(rp.t_two_sided_p(0.0, 5), 1.0)
         self.assertLess(rp.t_two_sided_p(50.0, 2.5), 1e-3)
 
+    def test_critical_value_inverts_the_p_value(self):
+        self.assertAlmostEqual(rp.t_critical(4), 2.776445, places=5)
+        self.assertAlmostEqual(rp.t_critical(2, 0.01), 9.924843, places=5)
+
     def test_welch(self):
         a, b = [0.980, 0.982, 0.978], [0.970, 0.974, 0.966]
         diff, p, how = rp.compare(a, b, (None, 0))
@@ -93,6 +97,7 @@ class GeneratedClaims(unittest.TestCase):
         self.assertEqual(rows["n = 3 beats n = 5 (Table 6)"], "not run yet")
         self.assertIn("98.00 ± 0.10", markdown)
         self.assertIn("pooled std", markdown)
+        self.assertIn("smallest difference of means that the test can decide", markdown)
         self.assertIn("| fewer parameters |", markdown)
         self.assertIn("**supported** |", markdown.split("| fewer parameters |")[1].splitlines()[0])
         self.assertIn("not measured yet", markdown)
