@@ -39,14 +39,19 @@ SPEED = os.path.join(ROOT, "results", "mtd-speed.json")
 # under an hour on 2 CPU cores.
 PROTOCOL = {"epochs": 60, "hidden": 128, "batch_size": 16, "lr": 2e-4, "weight_decay": 1e-5}
 
+# (table, label) of the Table 3 configurations: the keys of results and claims.
+VALIDFLOW = ("table3", "ValidFlow n = 3")
+CSFLOW4 = ("table3", "CS-Flow, 4 blocks (official default)")
+CSFLOW6 = ("table3", "CS-Flow, 6 blocks (paper's Table 5)")
+
 
 def grid():
     """(run id, table, label, model arguments, seed) in the order they run: the head-to-head first, and in it the
-    closest pair (ValidFlow and the 6-block CS-Flow, 0.8 points apart on seed 0) with all its seeds before the
-    4-block CS-Flow, so that a grid cut short still answers the question the seed spread has to decide."""
-    closest_pair = [("validflow-n3", "ValidFlow n = 3", ["--model", "validflow", "--modules", "3"]),
-                    ("csflow-6", "CS-Flow, 6 blocks (paper's Table 5)", ["--model", "csflow", "--blocks", "6"])]
-    official = ("csflow-4", "CS-Flow, 4 blocks (official default)", ["--model", "csflow", "--blocks", "4"])
+    closest pair (ValidFlow and the 6-block CS-Flow) with all its seeds before the 4-block CS-Flow, so that a grid
+    cut short still answers the question the seed spread has to decide."""
+    closest_pair = [("validflow-n3", VALIDFLOW[1], ["--model", "validflow", "--modules", "3"]),
+                    ("csflow-6", CSFLOW6[1], ["--model", "csflow", "--blocks", "6"])]
+    official = ("csflow-4", CSFLOW4[1], ["--model", "csflow", "--blocks", "4"])
     runs = [("%s-seed%d" % (name, seed), "table3", label, args, seed)
             for seed in (0, 1, 2) for name, label, args in closest_pair]
     runs += [("%s-seed%d" % (official[0], seed), "table3", official[1], official[2], seed) for seed in (0, 1, 2)]
@@ -190,6 +195,8 @@ def cmd_speed(a):
     """Times the flow of every finished run on the grid's test features in one session: round-robin over the
     runs, `rounds` times, so that a changing load hits every configuration alike; each run's median goes to
     results/mtd-speed.json. Every timing also re-checks the run's image AUROC (same checkpoint, same scores)."""
+    if not os.path.exists(a.validflow):
+        sys.exit("validflow program %s not found (build it, or pass --validflow)" % a.validflow)
     finished = [r for r in load_results() if os.path.exists(os.path.join(a.work, r["run"], "checkpoint.pt"))]
     if not finished:
         sys.exit("no finished run has its checkpoint under %s" % a.work)
@@ -204,8 +211,10 @@ def cmd_speed(a):
                     link = os.path.join(out, name)
                     if not os.path.exists(link):
                         os.symlink(os.path.realpath(os.path.join(a.work, r["run"], name)), link)
-                subprocess.run([a.validflow, "eval", "--out", out, "--heatmaps", "0", "--threads", str(a.threads)],
-                               check=True, stdout=subprocess.DEVNULL)
+                done = subprocess.run([a.validflow, "eval", "--out", out, "--heatmaps", "0", "--threads",
+                                       str(a.threads)], stdout=subprocess.DEVNULL)
+                if done.returncode != 0:
+                    sys.exit("%s: `validflow eval` failed (exit %d); nothing written" % (r["run"], done.returncode))
                 metrics = json.load(open(os.path.join(out, "report", "metrics.json")))
                 if abs(metrics["image_auroc"] - r["metrics"]["image_auroc"]) > 1e-6:
                     sys.exit("%s: image AUROC %.6f now, %.6f in its result file: the work folder does not hold "
@@ -235,22 +244,19 @@ def cmd_list(a):
 # ------------------------------------------------------------------------------------------------------------
 # Tables
 
-PAPER_TABLE3 = {"ValidFlow n = 3": 99.6, "CS-Flow, 4 blocks (official default)": 99.3,
-                "CS-Flow, 6 blocks (paper's Table 5)": None}
+PAPER_TABLE3 = {VALIDFLOW[1]: 99.6, CSFLOW4[1]: 99.3, CSFLOW6[1]: None}
 PAPER_TABLE6 = {1: 99.53, 2: 99.57, 3: 99.63, 4: 99.63, 5: 99.49}
 # MVTec AD means: CBAM and branches 99.21, branches only 99.01, CBAM only 98.97, neither 98.80.
 PAPER_TABLE7 = {"ValidFlow n = 3": 99.21, "FB without CBAM": 99.01, "FB without the 1<->3 branches": 98.97,
                 "FB without both": 98.80}
 TYPES = ["blowhole", "break", "crack", "fray", "uneven"]
 
-VALIDFLOW = ("table3", "ValidFlow n = 3")
 # The paper's relative claims: (claim, configuration A, configuration B, the paper's A and B, expected sign of
 # A - B: +1 "A is better", 0 "A and B are equal").
 CLAIMS = [
-    ("ValidFlow beats CS-Flow (Table 3)", VALIDFLOW, ("table3", "CS-Flow, 4 blocks (official default)"),
-     (99.6, 99.3), +1),
-    ("ValidFlow beats CS-Flow with 6 blocks (not in the paper: the same-size-class rival)", VALIDFLOW,
-     ("table3", "CS-Flow, 6 blocks (paper's Table 5)"), None, +1),
+    ("ValidFlow beats CS-Flow (Table 3)", VALIDFLOW, CSFLOW4, (99.6, 99.3), +1),
+    ("ValidFlow beats CS-Flow with 6 blocks (not in the paper: the same-size-class rival)", VALIDFLOW, CSFLOW6, None,
+     +1),
     ("n = 3 beats n = 1 (Table 6)", VALIDFLOW, ("table6", "n = 1"), (99.63, 99.53), +1),
     ("n = 3 beats n = 2 (Table 6)", VALIDFLOW, ("table6", "n = 2"), (99.63, 99.57), +1),
     ("n = 3 and n = 4 are equal (Table 6)", VALIDFLOW, ("table6", "n = 4"), (99.63, 99.63), 0),
@@ -373,6 +379,12 @@ def load_speed():
     return json.load(open(SPEED)) if os.path.exists(SPEED) else None
 
 
+def timed_rounds(runs, speed):
+    """Per run of `runs` timed by `speed`: (median images/s, every round's images/s)."""
+    timed = speed["runs"] if speed else {}
+    return [(timed[r["run"]]["median"], timed[r["run"]]["images_per_second"]) for r in runs if r["run"] in timed]
+
+
 def group_row(label, runs, paper, speed):
     aurocs = [r["metrics"]["image_auroc"] for r in runs]
     seeds = ", ".join("%s (seed %d)" % (pct(r["metrics"]["image_auroc"]), r["seed"]) for r in
@@ -381,7 +393,7 @@ def group_row(label, runs, paper, speed):
     pixel = mean_std([r["metrics"]["pixel_auroc"] for r in runs])[0]
     aupro = mean_std([r["metrics"]["aupro"] for r in runs])[0]
     minutes = mean_std([r["training_seconds"] / 60 for r in runs])[0]
-    timed = [speed["runs"][r["run"]]["median"] for r in runs if speed and r["run"] in speed["runs"]]
+    timed = [median for median, _ in timed_rounds(runs, speed)]
     return "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f M | %.2f | %.0f | %s |" % (
         label, "%.2f" % paper if paper is not None else "–", fmt_mean_std(aurocs), len(runs), seeds, per_type,
         pct(pixel), pct(aupro), runs[0]["parameters"] / 1e6, runs[0]["gflops_per_image"], minutes,
@@ -447,7 +459,7 @@ def tables_markdown(results):
                         speed["load_average_before"][0], speed["load_average_after"][0]))
     else:
         lines.append("² Flow images/s: not measured yet (`tools/reproduce_paper.py speed`).\n")
-    lines.append(claims_markdown(by_label))
+    lines.append(claims_markdown(by_label, speed))
     return "\n".join(lines) + "\n"
 
 
@@ -462,7 +474,7 @@ def verdict(diff, p, sign):
     return "**supported**" if diff > 0 else "**contradicted**: the opposite holds"
 
 
-def claims_markdown(by_label):
+def claims_markdown(by_label, speed):
     """The paper's relative claims against our runs, each with a two-sided test at ALPHA over the seeds."""
     groups = [[r["metrics"]["image_auroc"] for r in runs] for runs in by_label.values()]
     pooled = pooled_seed_spread(groups)
@@ -482,9 +494,11 @@ def claims_markdown(by_label):
             100 * pooled[0], pooled[1]))
         smallest = [(n1, n2, 100 * t_critical(pooled[1], ALPHA) * pooled[0] * math.sqrt(1.0 / n1 + 1.0 / n2))
                     for n1, n2 in ((1, 1), (1, 3), (3, 3))]
+        ablation = [abs(paper[0] - paper[1]) for _, _, b_key, paper, _ in CLAIMS if b_key[0] in ("table6", "table7")]
         lines.append("With this spread, the smallest difference of means that the test can decide is %s points; the "
-                     "paper's Table 6 and Table 7 differences are 0.00–0.41 points.\n" % ", ".join(
-                         "%.2f (%d seed%s against %d)" % (d, n1, "s" if n1 > 1 else "", n2) for n1, n2, d in smallest))
+                     "paper's Table 6 and Table 7 differences are %.2f–%.2f points.\n" % (", ".join(
+                         "%.2f (%d seed%s against %d)" % (d, n1, "s" if n1 > 1 else "", n2) for n1, n2, d in smallest),
+                         min(ablation), max(ablation)))
     else:
         lines.append("Seed spread: not measured yet (no configuration has two seeds).\n")
     lines.append("| claim | paper | ours: A − B | seeds A / B | p (test) | verdict |\n|---|---|---|---|---|---|")
@@ -501,13 +515,13 @@ def claims_markdown(by_label):
             claim, paper_text, pct(sum(a_values) / len(a_values)), pct(sum(b_values) / len(b_values)), 100 * diff,
             len(a_values), len(b_values), "–" if p is None else "%.3f (%s)" % (p, how), verdict(diff, p, sign)))
     lines.append("")
-    lines.append(size_speed_markdown(by_label))
+    lines.append(size_speed_markdown(by_label, speed))
     return "\n".join(lines)
 
 
-def size_speed_markdown(by_label):
+def size_speed_markdown(by_label, speed):
     """Table 5's claims: ValidFlow n = 3 against CS-Flow with 6 blocks, in parameters and speed."""
-    v, c = by_label.get(VALIDFLOW), by_label.get(("table3", "CS-Flow, 6 blocks (paper's Table 5)"))
+    v, c = by_label.get(VALIDFLOW), by_label.get(CSFLOW6)
     lines = ["Size and speed (the paper's Table 5: ValidFlow n = 3 against CS-Flow with 6 blocks, EfficientNet-B5, "
              "hidden width per its Fig. 2; FPS on a GPU at batch 16, backbone included):\n",
              "| claim | paper | ours | verdict |\n|---|---|---|---|"]
@@ -517,13 +531,14 @@ def size_speed_markdown(by_label):
     pv, pc = v[0]["parameters"], c[0]["parameters"]
     lines.append("| fewer parameters | 162.89 M vs 370.50 M (×0.44) | %.1f M vs %.1f M (×%.2f, exact count) | %s |" % (
         pv / 1e6, pc / 1e6, pv / pc, "**supported**" if pv < pc else "**contradicted**"))
-    speed = load_speed()
-    timed = speed["runs"] if speed else {}
-    rounds = [[x for r in runs if r["run"] in timed for x in timed[r["run"]]["images_per_second"]] for runs in (v, c)]
-    if not rounds[0] or not rounds[1]:
+    timed = [timed_rounds(runs, speed) for runs in (v, c)]
+    if not timed[0] or not timed[1]:
         lines.append("| faster | 122 vs 100 FPS (×1.22) | – | not measured yet |")
     else:
-        ratio = (sum(rounds[0]) / len(rounds[0])) / (sum(rounds[1]) / len(rounds[1]))
+        # The same statistic as the tables' column (mean over seeds of each run's median); every round for overlap.
+        means = [sum(median for median, _ in t) / len(t) for t in timed]
+        rounds = [[x for _, xs in t for x in xs] for t in timed]
+        ratio = means[0] / means[1]
         if min(rounds[0]) > max(rounds[1]):
             text = "**supported**"
         elif max(rounds[0]) < min(rounds[1]):
@@ -532,8 +547,7 @@ def size_speed_markdown(by_label):
             text = "undecided: the rounds overlap"
         lines.append("| faster | 122 vs 100 FPS (×1.22) | flow only, CPU: %.0f vs %.0f img/s (×%.2f; slowest round of "
                      "ValidFlow %.0f, fastest of CS-Flow %.0f) ² | %s (every round of one faster than every round of "
-                     "the other) |" % (sum(rounds[0]) / len(rounds[0]), sum(rounds[1]) / len(rounds[1]), ratio,
-                                       min(rounds[0]), max(rounds[1]), text))
+                     "the other) |" % (means[0], means[1], ratio, min(rounds[0]), max(rounds[1]), text))
     return "\n".join(lines) + "\n"
 
 
@@ -565,19 +579,19 @@ def cmd_tables(a):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the missing runs of the grid (in order), then regenerate the tables")
+    program = argparse.ArgumentParser(add_help=False)
+    program.add_argument("--validflow", default=os.path.join(ROOT, "build", "examples", "validflow", "validflow"))
+    program.add_argument("--work", default=os.path.join(ROOT, "out", "reproduce"), help="run folders (checkpoints, reports)")
+    program.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("run", parents=[program],
+                       help="run the missing runs of the grid (in order), then regenerate the tables")
     r.add_argument("--features", required=True, help="features.pt of `validflow extract` (MTD, Lite2, 384 px)")
-    r.add_argument("--validflow", default=os.path.join(ROOT, "build", "examples", "validflow", "validflow"))
-    r.add_argument("--work", default=os.path.join(ROOT, "out", "reproduce"), help="run folders (checkpoints, reports)")
-    r.add_argument("--threads", type=int, default=2)
     r.add_argument("--only", nargs="+", help="run only these runs (ids from `list`)")
     r.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="the grid and which runs are done").set_defaults(fn=cmd_list)
-    v = sub.add_parser("speed", help="time the flow of every finished run in one session (results/mtd-speed.json)")
-    v.add_argument("--validflow", default=os.path.join(ROOT, "build", "examples", "validflow", "validflow"))
-    v.add_argument("--work", default=os.path.join(ROOT, "out", "reproduce"), help="run folders of `run`")
-    v.add_argument("--threads", type=int, default=2)
+    v = sub.add_parser("speed", parents=[program],
+                       help="time the flow of every finished run in one session (results/mtd-speed.json)")
     v.add_argument("--rounds", type=int, default=3)
     v.set_defaults(fn=cmd_speed)
     t = sub.add_parser("tables", help="regenerate the tables of docs/results.md")
