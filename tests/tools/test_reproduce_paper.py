@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Tests of tools/reproduce_paper.py's statistics and generated claims (standard library only)."""
+import argparse
+import json
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
@@ -101,6 +106,68 @@ class GeneratedClaims(unittest.TestCase):
         self.assertIn("| fewer parameters |", markdown)
         self.assertIn("**supported** |", markdown.split("| fewer parameters |")[1].splitlines()[0])
         self.assertIn("not measured yet", markdown)
+
+
+FAKE_EVAL = """#!/usr/bin/env python3
+# A stand-in for `validflow eval`: writes OUT/report/metrics.json with the AUROC read from OUT/checkpoint.pt.
+import json, os, sys
+out = sys.argv[sys.argv.index("--out") + 1]
+auroc = float(open(os.path.join(out, "checkpoint.pt")).read())
+os.makedirs(os.path.join(out, "report"), exist_ok=True)
+ips = 100.0 if auroc > 0.95 else 50.0
+json.dump({"image_auroc": auroc, "scoring_images_per_second": ips}, open(os.path.join(out, "report", "metrics.json"), "w"))
+"""
+
+
+class Speed(unittest.TestCase):
+    """`speed` against a stand-in program: every finished run timed each round, its AUROC re-checked, the medians
+    written and the tables regenerated from them."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.saved = (rp.RESULTS, rp.SPEED, rp.DOC)
+        rp.RESULTS, rp.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
+        rp.DOC = os.path.join(self.tmp, "results.md")
+        with open(rp.DOC, "w") as f:
+            f.write("intro\n%s\n%s\n" % (rp.BEGIN, rp.END))
+        self.program = os.path.join(self.tmp, "validflow")
+        with open(self.program, "w") as f:
+            f.write(FAKE_EVAL)
+        os.chmod(self.program, os.stat(self.program).st_mode | stat.S_IEXEC)
+        os.makedirs(rp.RESULTS)
+        self.work = os.path.join(self.tmp, "work")
+        for r in [result("table3", rp.VALIDFLOW[1], 0, 0.98, run="v0", parameters=16),
+                  result("table3", rp.CSFLOW6[1], 0, 0.93, run="c0", parameters=32)]:
+            r["metrics"]["n_test"] = 582
+            json.dump(r, open(os.path.join(rp.RESULTS, r["run"] + ".json"), "w"))
+            os.makedirs(os.path.join(self.work, r["run"]))
+            for name, text in (("checkpoint.pt", str(r["metrics"]["image_auroc"])), ("features.pt", "")):
+                with open(os.path.join(self.work, r["run"], name), "w") as f:
+                    f.write(text)
+
+    def tearDown(self):
+        rp.RESULTS, rp.SPEED, rp.DOC = self.saved
+        shutil.rmtree(self.tmp)
+
+    def speed(self):
+        rp.cmd_speed(argparse.Namespace(validflow=self.program, work=self.work, threads=1, rounds=2))
+
+    def test_medians_and_tables(self):
+        self.speed()
+        speed = json.load(open(rp.SPEED))
+        self.assertEqual(speed["runs"]["v0"]["images_per_second"], [100.0, 100.0])
+        self.assertEqual(speed["runs"]["c0"]["median"], 50.0)
+        doc = open(rp.DOC).read()
+        self.assertIn("100 vs 50 img/s (×2.00", doc)
+        self.assertIn("| 1.00 | 1 | 100 |", doc)  # GFLOP, training minutes, flow img/s of ValidFlow's row
+
+    def test_a_checkpoint_that_is_not_the_run_is_refused(self):
+        with open(os.path.join(self.work, "c0", "checkpoint.pt"), "w") as f:
+            f.write("0.5")
+        with self.assertRaises(SystemExit) as e:
+            self.speed()
+        self.assertIn("c0: image AUROC 0.500000 now, 0.930000", str(e.exception.code))
+        self.assertFalse(os.path.exists(rp.SPEED))
 
 
 if __name__ == "__main__":
