@@ -6,6 +6,7 @@
 # 2. runs the missing runs of the grid (skips finished ones, resumes interrupted ones), one result JSON per run
 #    under results/mtd/; 3. regenerates the tables of docs/results.md.
 # Hours on a 2-core CPU (about half an hour per run): run it in the background; it can be stopped at any time.
+# On few cores, `--jobs 2 --threads 1` (two runs at a time, one thread each) gets through the grid 1.5x as fast.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mtd="${1:-$root/../shared/data/mtd}"

@@ -8,7 +8,7 @@ commit, feature fingerprint and host. A run whose result file exists is skipped,
 continues from its last checkpoint (`--resume`, bit-exact), so the grid can be stopped and continued in
 another session. Only the Python standard library is used.
 
-  tools/reproduce_paper.py run --features DIR/features.pt [--only RUN ...] [--commit]
+  tools/reproduce_paper.py run --features DIR/features.pt [--jobs N] [--only RUN ...] [--commit]
   tools/reproduce_paper.py list
   tools/reproduce_paper.py speed --work DIR  # times every finished run's flow in one session
   tools/reproduce_paper.py tables          # rewrites the generated part of docs/results.md
@@ -17,15 +17,19 @@ The generated part holds the three tables, the flow speed of one same-session me
 claim of the paper tested over the seeds (Welch's t, or the pooled seed spread where a side has one seed).
 """
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from host_info import cpu_description, cpu_model  # noqa: E402
@@ -80,6 +84,11 @@ def git_commit():
         return "unknown"
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_json_atomic(path, value):
     tmp = "%s.tmp.%d" % (path, os.getpid())
     with open(tmp, "w") as f:
@@ -94,7 +103,37 @@ def depth_flag_for(validflow):
     return "--modules" if "--modules" in help_text else "--blocks"
 
 
-def run_one(run, a, features, fingerprint):
+class RunFailed(Exception):
+    """A run whose program step failed: one line for the user; the other runs go on."""
+
+
+# Result files and docs/results.md are written by one run at a time (runs in parallel share them).
+RESULTS_LOCK = threading.Lock()
+
+
+# The programs running now, so that an interrupted driver stops them instead of leaving them to write into run
+# folders that the next driver resumes.
+CHILDREN, CHILDREN_LOCK = set(), threading.Lock()
+
+
+def run_step(command, run_id, log_path):
+    """Runs one program step of a run. Its output goes to the terminal, or to the run's log file when several runs
+    share the terminal (their progress bars would interleave)."""
+    with open(log_path, "a") if log_path else contextlib.nullcontext() as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+        with CHILDREN_LOCK:
+            CHILDREN.add(child)
+        try:
+            code = child.wait()
+        finally:
+            with CHILDREN_LOCK:
+                CHILDREN.discard(child)
+    if code != 0:
+        raise RunFailed("%s: `validflow %s` failed (exit %d)%s" % (
+            run_id, command[1], code, "; its output is in " + log_path if log_path else ""))
+
+
+def run_one(run, a, features, fingerprint, log_path=None):
     run_id, table, label, model_args, seed = run
     if model_args[:2] == ["--model", "validflow"] and depth_flag_for(a.validflow) == "--blocks":
         model_args = [("--blocks" if arg == "--modules" else arg) for arg in model_args]
@@ -104,7 +143,7 @@ def run_one(run, a, features, fingerprint):
     if not os.path.exists(link):
         os.symlink(features, link)
     times_path = os.path.join(out, "driver-times.json")
-    times = json.load(open(times_path)) if os.path.exists(times_path) else {"train_seconds": [], "eval_seconds": []}
+    times = read_json(times_path) if os.path.exists(times_path) else {"train_seconds": [], "eval_seconds": []}
     train = [a.validflow, "train", "--out", out, "--seed", str(seed), "--epochs", str(PROTOCOL["epochs"]),
              "--hidden", str(PROTOCOL["hidden"]), "--batch-size", str(PROTOCOL["batch_size"]),
              "--lr", str(PROTOCOL["lr"]), "--weight-decay", str(PROTOCOL["weight_decay"]),
@@ -112,25 +151,27 @@ def run_one(run, a, features, fingerprint):
     resumed = os.path.exists(os.path.join(out, "checkpoint.pt"))
     if resumed:
         train.append("--resume")
-    print("[%s] %s: %s" % (datetime.datetime.now().strftime("%H:%M:%S"), run_id, " ".join(train)), flush=True)
+    print("[%s] %s: %s%s" % (datetime.datetime.now().strftime("%H:%M:%S"), run_id, " ".join(train),
+                             " (output: %s)" % log_path if log_path else ""), flush=True)
     start = time.time()
-    subprocess.run(train, check=True)
+    run_step(train, run_id, log_path)
     times["train_seconds"].append(time.time() - start)
     write_json_atomic(times_path, times)
     start = time.time()
-    subprocess.run([a.validflow, "eval", "--out", out, "--heatmaps", "3", "--threads", str(a.threads)], check=True)
+    run_step([a.validflow, "eval", "--out", out, "--heatmaps", "3", "--threads", str(a.threads)], run_id, log_path)
     times["eval_seconds"].append(time.time() - start)
     write_json_atomic(times_path, times)
 
-    training = json.load(open(os.path.join(out, "training.json")))
-    metrics = json.load(open(os.path.join(out, "report", "metrics.json")))
+    training = read_json(os.path.join(out, "training.json"))
+    metrics = read_json(os.path.join(out, "report", "metrics.json"))
     result = {
         "run": run_id, "table": table, "label": label, "seed": seed, "model_arguments": model_args,
         "protocol": PROTOCOL, "config": training["config"], "train_options": training["train_options"],
         "parameters": training["parameters"], "gflops_per_image": training["gflops_per_image"],
         "training_images": training["training_images"],
         "training_seconds": sum(times["train_seconds"]), "training_calls": len(times["train_seconds"]),
-        "threads": a.threads, "final_loss": training["loss_history"][-1], "loss_history": training["loss_history"],
+        "threads": a.threads, "parallel_runs": a.jobs,
+        "final_loss": training["loss_history"][-1], "loss_history": training["loss_history"],
         "metrics": metrics, "flow_images_per_second": metrics.get("scoring_images_per_second"),
         "library_version": training["library_version"], "git_commit": a.git_commit,
         "features": {"file": os.path.relpath(features, ROOT) if features.startswith(ROOT) else features,
@@ -138,14 +179,15 @@ def run_one(run, a, features, fingerprint):
         "host": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, run_id + ".json")
-    write_json_atomic(path, result)
-    print("[%s] %s: image AUROC %.4f, %.0f s training" % (
-        datetime.datetime.now().strftime("%H:%M:%S"), run_id, metrics["image_auroc"], result["training_seconds"]),
-        flush=True)
-    if a.commit:
-        commit_result(path, run_id)
+    with RESULTS_LOCK:
+        os.makedirs(RESULTS, exist_ok=True)
+        path = os.path.join(RESULTS, run_id + ".json")
+        write_json_atomic(path, result)
+        print("[%s] %s: image AUROC %.4f, %.0f s training" % (
+            datetime.datetime.now().strftime("%H:%M:%S"), run_id, metrics["image_auroc"], result["training_seconds"]),
+            flush=True)
+        if a.commit:
+            commit_result(path, run_id)
 
 
 def commit_result(path, run_id):
@@ -184,11 +226,97 @@ def cmd_run(a):
         sys.exit("results/mtd holds runs on other features (sha256 %s...), these are %s...: continue with the same "
                  "features file (docs/results.md names it), or move the old results away to start a new grid" %
                  (", ".join(o[:12] for o in others), fingerprint[:12]))
-    for run in runs:
-        if os.path.exists(os.path.join(RESULTS, run[0] + ".json")):
-            continue
-        run_one(run, a, features, fingerprint)
+    pending = [run for run in runs if not os.path.exists(os.path.join(RESULTS, run[0] + ".json"))]
+    failures = run_pending(pending, a, features, fingerprint)
     cmd_tables(a)
+    if failures:
+        sys.exit("%d of %d runs failed (the others finished):\n  %s" % (len(failures), len(pending),
+                                                                        "\n  ".join(failures)))
+
+
+def last_progress_line(log_path):
+    """The last line a run's program wrote (its progress bar redraws with carriage returns)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 4096))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "starting"
+    lines = [line.strip() for line in tail.replace("\r", "\n").split("\n") if line.strip()]
+    return lines[-1] if lines else "starting"
+
+
+def stop_children():
+    """Terminates the running programs (a training loses at most the epochs since its last checkpoint)."""
+    with CHILDREN_LOCK:
+        running = list(CHILDREN)
+    for child in running:
+        child.terminate()
+    for child in running:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_pending(pending, a, features, fingerprint):
+    """Runs `a.jobs` runs at a time, in grid order, until all are done or the driver is interrupted; returns the
+    one-line errors of the runs that failed. On 2 cores, two runs with 1 thread each train 1.5x as many batches per
+    second as one run with 2 threads (small convolutions scale poorly across threads). With several jobs each run's output goes to its own log file, and the driver
+    prints every run's latest progress line every `a.progress_seconds`."""
+    parallel = a.jobs > 1
+    active, active_lock, finished = {}, threading.Lock(), threading.Event()
+
+    def job(run):
+        log_path = os.path.join(a.work, run[0], "driver.log") if parallel else None
+        if log_path:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with active_lock:
+            active[run[0]] = log_path
+        try:
+            run_one(run, a, features, fingerprint, log_path)
+        except (OSError, ValueError, KeyError) as e:  # the program's outputs missing or unreadable
+            raise RunFailed("%s: %s: %s" % (run[0], type(e).__name__, e)) from e
+        finally:
+            with active_lock:
+                del active[run[0]]
+
+    def report_progress():
+        while not finished.wait(a.progress_seconds):
+            with active_lock:
+                running = sorted(active.items())
+            for run_id, log_path in running:
+                print("[%s] %s: %s" % (datetime.datetime.now().strftime("%H:%M:%S"), run_id,
+                                       last_progress_line(log_path)), flush=True)
+
+    monitor = threading.Thread(target=report_progress, daemon=True)
+    if parallel:
+        monitor.start()
+    failures = []
+    pool = ThreadPoolExecutor(max_workers=a.jobs)
+    previous_handler = signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the driver like Ctrl-C
+    try:
+        for run, future in [(run, pool.submit(job, run)) for run in pending]:
+            try:
+                future.result()
+            except RunFailed as e:
+                print("FAILED %s" % e, file=sys.stderr, flush=True)
+                failures.append(str(e))
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # start no further run
+        stop_children()
+        pool.shutdown(wait=True)
+        sys.exit("interrupted: the finished runs are saved; run the same command again to continue (interrupted "
+                 "runs resume from their last checkpoint)")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        finished.set()
+    pool.shutdown(wait=True)
+    return failures
 
 
 def cmd_speed(a):
@@ -215,7 +343,7 @@ def cmd_speed(a):
                                        str(a.threads)], stdout=subprocess.DEVNULL)
                 if done.returncode != 0:
                     sys.exit("%s: `validflow eval` failed (exit %d); nothing written" % (r["run"], done.returncode))
-                metrics = json.load(open(os.path.join(out, "report", "metrics.json")))
+                metrics = read_json(os.path.join(out, "report", "metrics.json"))
                 if abs(metrics["image_auroc"] - r["metrics"]["image_auroc"]) > 1e-6:
                     sys.exit("%s: image AUROC %.6f now, %.6f in its result file: the work folder does not hold "
                              "that run's checkpoint" % (r["run"], metrics["image_auroc"], r["metrics"]["image_auroc"]))
@@ -371,12 +499,12 @@ def load_results():
     if os.path.isdir(RESULTS):
         for name in sorted(os.listdir(RESULTS)):
             if name.endswith(".json"):
-                results.append(json.load(open(os.path.join(RESULTS, name))))
+                results.append(read_json(os.path.join(RESULTS, name)))
     return results
 
 
 def load_speed():
-    return json.load(open(SPEED)) if os.path.exists(SPEED) else None
+    return read_json(SPEED) if os.path.exists(SPEED) else None
 
 
 def timed_rounds(runs, speed):
@@ -448,9 +576,12 @@ def tables_markdown(results):
         runs = by_label.get((table, label))
         if runs:
             lines.append(group_row(label + (" (full FB; the Table 3 runs)" if table == "table3" else ""), runs, paper, speed))
+    side_by_side = sorted(r["run"] for r in results if r.get("parallel_runs", 1) > 1)
     lines.append("\n¹ Training minutes were measured while other jobs shared the 2 cores, with a varying load, and "
                  "count only the training calls that finished (a run resumed from a checkpoint lost the interrupted "
-                 "call's time): they are not comparable between runs. GFLOP/image is the flow's analytic forward cost.\n")
+                 "call's time): they are not comparable between runs. GFLOP/image is the flow's analytic forward cost.%s\n"
+                 % (" These runs shared the cores with other runs of the grid (`run --jobs`): %s."
+                    % ", ".join(side_by_side) if side_by_side else ""))
     if speed:
         lines.append("² Flow images/s: %s, measured by `tools/reproduce_paper.py speed` in one session (%s; %s; %d "
                      "threads; round-robin over the runs, %d rounds; load average %.1f before, %.1f after), mean over "
@@ -556,7 +687,8 @@ END = "<!-- END GENERATED -->"
 
 
 def cmd_tables(a):
-    text = open(DOC).read()
+    with open(DOC) as f:
+        text = f.read()
     if BEGIN not in text or END not in text:
         sys.exit("%s has no generated section (%s ... %s)" % (DOC, BEGIN, END))
     head, rest = text.split(BEGIN, 1)
@@ -587,6 +719,10 @@ def main(argv=None):
                        help="run the missing runs of the grid (in order), then regenerate the tables")
     r.add_argument("--features", required=True, help="features.pt of `validflow extract` (MTD, Lite2, 384 px)")
     r.add_argument("--only", nargs="+", help="run only these runs (ids from `list`)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at the same time, each with --threads threads (2 cores: --jobs 2 --threads 1)")
+    r.add_argument("--progress-seconds", type=float, default=60.0,
+                   help="with several jobs: how often each run's latest progress line is printed")
     r.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="the grid and which runs are done").set_defaults(fn=cmd_list)
@@ -600,6 +736,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.command in ("run", "speed") and not 1 <= a.threads <= 256:
         p.error("--threads must be in 1..256")
+    if a.command == "run" and not 1 <= a.jobs <= 64:
+        p.error("--jobs must be in 1..64")
+    if a.command == "run" and not (math.isfinite(a.progress_seconds) and 0.1 <= a.progress_seconds <= 3600):
+        p.error("--progress-seconds must be in 0.1..3600")
+    if a.command == "run" and a.jobs * a.threads > (os.cpu_count() or 1):
+        print("note: %d jobs x %d threads = %d threads on %d cores: the runs will slow each other down"
+              % (a.jobs, a.threads, a.jobs * a.threads, os.cpu_count() or 1), file=sys.stderr)
     if a.command == "speed" and not 1 <= a.rounds <= 100:
         p.error("--rounds must be in 1..100")
     return a.fn(a) or 0

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Tests of tools/reproduce_paper.py's statistics and generated claims (standard library only)."""
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
@@ -19,6 +24,11 @@ def result(table, label, seed, auroc, run=None, parameters=1000000):
             "metrics": {"image_auroc": auroc, "pixel_auroc": 0.7, "aupro": 0.5,
                         "image_auroc_per_type": {t: auroc for t in rp.TYPES}},
             "features": {"file": "f.pt", "sha256": "0" * 64}, "host": {"cpu": "test"}}
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def claim_rows(markdown):
@@ -139,7 +149,8 @@ class Speed(unittest.TestCase):
         for r in [result("table3", rp.VALIDFLOW[1], 0, 0.98, run="v0", parameters=16),
                   result("table3", rp.CSFLOW6[1], 0, 0.93, run="c0", parameters=32)]:
             r["metrics"]["n_test"] = 582
-            json.dump(r, open(os.path.join(rp.RESULTS, r["run"] + ".json"), "w"))
+            with open(os.path.join(rp.RESULTS, r["run"] + ".json"), "w") as f:
+                json.dump(r, f)
             os.makedirs(os.path.join(self.work, r["run"]))
             for name, text in (("checkpoint.pt", str(r["metrics"]["image_auroc"])), ("features.pt", "")):
                 with open(os.path.join(self.work, r["run"], name), "w") as f:
@@ -154,10 +165,10 @@ class Speed(unittest.TestCase):
 
     def test_medians_and_tables(self):
         self.speed()
-        speed = json.load(open(rp.SPEED))
+        speed = json.loads(read(rp.SPEED))
         self.assertEqual(speed["runs"]["v0"]["images_per_second"], [100.0, 100.0])
         self.assertEqual(speed["runs"]["c0"]["median"], 50.0)
-        doc = open(rp.DOC).read()
+        doc = read(rp.DOC)
         self.assertIn("100 vs 50 img/s (×2.00", doc)
         self.assertIn("| 1.00 | 1 | 100 |", doc)  # GFLOP, training minutes, flow img/s of ValidFlow's row
 
@@ -168,6 +179,130 @@ class Speed(unittest.TestCase):
             self.speed()
         self.assertIn("c0: image AUROC 0.500000 now, 0.930000", str(e.exception.code))
         self.assertFalse(os.path.exists(rp.SPEED))
+
+
+# A stand-in for `validflow train` and `eval`: records when each train ran (to see runs overlap), fails for
+# CS-Flow with 6 blocks, and writes the files the driver reads.
+FAKE_PROGRAM = """#!/usr/bin/env python3
+import json, os, sys, time
+if "--help" in sys.argv:
+    print("--modules N  depth of ValidFlow")
+    sys.exit(0)
+command, out = sys.argv[1], sys.argv[sys.argv.index("--out") + 1]
+def arg(name):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+if command == "train":
+    if arg("--blocks") == "6":
+        print("error: out of memory", file=sys.stderr)
+        sys.exit(3)
+    start = time.time()
+    with open(os.path.join(os.path.dirname(out), "pids"), "a") as f:
+        f.write("%%d\\n" %% os.getpid())
+    print("train: 1/2 (50%%)", end="", flush=True)
+    time.sleep(float(os.environ.get("FAKE_TRAIN_SECONDS", "0.6")))
+    print("\\rtrain: 2/2 (100%%) threads " + arg("--threads"), flush=True)
+    with open(os.path.join(os.path.dirname(out), "intervals.txt"), "a") as f:
+        f.write("%%f %%f\\n" %% (start, time.time()))
+    json.dump({"config": {}, "train_options": {"seed": int(arg("--seed"))}, "parameters": 10, "gflops_per_image": 1.0,
+               "training_images": 4, "loss_history": [1.0, 0.5], "library_version": "test"},
+              open(os.path.join(out, "training.json"), "w"))
+    open(os.path.join(out, "checkpoint.pt"), "w").write("x")
+else:
+    os.makedirs(os.path.join(out, "report"), exist_ok=True)
+    json.dump({"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.5, "n_test": 4, "scoring_images_per_second": 10.0,
+               "image_auroc_per_type": {t: 0.9 for t in %s}}, open(os.path.join(out, "report", "metrics.json"), "w"))
+""" % repr(list(rp.TYPES))
+
+
+class RunGrid(unittest.TestCase):
+    """`run` against a stand-in program: runs in parallel, each with its own log; a failing run is reported in one
+    line while the others finish; result files and tables written."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.saved = (rp.RESULTS, rp.SPEED, rp.DOC, rp.grid)
+        rp.RESULTS, rp.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
+        rp.DOC = os.path.join(self.tmp, "results.md")
+        with open(rp.DOC, "w") as f:
+            f.write("intro\n%s\n%s\n" % (rp.BEGIN, rp.END))
+        self.program = os.path.join(self.tmp, "validflow")
+        with open(self.program, "w") as f:
+            f.write(FAKE_PROGRAM)
+        os.chmod(self.program, os.stat(self.program).st_mode | stat.S_IEXEC)
+        self.features = os.path.join(self.tmp, "features.pt")
+        with open(self.features, "w") as f:
+            f.write("features")
+        self.work = os.path.join(self.tmp, "work")
+        full = rp.grid()
+        self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
+        self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
+        rp.grid = lambda: self.runs
+
+    def tearDown(self):
+        rp.RESULTS, rp.SPEED, rp.DOC, rp.grid = self.saved
+        shutil.rmtree(self.tmp)
+
+    def run_grid(self, jobs):
+        rp.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
+                                      only=None, commit=False, jobs=jobs, progress_seconds=0.1))
+
+    def intervals(self):
+        with open(os.path.join(self.work, "intervals.txt")) as f:
+            return sorted(tuple(map(float, line.split())) for line in f)
+
+    def test_parallel_runs_overlap_and_a_failure_is_one_line(self):
+        printed = io.StringIO()
+        with self.assertRaises(SystemExit) as e, contextlib.redirect_stdout(printed):
+            self.run_grid(jobs=2)
+        self.assertIn("] validflow-n3-seed0: train: 1/2 (50%)", printed.getvalue())  # the progress report
+        message = str(e.exception.code)
+        self.assertIn("1 of 4 runs failed", message)
+        self.assertIn("csflow-6-seed0: `validflow train` failed (exit 3); its output is in", message)
+        self.assertIn("out of memory", read(os.path.join(self.work, "csflow-6-seed0", "driver.log")))
+        done = sorted(os.listdir(rp.RESULTS))
+        self.assertEqual(done, ["validflow-n3-seed0.json", "validflow-n3-seed1.json", "validflow-n3-seed2.json"])
+        saved = json.loads(read(os.path.join(rp.RESULTS, "validflow-n3-seed1.json")))
+        self.assertEqual((saved["seed"], saved["threads"], saved["parallel_runs"]), (1, 1, 2))
+        self.assertIn("threads 1", read(os.path.join(self.work, "validflow-n3-seed1", "driver.log")))
+        spans = self.intervals()
+        self.assertTrue(any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])),
+                        "no two runs overlapped: %s" % spans)
+        self.assertIn("90.00 ± 0.00", read(rp.DOC))  # the tables regenerated from the three ValidFlow results
+        self.assertIn("shared the cores with other runs of the grid (`run --jobs`): validflow-n3-seed0, "
+                      "validflow-n3-seed1, validflow-n3-seed2.", read(rp.DOC))
+
+    def test_an_interrupted_driver_stops_its_programs_and_starts_no_more_runs(self):
+        os.environ["FAKE_TRAIN_SECONDS"] = "60"
+        self.addCleanup(os.environ.pop, "FAKE_TRAIN_SECONDS")
+        pids_path = os.path.join(self.work, "pids")
+
+        def terminate_when_two_trainings_run():
+            while not (os.path.exists(pids_path) and len(read(pids_path).split()) == 2):
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=terminate_when_two_trainings_run, daemon=True).start()
+        started = time.time()
+        with self.assertRaises(SystemExit) as e:
+            self.run_grid(jobs=2)
+        self.assertLess(time.time() - started, 30)
+        self.assertIn("interrupted: the finished runs are saved", str(e.exception.code))
+        for pid in map(int, read(pids_path).split()):
+            with self.assertRaises(ProcessLookupError):  # terminated and reaped
+                os.kill(pid, 0)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "validflow-n3-seed2")))  # never started
+        self.assertFalse(os.path.exists(rp.RESULTS) and os.listdir(rp.RESULTS))
+        self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)  # the driver's handler is gone
+
+    def test_one_job_runs_one_at_a_time_and_skips_finished_runs(self):
+        self.runs = self.validflow_runs
+        self.run_grid(jobs=1)
+        spans = self.intervals()
+        self.assertEqual(len(spans), 3)
+        self.assertTrue(all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])))
+        self.assertFalse(os.path.exists(os.path.join(self.work, "validflow-n3-seed0", "driver.log")))
+        self.run_grid(jobs=2)  # all finished: nothing runs again
+        self.assertEqual(len(self.intervals()), 3)
 
 
 if __name__ == "__main__":
