@@ -49,23 +49,27 @@ CSFLOW4 = ("table3", "CS-Flow, 4 blocks (official default)")
 CSFLOW6 = ("table3", "CS-Flow, 6 blocks (paper's Table 5)")
 
 
-def grid():
+def grid(ablation_seeds=1):
     """(run id, table, label, model arguments, seed) in the order they run: the head-to-head first, and in it the
     closest pair (ValidFlow and the 6-block CS-Flow) with all its seeds before the 4-block CS-Flow, so that a grid
-    cut short still answers the question the seed spread has to decide."""
+    cut short still answers the question the seed spread has to decide. Tables 7 and 6 follow with seed 0, then,
+    with ablation_seeds > 1, with each further seed in turn: every configuration gets its second seed before any
+    gets a third."""
     closest_pair = [("validflow-n3", VALIDFLOW[1], ["--model", "validflow", "--modules", "3"]),
                     ("csflow-6", CSFLOW6[1], ["--model", "csflow", "--blocks", "6"])]
     official = ("csflow-4", CSFLOW4[1], ["--model", "csflow", "--blocks", "4"])
     runs = [("%s-seed%d" % (name, seed), "table3", label, args, seed)
             for seed in (0, 1, 2) for name, label, args in closest_pair]
     runs += [("%s-seed%d" % (official[0], seed), "table3", official[1], official[2], seed) for seed in (0, 1, 2)]
-    for name, label, args in [
-            ("validflow-n3-no-fb-cbam", "FB without CBAM", ["--no-fb-cbam"]),
-            ("validflow-n3-no-long-branches", "FB without the 1<->3 branches", ["--no-long-branches"]),
-            ("validflow-n3-no-fb-cbam-no-long-branches", "FB without both", ["--no-fb-cbam", "--no-long-branches"])]:
-        runs.append((name + "-seed0", "table7", label, ["--model", "validflow", "--modules", "3"] + args, 0))
-    for n in (1, 2, 4, 5):
-        runs.append(("validflow-n%d-seed0" % n, "table6", "n = %d" % n, ["--model", "validflow", "--modules", str(n)], 0))
+    n3 = ["--model", "validflow", "--modules", "3"]
+    ablations = [("validflow-n3-no-fb-cbam", "table7", "FB without CBAM", n3 + ["--no-fb-cbam"]),
+                 ("validflow-n3-no-long-branches", "table7", "FB without the 1<->3 branches", n3 + ["--no-long-branches"]),
+                 ("validflow-n3-no-fb-cbam-no-long-branches", "table7", "FB without both",
+                  n3 + ["--no-fb-cbam", "--no-long-branches"])]
+    ablations += [("validflow-n%d" % n, "table6", "n = %d" % n, ["--model", "validflow", "--modules", str(n)])
+                  for n in (1, 2, 4, 5)]
+    for seed in range(ablation_seeds):
+        runs += [("%s-seed%d" % (name, seed), table, label, args, seed) for name, table, label, args in ablations]
     return runs
 
 
@@ -215,7 +219,7 @@ def cmd_run(a):
         sys.exit("validflow program %s not found (build it, or pass --validflow)" % a.validflow)
     fingerprint = sha256_of(features)
     a.git_commit = git_commit()  # the source the program was built from: taken when the grid starts
-    runs = [r for r in grid() if not a.only or r[0] in a.only]
+    runs = [r for r in grid(a.ablation_seeds) if not a.only or r[0] in a.only]
     if a.only and len(runs) != len(a.only):
         sys.exit("unknown run(s): %s (see: tools/reproduce_paper.py list)" %
                  ", ".join(sorted(set(a.only) - {r[0] for r in runs})))
@@ -364,7 +368,7 @@ def cmd_speed(a):
 
 
 def cmd_list(a):
-    for run_id, table, label, args, seed in grid():
+    for run_id, table, label, args, seed in grid(a.ablation_seeds):
         done = os.path.exists(os.path.join(RESULTS, run_id + ".json"))
         print("%-45s %-7s %-5s %s" % (run_id, table, "done" if done else "-", label))
 
@@ -715,7 +719,10 @@ def main(argv=None):
     program.add_argument("--validflow", default=os.path.join(ROOT, "build", "examples", "validflow", "validflow"))
     program.add_argument("--work", default=os.path.join(ROOT, "out", "reproduce"), help="run folders (checkpoints, reports)")
     program.add_argument("--threads", type=int, default=2)
-    r = sub.add_parser("run", parents=[program],
+    seeds = argparse.ArgumentParser(add_help=False)
+    seeds.add_argument("--ablation-seeds", type=int, default=1,
+                       help="training seeds of each Table 6 and Table 7 configuration (Table 3 has 3 seeds)")
+    r = sub.add_parser("run", parents=[program, seeds],
                        help="run the missing runs of the grid (in order), then regenerate the tables")
     r.add_argument("--features", required=True, help="features.pt of `validflow extract` (MTD, Lite2, 384 px)")
     r.add_argument("--only", nargs="+", help="run only these runs (ids from `list`)")
@@ -725,7 +732,7 @@ def main(argv=None):
                    help="with several jobs: how often each run's latest progress line is printed")
     r.add_argument("--commit", action="store_true", help="git-commit each result file as soon as it is written")
     r.set_defaults(fn=cmd_run)
-    sub.add_parser("list", help="the grid and which runs are done").set_defaults(fn=cmd_list)
+    sub.add_parser("list", parents=[seeds], help="the grid and which runs are done").set_defaults(fn=cmd_list)
     v = sub.add_parser("speed", parents=[program],
                        help="time the flow of every finished run in one session (results/mtd-speed.json)")
     v.add_argument("--rounds", type=int, default=3)
@@ -736,6 +743,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.command in ("run", "speed") and not 1 <= a.threads <= 256:
         p.error("--threads must be in 1..256")
+    if a.command in ("run", "list") and not 1 <= a.ablation_seeds <= 10:
+        p.error("--ablation-seeds must be in 1..10")
     if a.command == "run" and not 1 <= a.jobs <= 64:
         p.error("--jobs must be in 1..64")
     if a.command == "run" and not (math.isfinite(a.progress_seconds) and 0.1 <= a.progress_seconds <= 3600):
