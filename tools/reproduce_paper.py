@@ -178,6 +178,7 @@ def run_one(run, a, features, fingerprint, log_path=None):
         "final_loss": training["loss_history"][-1], "loss_history": training["loss_history"],
         "metrics": metrics, "flow_images_per_second": metrics.get("scoring_images_per_second"),
         "library_version": training["library_version"], "git_commit": a.git_commit,
+        "program": {"file": os.path.abspath(a.validflow), "sha256": a.program_sha256},
         "features": {"file": os.path.relpath(features, ROOT) if features.startswith(ROOT) else features,
                      "sha256": fingerprint},
         "host": {"cpu": cpu_model(), "cores": os.cpu_count()},
@@ -218,7 +219,9 @@ def cmd_run(a):
     if not os.path.exists(a.validflow):
         sys.exit("validflow program %s not found (build it, or pass --validflow)" % a.validflow)
     fingerprint = sha256_of(features)
-    a.git_commit = git_commit()  # the source the program was built from: taken when the grid starts
+    # The driver's checkout when the grid starts; the program may be an older build, which its sha256 identifies.
+    a.git_commit = git_commit()
+    a.program_sha256 = sha256_of(a.validflow)
     runs = [r for r in grid(a.ablation_seeds) if not a.only or r[0] in a.only]
     if a.only and len(runs) != len(a.only):
         sys.exit("unknown run(s): %s (see: tools/reproduce_paper.py list)" %
@@ -230,6 +233,12 @@ def cmd_run(a):
         sys.exit("results/mtd holds runs on other features (sha256 %s...), these are %s...: continue with the same "
                  "features file (docs/results.md names it), or move the old results away to start a new grid" %
                  (", ".join(o[:12] for o in others), fingerprint[:12]))
+    # Likewise one build of the program (recorded since the --ablation-seeds runs; older results name none).
+    builds = sorted({r["program"]["sha256"] for r in load_results() if "program" in r} - {a.program_sha256})
+    if builds:
+        sys.exit("results/mtd holds runs of another validflow build (sha256 %s...), %s is %s...: continue with the "
+                 "same program, or move the old results away to start a new grid" %
+                 (", ".join(b[:12] for b in builds), a.validflow, a.program_sha256[:12]))
     pending = [run for run in runs if not os.path.exists(os.path.join(RESULTS, run[0] + ".json"))]
     failures = run_pending(pending, a, features, fingerprint)
     cmd_tables(a)

@@ -236,7 +236,7 @@ class RunGrid(unittest.TestCase):
         full = rp.grid()
         self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
         self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
-        rp.grid = lambda: self.runs
+        rp.grid = lambda ablation_seeds=1: self.runs
 
     def tearDown(self):
         rp.RESULTS, rp.SPEED, rp.DOC, rp.grid = self.saved
@@ -244,7 +244,8 @@ class RunGrid(unittest.TestCase):
 
     def run_grid(self, jobs):
         rp.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
-                                      only=None, commit=False, jobs=jobs, progress_seconds=0.1))
+                                      only=None, commit=False, jobs=jobs, progress_seconds=0.1,
+                                      ablation_seeds=1))
 
     def intervals(self):
         with open(os.path.join(self.work, "intervals.txt")) as f:
@@ -263,6 +264,7 @@ class RunGrid(unittest.TestCase):
         self.assertEqual(done, ["validflow-n3-seed0.json", "validflow-n3-seed1.json", "validflow-n3-seed2.json"])
         saved = json.loads(read(os.path.join(rp.RESULTS, "validflow-n3-seed1.json")))
         self.assertEqual((saved["seed"], saved["threads"], saved["parallel_runs"]), (1, 1, 2))
+        self.assertEqual(saved["program"]["sha256"], rp.sha256_of(self.program))
         self.assertIn("threads 1", read(os.path.join(self.work, "validflow-n3-seed1", "driver.log")))
         spans = self.intervals()
         self.assertTrue(any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])),
@@ -303,6 +305,29 @@ class RunGrid(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.work, "validflow-n3-seed0", "driver.log")))
         self.run_grid(jobs=2)  # all finished: nothing runs again
         self.assertEqual(len(self.intervals()), 3)
+
+    def test_runs_of_another_program_build_are_refused(self):
+        self.runs = self.validflow_runs[:1]
+        self.run_grid(jobs=1)
+        with open(self.program, "a") as f:
+            f.write("# rebuilt\n")
+        self.runs = self.validflow_runs[:2]
+        with self.assertRaises(SystemExit) as e:
+            self.run_grid(jobs=1)
+        self.assertIn("results/mtd holds runs of another validflow build", str(e.exception.code))
+        self.assertEqual(len(self.intervals()), 1)  # nothing ran
+
+
+class GridOrder(unittest.TestCase):
+    def test_further_ablation_seeds_come_after_every_configuration_has_the_previous_one(self):
+        one, three = rp.grid(), rp.grid(3)
+        self.assertEqual(three[:len(one)], one)  # the 16-run grid unchanged, first
+        ids = [run[0] for run in three]
+        self.assertEqual(len(ids), len(set(ids)))
+        ablations = [run for run in three if run[1] != "table3"]
+        self.assertEqual(len(ablations), 3 * 7)
+        self.assertEqual([run[4] for run in ablations], sorted(run[4] for run in ablations))  # seed by seed
+        self.assertTrue(all(run[0].endswith("-seed%d" % run[4]) for run in three))
 
 
 if __name__ == "__main__":
