@@ -14,7 +14,8 @@ another session. Only the Python standard library is used.
   tools/reproduce_paper.py tables          # rewrites the generated part of docs/results.md
 
 The generated part holds the three tables, the flow speed of one same-session measurement, and every relative
-claim of the paper tested over the seeds (Welch's t, or the pooled seed spread where a side has one seed).
+claim of the paper tested over the seeds: two variants of one model (ValidFlow against ValidFlow) with Student's t
+on the seed spread pooled over that model's configurations, two different models with Welch's t.
 """
 import argparse
 import contextlib
@@ -479,19 +480,22 @@ def pooled_seed_spread(groups):
     return (math.sqrt(ss / df), df) if df else (None, 0)
 
 
-def compare(a, b, pooled):
-    """Difference of the means of a and b (lists of AUROCs) with a two-sided test: Welch's t when both sides have
-    two or more seeds, else Student's t with the pooled seed spread. Returns (difference, p, how) or p None when
-    no spread is known yet."""
+def compare(a, b, pooled, same_model=False):
+    """Difference of the means of a and b (lists of AUROCs) with a two-sided test. Two variants of one model
+    (same_model) are tested with Student's t on the seed spread pooled over that model's configurations (pooled =
+    (std, df)): they are assumed to vary alike across seeds, and the pool has far more degrees of freedom than
+    either side. Two different models are tested with Welch's t when both sides have two or more seeds (their
+    spreads may differ), else with the pooled spread. Returns (difference, p, how) or p None when no spread is
+    known yet."""
     diff = sum(a) / len(a) - sum(b) / len(b)
-    if len(a) >= 2 and len(b) >= 2:
+    spread, df = pooled
+    if len(a) >= 2 and len(b) >= 2 and not (same_model and spread is not None):
         va, vb = mean_std(a)[1] ** 2 / len(a), mean_std(b)[1] ** 2 / len(b)
         se = math.sqrt(va + vb)
         if se == 0:
             return diff, (0.0 if diff else 1.0), "Welch"
         df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
         return diff, t_two_sided_p(diff / se, df), "Welch, df %.1f" % df
-    spread, df = pooled
     if spread is None:
         return diff, None, "no seed spread yet"
     se = spread * math.sqrt(1.0 / len(a) + 1.0 / len(b))
@@ -618,29 +622,51 @@ def verdict(diff, p, sign):
     return "**supported**" if diff > 0 else "**contradicted**: the opposite holds"
 
 
+def model_of(runs):
+    """The model a configuration's runs train ("validflow" or "csflow"): its seed spread is pooled with the other
+    configurations of that model."""
+    return runs[0]["config"]["model"]
+
+
+MODEL_NAMES = {"validflow": "ValidFlow", "csflow": "CS-Flow"}
+
+
 def claims_markdown(by_label, speed):
     """The paper's relative claims against our runs, each with a two-sided test at ALPHA over the seeds."""
-    groups = [[r["metrics"]["image_auroc"] for r in runs] for runs in by_label.values()]
-    pooled = pooled_seed_spread(groups)
+    def aurocs(key):
+        return [r["metrics"]["image_auroc"] for r in by_label[key]]
+
+    def pooled_over(models):
+        return pooled_seed_spread([aurocs(key) for key, runs in by_label.items() if model_of(runs) in models])
+
+    models = sorted({model_of(runs) for runs in by_label.values()}, reverse=True)  # validflow first
     lines = ["### The paper's claims, tested on our runs\n",
-             "Differences of mean image AUROC (points). The test is two-sided at %g: Welch's t when both sides have "
-             "two or more seeds, otherwise Student's t with the seed spread pooled over every configuration that has "
-             "several seeds (which assumes that all configurations vary alike across seeds). *Supported* and "
-             "*contradicted* need p < %g; everything else is within what the seeds can decide.\n" % (ALPHA, ALPHA)]
+             "Differences of mean image AUROC (points), each tested two-sided at %g. Two variants of one model "
+             "(every Table 6 and 7 claim: ValidFlow against ValidFlow) use Student's t with the seed spread pooled "
+             "over all configurations of that model that have two or more seeds: they are assumed to vary alike "
+             "across seeds, and the pool has more degrees of freedom than any one configuration. ValidFlow against "
+             "CS-Flow uses Welch's t, since the two models' spreads differ (below), or, while a side has one seed, "
+             "the spread pooled over both. *Supported* and *contradicted* need p < %g; everything else is within "
+             "what the seeds can decide.\n" % (ALPHA, ALPHA)]
     spreads = []
-    for (table, label), runs in sorted(by_label.items()):
-        values = [r["metrics"]["image_auroc"] for r in runs]
+    for key, runs in sorted(by_label.items()):
+        values = aurocs(key)
         if len(values) >= 2:
             spreads.append("%s: std %.2f, range %s–%s over %d seeds" % (
-                label, 100 * mean_std(values)[1], pct(min(values)), pct(max(values)), len(values)))
+                key[1], 100 * mean_std(values)[1], pct(min(values)), pct(max(values)), len(values)))
+    pools = {model: pooled_over({model}) for model in models}
+    measured = [(model, pool) for model, pool in pools.items() if pool[0] is not None]
     if spreads:
-        lines.append("Seed spread of the image AUROC: " + "; ".join(spreads) + "; pooled std %.2f (df %d).\n" % (
-            100 * pooled[0], pooled[1]))
-        smallest = [(n1, n2, 100 * t_critical(pooled[1], ALPHA) * pooled[0] * math.sqrt(1.0 / n1 + 1.0 / n2))
-                    for n1, n2 in ((1, 1), (1, 3), (3, 3))]
+        lines.append("Seed spread of the image AUROC: " + "; ".join(spreads) + ". Pooled over the configurations "
+                     "of one model: " + "; ".join("%s std %.2f (df %d)" % (MODEL_NAMES.get(m, m), 100 * pool[0],
+                                                                            pool[1]) for m, pool in measured) + ".\n")
+        model, (spread, df) = measured[0]
+        smallest = [(n1, n2, 100 * t_critical(df, ALPHA) * spread * math.sqrt(1.0 / n1 + 1.0 / n2))
+                    for n1, n2 in ((1, 3), (2, 2), (2, 3), (3, 3))]
         ablation = [abs(paper[0] - paper[1]) for _, _, b_key, paper, _ in CLAIMS if b_key[0] in ("table6", "table7")]
-        lines.append("With this spread, the smallest difference of means that the test can decide is %s points; the "
-                     "paper's Table 6 and Table 7 differences are %.2f–%.2f points.\n" % (", ".join(
+        lines.append("With %s's pooled spread, the smallest difference of means between two of its variants that "
+                     "the test can decide is %s points; the paper's Table 6 and Table 7 differences are %.2f–%.2f "
+                     "points.\n" % (MODEL_NAMES.get(model, model), ", ".join(
                          "%.2f (%d seed%s against %d)" % (d, n1, "s" if n1 > 1 else "", n2) for n1, n2, d in smallest),
                          min(ablation), max(ablation)))
     else:
@@ -652,9 +678,9 @@ def claims_markdown(by_label, speed):
         if not a or not b:
             lines.append("| %s | %s | – | %d / %d | – | not run yet |" % (claim, paper_text, len(a or []), len(b or [])))
             continue
-        a_values = [r["metrics"]["image_auroc"] for r in a]
-        b_values = [r["metrics"]["image_auroc"] for r in b]
-        diff, p, how = compare(a_values, b_values, pooled)
+        a_values, b_values = aurocs(a_key), aurocs(b_key)
+        same_model = model_of(a) == model_of(b)
+        diff, p, how = compare(a_values, b_values, pooled_over({model_of(a), model_of(b)}), same_model)
         lines.append("| %s | %s | %s − %s = %+.2f | %d / %d | %s | %s |" % (
             claim, paper_text, pct(sum(a_values) / len(a_values)), pct(sum(b_values) / len(b_values)), 100 * diff,
             len(a_values), len(b_values), "–" if p is None else "%.3f (%s)" % (p, how), verdict(diff, p, sign)))

@@ -21,6 +21,7 @@ import reproduce_paper as rp  # noqa: E402
 def result(table, label, seed, auroc, run=None, parameters=1000000):
     return {"run": run or "%s-%s-seed%d" % (table, label, seed), "table": table, "label": label, "seed": seed,
             "parameters": parameters, "gflops_per_image": 1.0, "training_seconds": 60.0,
+            "config": {"model": "csflow" if label.startswith("CS-Flow") else "validflow"},
             "metrics": {"image_auroc": auroc, "pixel_auroc": 0.7, "aupro": 0.5,
                         "image_auroc_per_type": {t: auroc for t in rp.TYPES}},
             "features": {"file": "f.pt", "sha256": "0" * 64}, "host": {"cpu": "test"}}
@@ -98,8 +99,8 @@ class GeneratedClaims(unittest.TestCase):
         results = [result("table3", v, s, x, parameters=16) for s, x in enumerate([0.980, 0.981, 0.979])]
         results += [result("table3", c4, s, x) for s, x in enumerate([0.930, 0.935, 0.940])]
         results += [result("table3", c6, s, x, parameters=32) for s, x in enumerate([0.975, 0.985, 0.965])]
-        # Pooled seed std: sqrt((2e-6 + 5e-5 + 2e-4) / 6) = 0.0065 (0.65 points), so one seed of n = 1 at 0.94 is
-        # clearly worse than n = 3 (t = 5.4), one of n = 2 at 1.0 clearly better (t = -2.7, p = 0.037).
+        # ValidFlow's seed std 0.001 (df 2): one seed of n = 1 at 0.94 is clearly worse than n = 3 (t = 35), one of
+        # n = 2 at 1.0 clearly better (t = -17), one of n = 4 at 0.9801 the same (t = -0.09).
         results += [result("table6", "n = 1", 0, 0.94), result("table6", "n = 2", 0, 1.0),
                     result("table6", "n = 4", 0, 0.9801)]
         markdown = rp.tables_markdown(results)
@@ -111,11 +112,33 @@ class GeneratedClaims(unittest.TestCase):
         self.assertTrue(rows["n = 3 and n = 4 are equal (Table 6)"].startswith("consistent"))
         self.assertEqual(rows["n = 3 beats n = 5 (Table 6)"], "not run yet")
         self.assertIn("98.00 ± 0.10", markdown)
-        self.assertIn("pooled std", markdown)
-        self.assertIn("smallest difference of means that the test can decide", markdown)
+        self.assertIn("Pooled over the configurations of one model: ValidFlow std 0.10 (df 2); CS-Flow std 0.79 (df 4)",
+                      markdown)
+        self.assertIn("the smallest difference of means between two of its variants that the test can decide is 0.50 "
+                      "(1 seed against 3)", markdown)
         self.assertIn("| fewer parameters |", markdown)
         self.assertIn("**supported** |", markdown.split("| fewer parameters |")[1].splitlines()[0])
         self.assertIn("not measured yet", markdown)
+
+    def test_variants_of_one_model_are_tested_on_that_models_spread_alone(self):
+        # ValidFlow varies by 0.05 points across seeds, CS-Flow-4 by 3: pooled over both models, a 0.5-point loss
+        # of an ablation would hide in CS-Flow-4's spread (p = 0.76); ValidFlow's own spread decides it (t = 8.7).
+        v, c4 = rp.VALIDFLOW[1], rp.CSFLOW4[1]
+        results = [result("table3", v, s, x) for s, x in enumerate([0.9800, 0.9805, 0.9795])]
+        results += [result("table3", c4, s, x) for s, x in enumerate([0.90, 0.93, 0.96])]
+        results += [result("table7", "FB without CBAM", 0, 0.975)]
+        rows = claim_rows(rp.tables_markdown(results))
+        claim = "CBAM in FB helps, with the 1↔3 branches (Table 7, MVTec AD)"
+        self.assertTrue(rows[claim].startswith("**supported"), rows[claim])
+        self.assertTrue(rows["ValidFlow beats CS-Flow (Table 3)"].startswith("undecided"))  # Welch: 2 + 3 points
+        all_pooled = rp.pooled_seed_spread([[0.9800, 0.9805, 0.9795], [0.90, 0.93, 0.96]])
+        self.assertGreater(rp.compare([0.9800, 0.9805, 0.9795], [0.975], all_pooled)[1], 0.5)
+
+    def test_two_seeded_variants_of_one_model_use_the_pool_not_welch(self):
+        diff, p, how = rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9), same_model=True)
+        self.assertEqual(how, "pooled spread, df 9")
+        self.assertAlmostEqual(p, rp.t_two_sided_p(0.005 / 0.001, 9), places=12)
+        self.assertIn("Welch", rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9))[2])
 
 
 FAKE_EVAL = """#!/usr/bin/env python3
@@ -203,7 +226,7 @@ if command == "train":
     print("\\rtrain: 2/2 (100%%) threads " + arg("--threads"), flush=True)
     with open(os.path.join(os.path.dirname(out), "intervals.txt"), "a") as f:
         f.write("%%f %%f\\n" %% (start, time.time()))
-    json.dump({"config": {}, "train_options": {"seed": int(arg("--seed"))}, "parameters": 10, "gflops_per_image": 1.0,
+    json.dump({"config": {"model": arg("--model")}, "train_options": {"seed": int(arg("--seed"))}, "parameters": 10, "gflops_per_image": 1.0,
                "training_images": 4, "loss_history": [1.0, 0.5], "library_version": "test"},
               open(os.path.join(out, "training.json"), "w"))
     open(os.path.join(out, "checkpoint.pt"), "w").write("x")
