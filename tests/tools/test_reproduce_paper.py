@@ -37,8 +37,8 @@ def claim_rows(markdown):
     rows = {}
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 6 and cells[0] not in ("claim", "---"):
-            rows[cells[0]] = cells[5]
+        if len(cells) == 7 and cells[0] not in ("claim", "---"):
+            rows[cells[0]] = cells[6]
     return rows
 
 
@@ -59,7 +59,7 @@ class Statistics(unittest.TestCase):
 
     def test_welch(self):
         a, b = [0.980, 0.982, 0.978], [0.970, 0.974, 0.966]
-        diff, p, how = rp.compare(a, b, (None, 0))
+        diff, p, how, half = rp.compare(a, b, (None, 0))
         self.assertAlmostEqual(diff, 0.01, places=12)
         # Sample variances 4e-6 and 1.6e-5: se^2 = va + vb, df = (va + vb)^2 / ((va^2 + vb^2) / 2).
         va, vb = 4e-6 / 3, 1.6e-5 / 3
@@ -67,15 +67,19 @@ class Statistics(unittest.TestCase):
         self.assertIn("Welch, df %.1f" % df, how)
         self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (va + vb) ** 0.5, df), places=12)
         self.assertLess(p, 0.05)
+        self.assertAlmostEqual(half, rp.t_critical(df) * (va + vb) ** 0.5, places=9)
+        self.assertGreater(diff - half, 0)  # p < 0.05: the interval excludes 0
 
     def test_single_seed_uses_the_pooled_spread_or_stays_undecided(self):
         self.assertIsNone(rp.compare([0.98], [0.97], (None, 0))[1])
         spread, df = rp.pooled_seed_spread([[0.98, 0.99], [0.90, 0.92, 0.94], [0.5]])
         self.assertEqual(df, 3)
         self.assertAlmostEqual(spread, ((0.00005 + 0.0008) / 3) ** 0.5, places=12)
-        diff, p, how = rp.compare([0.98], [0.97], (spread, df))
+        diff, p, how, half = rp.compare([0.98], [0.97], (spread, df))
         self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (spread * 2 ** 0.5), 3), places=12)
         self.assertIn("pooled", how)
+        self.assertAlmostEqual(half, 3.182446 * spread * 2 ** 0.5, places=5)  # t(0.975, df 3) from a table
+        self.assertIsNone(rp.compare([0.98], [0.97], (None, 0))[3])
 
     def test_verdicts(self):
         self.assertTrue(rp.verdict(0.01, 0.01, +1).startswith("**supported"))
@@ -119,6 +123,22 @@ class GeneratedClaims(unittest.TestCase):
         self.assertIn("| fewer parameters |", markdown)
         self.assertIn("**supported** |", markdown.split("| fewer parameters |")[1].splitlines()[0])
         self.assertIn("not measured yet", markdown)
+        self.assertIn("| n = 3 beats n = 1 (Table 6) | 99.63 vs 99.53 (+0.10) | 98.00 − 94.00 = +4.00 | +3.50 … +4.50 |",
+                      markdown)  # t(0.975, df 2) 4.303 x 0.1 x sqrt(4/3) = 0.497
+
+    def test_aupro_contrasts_find_which_maps_are_better(self):
+        v = rp.VALIDFLOW[1]
+        results = [result("table3", v, s, 0.98) for s in range(3)]
+        for r, aupro in zip(results, [0.520, 0.525, 0.530]):
+            r["metrics"]["aupro"] = aupro
+        deeper, ablated = result("table6", "n = 5", 0, 0.98), result("table7", "FB without CBAM", 0, 0.98)
+        deeper["metrics"]["aupro"], ablated["metrics"]["aupro"] = 0.450, 0.526
+        markdown = rp.tables_markdown(results + [deeper, ablated])
+        self.assertIn("AUPRO's own seed spread (pooled std: ValidFlow 0.50 (df 2))", markdown)
+        rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if " vs " in line}
+        self.assertIn("52.50 − 45.00 = +7.50", rows["ValidFlow n = 3 vs n = 5"])
+        self.assertTrue(rows["ValidFlow n = 3 vs n = 5"].endswith("| **A's maps are better** |"))
+        self.assertTrue(rows["ValidFlow n = 3 vs FB without CBAM"].endswith("| no difference beyond the seed spread |"))
 
     def test_variants_of_one_model_are_tested_on_that_models_spread_alone(self):
         # ValidFlow varies by 0.05 points across seeds, CS-Flow-4 by 3: pooled over both models, a 0.5-point loss
@@ -135,7 +155,7 @@ class GeneratedClaims(unittest.TestCase):
         self.assertGreater(rp.compare([0.9800, 0.9805, 0.9795], [0.975], all_pooled)[1], 0.5)
 
     def test_two_seeded_variants_of_one_model_use_the_pool_not_welch(self):
-        diff, p, how = rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9), same_model=True)
+        diff, p, how, half = rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9), same_model=True)
         self.assertEqual(how, "pooled spread, df 9")
         self.assertAlmostEqual(p, rp.t_two_sided_p(0.005 / 0.001, 9), places=12)
         self.assertIn("Welch", rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9))[2])
