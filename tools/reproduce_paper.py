@@ -542,15 +542,25 @@ def group_row(label, runs, paper, speed):
     aupro = mean_std([r["metrics"]["aupro"] for r in runs])[0]
     minutes = mean_std([r["training_seconds"] / 60 for r in runs])[0]
     timed = [median for median, _ in timed_rounds(runs, speed)]
-    return "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f M | %.2f | %.0f | %s |" % (
+    return "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f M | %.2f | %.0f | %s | %s |" % (
         label, "%.2f" % paper if paper is not None else "–", fmt_mean_std(aurocs), len(runs), seeds, per_type,
         pct(pixel), pct(aupro), runs[0]["parameters"] / 1e6, runs[0]["gflops_per_image"], minutes,
-        "%.0f" % (sum(timed) / len(timed)) if timed else "–")
+        "%.0f" % (sum(timed) / len(timed)) if timed else "–", final_loss_text(runs))
+
+
+def final_loss_text(runs):
+    """The training loss at the last epoch and its fall over the last 10 epochs, means over the seeds."""
+    histories = [r["loss_history"] for r in runs if len(r.get("loss_history", [])) > 10]
+    if len(histories) != len(runs):
+        return "–"
+    last = sum(h[-1] for h in histories) / len(histories)
+    fall = sum(h[-11] - h[-1] for h in histories) / len(histories)
+    return "%.3f (−%.3f)" % (last, fall) if fall >= 0 else "%.3f (+%.3f)" % (last, -fall)
 
 
 HEADER = ("| configuration | paper | image AUROC (ours, mean ± std) | seeds | each seed | per type: blowhole / break / "
-          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | GFLOP/image | training min ¹ | flow img/s ² |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "crack / fray / uneven | pixel AUROC | AUPRO | parameters | GFLOP/image | training min ¹ | flow img/s ² | "
+          "final loss ³ |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def tables_markdown(results):
@@ -610,6 +620,9 @@ def tables_markdown(results):
                         speed["load_average_before"][0], speed["load_average_after"][0]))
     else:
         lines.append("² Flow images/s: not measured yet (`tools/reproduce_paper.py speed`).\n")
+    lines.append("³ Training loss (negative log-likelihood per dimension; lower is a closer fit) at the last of the "
+                 "%d epochs, mean over the seeds, and in brackets its change over the last 10 epochs: a large fall "
+                 "means the flow was still far from converged when the protocol ended.\n" % PROTOCOL["epochs"])
     lines.append(claims_markdown(by_label, speed))
     return "\n".join(lines) + "\n"
 
