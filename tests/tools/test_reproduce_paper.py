@@ -249,12 +249,14 @@ if command == "train":
     with open(os.path.join(os.path.dirname(out), "intervals.txt"), "a") as f:
         f.write("%%f %%f\\n" %% (start, time.time()))
     json.dump({"config": {"model": arg("--model")}, "train_options": {"seed": int(arg("--seed"))}, "parameters": 10, "gflops_per_image": 1.0,
-               "training_images": 4, "loss_history": [1.0, 0.5], "library_version": "test"},
+               "training_images": 4, "loss_history": [1.0 / (1 + e) for e in range(int(arg("--epochs")))],
+               "library_version": "test"},
               open(os.path.join(out, "training.json"), "w"))
     open(os.path.join(out, "checkpoint.pt"), "w").write("x")
 else:
     os.makedirs(os.path.join(out, "report"), exist_ok=True)
-    json.dump({"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.5, "n_test": 4, "scoring_images_per_second": 10.0,
+    epochs = len(json.load(open(os.path.join(out, "training.json")))["loss_history"])
+    json.dump({"image_auroc": 0.9 + epochs / 10000, "pixel_auroc": 0.8, "aupro": 0.5, "n_test": 4, "scoring_images_per_second": 10.0,
                "image_auroc_per_type": {t: 0.9 for t in %s}}, open(os.path.join(out, "report", "metrics.json"), "w"))
 """ % repr(list(rp.TYPES))
 
@@ -281,7 +283,7 @@ class RunGrid(unittest.TestCase):
         full = rp.grid()
         self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
         self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
-        rp.grid = lambda ablation_seeds=1: self.runs
+        rp.grid = lambda ablation_seeds=1, longer=False: self.runs
 
     def tearDown(self):
         rp.RESULTS, rp.SPEED, rp.DOC, rp.grid = self.saved
@@ -290,7 +292,7 @@ class RunGrid(unittest.TestCase):
     def run_grid(self, jobs):
         rp.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
                                       only=None, commit=False, jobs=jobs, progress_seconds=0.1,
-                                      ablation_seeds=1))
+                                      ablation_seeds=1, longer=False))
 
     def intervals(self):
         with open(os.path.join(self.work, "intervals.txt")) as f:
@@ -314,7 +316,7 @@ class RunGrid(unittest.TestCase):
         spans = self.intervals()
         self.assertTrue(any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])),
                         "no two runs overlapped: %s" % spans)
-        self.assertIn("90.00 ± 0.00", read(rp.DOC))  # the tables regenerated from the three ValidFlow results
+        self.assertIn("90.60 ± 0.00", read(rp.DOC))  # the tables regenerated from the three ValidFlow results
         self.assertIn("shared the cores with other runs of the grid (`run --jobs`): validflow-n3-seed0, "
                       "validflow-n3-seed1, validflow-n3-seed2.", read(rp.DOC))
 
@@ -363,6 +365,30 @@ class RunGrid(unittest.TestCase):
         self.assertEqual(len(self.intervals()), 1)  # nothing ran
 
 
+    def test_a_longer_run_continues_its_60_epoch_run_and_is_scored_every_60_epochs(self):
+        base = self.validflow_runs[0]
+        longer = next(run for run in self.saved[3](2, longer=True) if run[0] == "validflow-n3-e240-seed0")
+        self.runs = [longer]
+        with self.assertRaises(SystemExit) as e:  # its 60-epoch run has not finished
+            self.run_grid(jobs=1)
+        self.assertIn("it continues validflow-n3-seed0, which has not finished yet", str(e.exception.code))
+        self.runs = [base, longer]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self.run_grid(jobs=1)
+        trains = [line for line in printed.getvalue().splitlines() if "validflow-n3-e240-seed0: " in line and " train " in line]
+        self.assertEqual([line.split("--epochs ")[1].split()[0] for line in trains], ["120", "180", "240"])
+        self.assertTrue(all(line.endswith("--resume") for line in trains))
+        self.assertEqual(len(self.intervals()), 4)  # 60 epochs once, then three continuations
+        saved = json.loads(read(os.path.join(rp.RESULTS, "validflow-n3-e240-seed0.json")))
+        self.assertEqual(saved["continued_from"], "validflow-n3-seed0")
+        self.assertEqual(saved["protocol"]["epochs"], 240)
+        self.assertEqual(len(saved["loss_history"]), 240)
+        self.assertEqual({e: m["image_auroc"] for e, m in saved["metrics_by_epoch"].items()},
+                         {"60": 0.906, "120": 0.912, "180": 0.918, "240": 0.924})
+        self.assertIn("| ValidFlow n = 3, 240 epochs | 1 | 90.60 / 91.20 / 91.80 / 92.40 |", read(rp.DOC))
+
+
 class GridOrder(unittest.TestCase):
     def test_further_ablation_seeds_come_after_every_configuration_has_the_previous_one(self):
         one, three = rp.grid(), rp.grid(3)
@@ -373,6 +399,14 @@ class GridOrder(unittest.TestCase):
         self.assertEqual(len(ablations), 3 * 7)
         self.assertEqual([run[4] for run in ablations], sorted(run[4] for run in ablations))  # seed by seed
         self.assertTrue(all(run[0].endswith("-seed%d" % run[4]) for run in three))
+
+    def test_longer_runs_come_before_the_further_seeds(self):
+        ids = [run[0] for run in rp.grid(2, longer=True)]
+        self.assertEqual(ids[:16], [run[0] for run in rp.grid()])
+        self.assertEqual(ids[16:18], ["csflow-4-e240-seed0", "validflow-n3-e240-seed0"])
+        self.assertEqual(len(ids), 25)
+        self.assertEqual([run[0] for run in rp.grid(1, longer=True)][16:], ids[16:18])
+        self.assertEqual(rp.continued_from("csflow-4-e240-seed0", "longer"), "csflow-4-seed0")
 
 
 if __name__ == "__main__":
