@@ -91,6 +91,13 @@ class Statistics(unittest.TestCase):
         self.assertTrue(rp.verdict(0.01, 0.2, 0).startswith("consistent"))
 
 
+class SpeedVerdict(unittest.TestCase):
+    def test_decided_only_when_the_rounds_do_not_overlap(self):
+        self.assertTrue(rp.speed_verdict([80, 82, 81], [70, 79.9]).startswith("**supported**"))
+        self.assertTrue(rp.speed_verdict([60, 62], [70, 79.9]).startswith("**contradicted**"))
+        self.assertTrue(rp.speed_verdict([80, 90], [70, 84]).startswith("undecided: the rounds overlap"))
+
+
 class GeneratedClaims(unittest.TestCase):
     def setUp(self):
         self.saved_speed = rp.SPEED
