@@ -9,7 +9,8 @@ continues from its last checkpoint (`--resume`, bit-exact), so the grid can be s
 another session. Only the Python standard library is used.
 
   tools/reproduce_paper.py run --features DIR/features.pt [--jobs N] [--only RUN ...] [--commit]
-  tools/reproduce_paper.py list
+                               [--ablation-seeds N] [--longer]  # more seeds for Tables 6/7; 240-epoch runs
+  tools/reproduce_paper.py list [--ablation-seeds N] [--longer]
   tools/reproduce_paper.py speed --work DIR  # times every finished run's flow in one session
   tools/reproduce_paper.py tables          # rewrites the generated part of docs/results.md
 
