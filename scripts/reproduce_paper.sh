@@ -7,7 +7,7 @@
 #    under results/mtd/; 3. regenerates the tables of docs/results.md.
 # Hours on a 2-core CPU (about half an hour per run): run it in the background; it can be stopped at any time.
 # On few cores, `--jobs 2 --threads 1` (two runs at a time, one thread each) gets through the grid 1.5x as fast.
-# Beyond the 16 runs: `--ablation-seeds 2` (a second seed for Tables 6 and 7), `--longer` (ValidFlow and CS-Flow-4
+# Beyond the 16 runs: `--ablation-seeds 2` (a second seed for Tables 6 and 7), `--longer-seeds 3` (Table 3 runs
 # continued to CS-Flow's official 240 epochs, scored every 60).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

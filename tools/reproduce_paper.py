@@ -9,8 +9,8 @@ continues from its last checkpoint (`--resume`, bit-exact), so the grid can be s
 another session. Only the Python standard library is used.
 
   tools/reproduce_paper.py run --features DIR/features.pt [--jobs N] [--only RUN ...] [--commit]
-                               [--ablation-seeds N] [--longer]  # more seeds for Tables 6/7; 240-epoch runs
-  tools/reproduce_paper.py list [--ablation-seeds N] [--longer]
+                               [--ablation-seeds N] [--longer-seeds N]  # more seeds for Tables 6/7; 240 epochs
+  tools/reproduce_paper.py list [--ablation-seeds N] [--longer-seeds N]
   tools/reproduce_paper.py speed --work DIR  # times every finished run's flow in one session
   tools/reproduce_paper.py tables          # rewrites the generated part of docs/results.md
 
@@ -59,15 +59,16 @@ LONGER_EPOCHS = 240
 STAGE_EPOCHS = 60
 CSFLOW4_LONGER = ("longer", "CS-Flow, 4 blocks, 240 epochs (the official schedule)")
 VALIDFLOW_LONGER = ("longer", "ValidFlow n = 3, 240 epochs")
+CSFLOW6_LONGER = ("longer", "CS-Flow, 6 blocks, 240 epochs")
 
 
-def grid(ablation_seeds=1, longer=False):
+def grid(ablation_seeds=1, longer_seeds=0):
     """(run id, table, label, model arguments, seed) in the order they run: the head-to-head first, and in it the
     closest pair (ValidFlow and the 6-block CS-Flow) with all its seeds before the 4-block CS-Flow, so that a grid
     cut short still answers the question the seed spread has to decide. Tables 7 and 6 follow with seed 0, then,
     with ablation_seeds > 1, with each further seed in turn: every configuration gets its second seed before any
-    gets a third. With longer, the two longer-training runs (CS-Flow-4, then ValidFlow) come before the further
-    seeds: they test Table 3's head-to-head, which matters more than the ablations' small effects."""
+    gets a third. The longer-training runs of Table 3's configurations (longer_seeds seeds of each) come before the
+    further ablation seeds: they test the head-to-head, which matters more than the ablations' small effects."""
     closest_pair = [("validflow-n3", VALIDFLOW[1], ["--model", "validflow", "--modules", "3"]),
                     ("csflow-6", CSFLOW6[1], ["--model", "csflow", "--blocks", "6"])]
     official = ("csflow-4", CSFLOW4[1], ["--model", "csflow", "--blocks", "4"])
@@ -81,20 +82,20 @@ def grid(ablation_seeds=1, longer=False):
                   n3 + ["--no-fb-cbam", "--no-long-branches"])]
     ablations += [("validflow-n%d" % n, "table6", "n = %d" % n, ["--model", "validflow", "--modules", str(n)])
                   for n in (1, 2, 4, 5)]
+    later_seeds = []
     for seed in range(ablation_seeds):
-        if seed == 1 and longer:
-            runs += longer_runs()
-        runs += [("%s-seed%d" % (name, seed), table, label, args, seed) for name, table, label, args in ablations]
-    if longer and ablation_seeds == 1:
-        runs += longer_runs()
-    return runs
+        seeded = [("%s-seed%d" % (name, seed), table, label, args, seed) for name, table, label, args in ablations]
+        if seed == 0:
+            runs += seeded
+        else:
+            later_seeds += seeded
+    longer = [("csflow-4", CSFLOW4_LONGER[1], official[2]), ("validflow-n3", VALIDFLOW_LONGER[1], closest_pair[0][2]),
+              ("csflow-6", CSFLOW6_LONGER[1], closest_pair[1][2])]
+    runs += [("%s-e%d-seed%d" % (name, LONGER_EPOCHS, seed), "longer", label, args, seed)
+             for seed in range(longer_seeds) for name, label, args in longer]
+    return runs + later_seeds
 
 
-def longer_runs():
-    return [("csflow-4-e%d-seed0" % LONGER_EPOCHS, CSFLOW4_LONGER[0], CSFLOW4_LONGER[1],
-             ["--model", "csflow", "--blocks", "4"], 0),
-            ("validflow-n3-e%d-seed0" % LONGER_EPOCHS, VALIDFLOW_LONGER[0], VALIDFLOW_LONGER[1],
-             ["--model", "validflow", "--modules", "3"], 0)]
 
 
 def epochs_of(table):
@@ -295,7 +296,7 @@ def cmd_run(a):
     # The driver's checkout when the grid starts; the program may be an older build, which its sha256 identifies.
     a.git_commit = git_commit()
     a.program_sha256 = sha256_of(a.validflow)
-    runs = [r for r in grid(a.ablation_seeds, a.longer) if not a.only or r[0] in a.only]
+    runs = [r for r in grid(a.ablation_seeds, a.longer_seeds) if not a.only or r[0] in a.only]
     if a.only and len(runs) != len(a.only):
         sys.exit("unknown run(s): %s (see: tools/reproduce_paper.py list)" %
                  ", ".join(sorted(set(a.only) - {r[0] for r in runs})))
@@ -450,7 +451,7 @@ def cmd_speed(a):
 
 
 def cmd_list(a):
-    for run_id, table, label, args, seed in grid(a.ablation_seeds, a.longer):
+    for run_id, table, label, args, seed in grid(a.ablation_seeds, a.longer_seeds):
         done = os.path.exists(os.path.join(RESULTS, run_id + ".json"))
         print("%-45s %-7s %-5s %s" % (run_id, table, "done" if done else "-", label))
 
@@ -488,6 +489,8 @@ CLAIMS = [
      CSFLOW4_LONGER, None, +1),
     ("ValidFlow beats CS-Flow, both trained for 240 epochs (not in the paper)", VALIDFLOW_LONGER, CSFLOW4_LONGER, None,
      +1),
+    ("ValidFlow beats CS-Flow with 6 blocks, both trained for 240 epochs (not in the paper)", VALIDFLOW_LONGER,
+     CSFLOW6_LONGER, None, +1),
 ]
 ALPHA = 0.05
 
@@ -789,8 +792,9 @@ def longer_markdown(by_label):
     lines = ["### Longer training: CS-Flow's official %d epochs\n" % LONGER_EPOCHS,
              "The paper's MTD protocol trains %d epochs; the official CS-Flow code trains %d (4 meta-epochs of 60), "
              "and after %d epochs CS-Flow's loss still falls %s (³). These runs continue "
-             "seed 0 of the protocol's runs to %d epochs (no learning-rate schedule; the Adam state is in the "
-             "checkpoint) and score the test split after every %d: does CS-Flow catch up on its own schedule?\n"
+             "the protocol's runs of the same seed to %d epochs (no learning-rate schedule; the Adam state is in "
+             "the checkpoint) and score the test split after every %d, means over the seeds: does CS-Flow catch up "
+             "on its own schedule?\n"
              % (PROTOCOL["epochs"], LONGER_EPOCHS, PROTOCOL["epochs"], fall_ratio_text(by_label), LONGER_EPOCHS,
                 STAGE_EPOCHS),
              "| configuration | seeds | image AUROC after %s epochs | AUPRO after %s epochs | pixel AUROC | "
@@ -948,9 +952,9 @@ def main(argv=None):
     seeds = argparse.ArgumentParser(add_help=False)
     seeds.add_argument("--ablation-seeds", type=int, default=1,
                        help="training seeds of each Table 6 and Table 7 configuration (Table 3 has 3 seeds)")
-    seeds.add_argument("--longer", action="store_true",
-                       help="also continue CS-Flow-4's and ValidFlow's seed-0 runs to %d epochs (CS-Flow's official "
-                            "schedule), scored every %d" % (LONGER_EPOCHS, STAGE_EPOCHS))
+    seeds.add_argument("--longer-seeds", type=int, default=0,
+                       help="also continue the first N seeds of Table 3's runs (CS-Flow-4, ValidFlow, CS-Flow-6) to %d "
+                            "epochs (CS-Flow's official schedule), scored every %d" % (LONGER_EPOCHS, STAGE_EPOCHS))
     r = sub.add_parser("run", parents=[program, seeds],
                        help="run the missing runs of the grid (in order), then regenerate the tables")
     r.add_argument("--features", required=True, help="features.pt of `validflow extract` (MTD, Lite2, 384 px)")
@@ -974,6 +978,8 @@ def main(argv=None):
         p.error("--threads must be in 1..256")
     if a.command in ("run", "list") and not 1 <= a.ablation_seeds <= 10:
         p.error("--ablation-seeds must be in 1..10")
+    if a.command in ("run", "list") and not 0 <= a.longer_seeds <= 3:
+        p.error("--longer-seeds must be in 0..3 (Table 3 has 3 seeds to continue)")
     if a.command == "run" and not 1 <= a.jobs <= 64:
         p.error("--jobs must be in 1..64")
     if a.command == "run" and not (math.isfinite(a.progress_seconds) and 0.1 <= a.progress_seconds <= 3600):

@@ -290,7 +290,7 @@ class RunGrid(unittest.TestCase):
         full = rp.grid()
         self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
         self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
-        rp.grid = lambda ablation_seeds=1, longer=False: self.runs
+        rp.grid = lambda ablation_seeds=1, longer_seeds=0: self.runs
 
     def tearDown(self):
         rp.RESULTS, rp.SPEED, rp.DOC, rp.grid = self.saved
@@ -299,7 +299,7 @@ class RunGrid(unittest.TestCase):
     def run_grid(self, jobs):
         rp.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
                                       only=None, commit=False, jobs=jobs, progress_seconds=0.1,
-                                      ablation_seeds=1, longer=False))
+                                      ablation_seeds=1, longer_seeds=0))
 
     def intervals(self):
         with open(os.path.join(self.work, "intervals.txt")) as f:
@@ -374,7 +374,7 @@ class RunGrid(unittest.TestCase):
 
     def test_a_longer_run_continues_its_60_epoch_run_and_is_scored_every_60_epochs(self):
         base = self.validflow_runs[0]
-        longer = next(run for run in self.saved[3](2, longer=True) if run[0] == "validflow-n3-e240-seed0")
+        longer = next(run for run in self.saved[3](2, longer_seeds=1) if run[0] == "validflow-n3-e240-seed0")
         self.runs = [longer]
         with self.assertRaises(SystemExit) as e:  # its 60-epoch run has not finished
             self.run_grid(jobs=1)
@@ -408,12 +408,17 @@ class GridOrder(unittest.TestCase):
         self.assertTrue(all(run[0].endswith("-seed%d" % run[4]) for run in three))
 
     def test_longer_runs_come_before_the_further_seeds(self):
-        ids = [run[0] for run in rp.grid(2, longer=True)]
+        ids = [run[0] for run in rp.grid(2, longer_seeds=2)]
         self.assertEqual(ids[:16], [run[0] for run in rp.grid()])
-        self.assertEqual(ids[16:18], ["csflow-4-e240-seed0", "validflow-n3-e240-seed0"])
-        self.assertEqual(len(ids), 25)
-        self.assertEqual([run[0] for run in rp.grid(1, longer=True)][16:], ids[16:18])
-        self.assertEqual(rp.continued_from("csflow-4-e240-seed0", "longer"), "csflow-4-seed0")
+        self.assertEqual(ids[16:22], ["csflow-4-e240-seed0", "validflow-n3-e240-seed0", "csflow-6-e240-seed0",
+                                      "csflow-4-e240-seed1", "validflow-n3-e240-seed1", "csflow-6-e240-seed1"])
+        self.assertEqual(len(ids), 16 + 6 + 7)
+        self.assertEqual([run[0] for run in rp.grid(1, longer_seeds=2)][16:], ids[16:22])
+        self.assertEqual(rp.continued_from("csflow-6-e240-seed1", "longer"), "csflow-6-seed1")
+        for run_id, table, _, _, _ in rp.grid(3, longer_seeds=3):  # every run a longer one continues is in the grid
+            if table == "longer":
+                self.assertIn(rp.continued_from(run_id, table), ids + ["csflow-4-seed2", "validflow-n3-seed2",
+                                                                       "csflow-6-seed2"])
 
 
 if __name__ == "__main__":
