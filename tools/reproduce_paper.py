@@ -279,7 +279,8 @@ def commit_result(path, run_id):
     if tables.returncode != 0:
         print("WARNING: %s is written but not committed: regenerating the tables failed (%s); run "
               "`tools/reproduce_paper.py tables` and commit results/mtd and docs/results.md by hand"
-              % (path, (tables.stderr or tables.stdout).strip().splitlines()[-1:]), file=sys.stderr)
+              % (path, ((tables.stderr or tables.stdout).strip().splitlines() or ["exit %d" % tables.returncode])[-1]),
+              file=sys.stderr)
         return
     paths = [os.path.relpath(os.path.dirname(path), ROOT), os.path.relpath(DOC, ROOT)]
     for attempt in range(30):
