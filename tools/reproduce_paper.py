@@ -716,15 +716,25 @@ def tables_markdown(results):
     return "\n".join(lines) + "\n"
 
 
-def verdict(diff, p, sign):
+def verdict(diff, p, sign, paper_diff=None, half=None):
+    """The verdict on a claim that A beats B (sign +1) or equals it (sign 0); for a claim with the paper's own
+    difference (points), also whether that size lies outside our confidence interval: "does it help at all" can be
+    undecided while "does it help as much as the paper says" is not."""
     if p is None:
         return "undecided: one seed on each side, no seed spread measured yet"
     significant = p < ALPHA
     if sign == 0:
         return "**contradicted**: they differ" if significant else "consistent: no difference beyond the seed spread"
     if not significant:
-        return "undecided: within the seed spread"
-    return "**supported**" if diff > 0 else "**contradicted**: the opposite holds"
+        text = "undecided: within the seed spread"
+    else:
+        text = "**supported**" if diff > 0 else "**contradicted**: the opposite holds"
+    if paper_diff is not None and half is not None:
+        if paper_diff > 100 * (diff + half):
+            text += "; an effect as large as the paper's (%+.2f) is ruled out" % paper_diff
+        elif paper_diff < 100 * (diff - half) and diff > 0:
+            text += "; by more than the paper's %+.2f" % paper_diff
+    return text
 
 
 def model_of(runs):
@@ -749,7 +759,9 @@ def claims_markdown(by_label, speed):
              "across seeds, and the pool has more degrees of freedom than any one configuration. ValidFlow against "
              "CS-Flow uses Welch's t, since the two models' spreads differ (below), or, while a side has one seed, "
              "the spread pooled over both. *Supported* and *contradicted* need p < %g; everything else is within "
-             "what the seeds can decide.\n" % (ALPHA, ALPHA)]
+             "what the seeds can decide. Where the paper gives its difference, the verdict also says when that size lies "
+             "outside our confidence interval: the direction of an effect can be undecided while the paper's size "
+             "of it is ruled out.\n" % (ALPHA, ALPHA)]
     spreads = []
     for key, runs in sorted(by_label.items()):
         values = aurocs(key)
@@ -785,7 +797,8 @@ def claims_markdown(by_label, speed):
         a_values, b_values, (diff, p, how, half) = tested
         lines.append("| %s | %s | %s | %s | %d / %d | %s | %s |" % (
             claim, paper_text, difference_text(a_values, b_values, diff), interval_text(diff, half), len(a_values),
-            len(b_values), "–" if p is None else "%.3f (%s)" % (p, how), verdict(diff, p, sign)))
+            len(b_values), "–" if p is None else "%.3f (%s)" % (p, how),
+            verdict(diff, p, sign, paper[0] - paper[1] if paper else None, half)))
     lines.append("")
     lines.append(aupro_markdown(by_label))
     lines.append(size_speed_markdown(by_label, speed))

@@ -120,7 +120,7 @@ class GeneratedClaims(unittest.TestCase):
         rows = claim_rows(markdown)
         self.assertTrue(rows["ValidFlow beats CS-Flow (Table 3)"].startswith("**supported"))
         self.assertTrue(rows[rp.CLAIMS[1][0]].startswith("undecided"))
-        self.assertTrue(rows["n = 3 beats n = 1 (Table 6)"].startswith("**supported"))
+        self.assertEqual(rows["n = 3 beats n = 1 (Table 6)"], "**supported**; by more than the paper's +0.10")
         self.assertTrue(rows["n = 3 beats n = 2 (Table 6)"].startswith("**contradicted"))
         self.assertTrue(rows["n = 3 and n = 4 are equal (Table 6)"].startswith("consistent"))
         self.assertEqual(rows["n = 3 beats n = 5 (Table 6)"], "not run yet")
@@ -135,6 +135,16 @@ class GeneratedClaims(unittest.TestCase):
         self.assertIn("not measured yet", markdown)
         self.assertIn("| n = 3 beats n = 1 (Table 6) | 99.63 vs 99.53 (+0.10) | 98.00 − 94.00 = +4.00 | +3.50 … +4.50 |",
                       markdown)  # t(0.975, df 2) 4.303 x 0.1 x sqrt(4/3) = 0.497
+
+    def test_the_papers_effect_size_is_checked_against_the_interval(self):
+        # diff +0.20 points, CI +0.10 ... +0.30 (fractions below): a paper's +0.41 is ruled out, +0.05 exceeded.
+        self.assertEqual(rp.verdict(0.002, 0.2, +1, 0.41, 0.001),
+                         "undecided: within the seed spread; an effect as large as the paper's (+0.41) is ruled out")
+        self.assertEqual(rp.verdict(0.002, 0.01, +1, 0.05, 0.001), "**supported**; by more than the paper's +0.05")
+        self.assertEqual(rp.verdict(0.002, 0.01, +1, 0.25, 0.001), "**supported**")
+        self.assertEqual(rp.verdict(0.002, 0.01, +1, None, 0.001), "**supported**")
+        self.assertEqual(rp.verdict(-0.002, 0.01, +1, -0.5, 0.001), "**contradicted**: the opposite holds")
+        self.assertEqual(rp.verdict(0.0, 0.9, 0, 0.0, 0.001), "consistent: no difference beyond the seed spread")
 
     def test_aupro_contrasts_find_which_maps_are_better(self):
         v = rp.VALIDFLOW[1]
