@@ -269,18 +269,25 @@ def start_from(source, out, work):
             os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
 
 
+def regenerate_tables_from_disk():
+    """Runs `tables` of the tool as it is on disk now, not this long-running driver's code, which may be hours
+    older than the table format CTest results.tables_generated expects. Returns None, or why it failed."""
+    tables = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reproduce_paper.py"), "tables", "--results",
+                             RESULTS, "--speed-file", SPEED, "--doc", DOC], capture_output=True, text=True)
+    if tables.returncode == 0:
+        return None
+    return ((tables.stderr or tables.stdout).strip().splitlines() or ["exit %d" % tables.returncode])[-1]
+
+
 def commit_result(path, run_id):
-    """Regenerates the tables and commits them with the result files (other staged work stays staged); retries
-    while git is busy. The two go together: CTest results.tables_generated checks that they agree. The tables
-    come from the tool as it is on disk now, not from this long-running driver's code, which may be hours older
-    than the table format the test expects; any earlier result that could not be committed goes in too."""
-    tables = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "reproduce_paper.py"), "tables"],
-                            capture_output=True, text=True)
-    if tables.returncode != 0:
+    """Regenerates the tables (from the tool on disk) and commits them with the result files (other staged work
+    stays staged); retries while git is busy. The two go together: CTest results.tables_generated checks that
+    they agree. Any earlier result that could not be committed goes in too."""
+    failed = regenerate_tables_from_disk()
+    if failed:
         print("WARNING: %s is written but not committed: regenerating the tables failed (%s); run "
               "`tools/reproduce_paper.py tables` and commit results/mtd and docs/results.md by hand"
-              % (path, ((tables.stderr or tables.stdout).strip().splitlines() or ["exit %d" % tables.returncode])[-1]),
-              file=sys.stderr)
+              % (path, failed), file=sys.stderr)
         return
     paths = [os.path.relpath(os.path.dirname(path), ROOT), os.path.relpath(DOC, ROOT)]
     for attempt in range(30):
@@ -324,7 +331,9 @@ def cmd_run(a):
                  (", ".join(b[:12] for b in builds), a.validflow, a.program_sha256[:12]))
     pending = [run for run in runs if not os.path.exists(os.path.join(RESULTS, run[0] + ".json"))]
     failures = run_pending(pending, a, features, fingerprint)
-    cmd_tables(a)
+    failed = regenerate_tables_from_disk()
+    if failed:
+        print("WARNING: regenerating the tables failed (%s)" % failed, file=sys.stderr)
     if failures:
         sys.exit("%d of %d runs failed (the others finished):\n  %s" % (len(failures), len(pending),
                                                                         "\n  ".join(failures)))
@@ -965,6 +974,7 @@ def cmd_tables(a):
 
 
 def main(argv=None):
+    global RESULTS, SPEED, DOC  # `tables --results/--speed-file/--doc` point the tool elsewhere
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     program = argparse.ArgumentParser(add_help=False)
@@ -994,6 +1004,10 @@ def main(argv=None):
     v.set_defaults(fn=cmd_speed)
     t = sub.add_parser("tables", help="regenerate the tables of docs/results.md")
     t.add_argument("--check", action="store_true", help="only check that they are up to date (exit 1 if not)")
+    # Where a driver (or a test) keeps its results: the driver runs `tables` of the tool on disk with its own paths.
+    t.add_argument("--results", default=RESULTS, help="folder of the result files (default: results/mtd)")
+    t.add_argument("--speed-file", default=SPEED, help="speed measurements (default: results/mtd-speed.json)")
+    t.add_argument("--doc", default=DOC, help="the document with the generated section (default: docs/results.md)")
     t.set_defaults(fn=cmd_tables)
     a = p.parse_args(argv)
     if a.command in ("run", "speed") and not 1 <= a.threads <= 256:
@@ -1011,6 +1025,8 @@ def main(argv=None):
               % (a.jobs, a.threads, a.jobs * a.threads, os.cpu_count() or 1), file=sys.stderr)
     if a.command == "speed" and not 1 <= a.rounds <= 100:
         p.error("--rounds must be in 1..100")
+    if a.command == "tables":
+        RESULTS, SPEED, DOC = os.path.abspath(a.results), os.path.abspath(a.speed_file), os.path.abspath(a.doc)
     return a.fn(a) or 0
 
 

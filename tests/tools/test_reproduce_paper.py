@@ -439,8 +439,9 @@ class CommitResult(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
-        self.saved = (rp.ROOT, rp.RESULTS, rp.DOC)
+        self.saved = (rp.ROOT, rp.RESULTS, rp.DOC, rp.SPEED)
         rp.ROOT = self.tmp
+        rp.SPEED = os.path.join(self.tmp, "results", "mtd-speed.json")
         rp.RESULTS = os.path.join(self.tmp, "results", "mtd")
         rp.DOC = os.path.join(self.tmp, "docs", "results.md")
         os.makedirs(os.path.join(self.tmp, "tools"))
@@ -459,7 +460,7 @@ class CommitResult(unittest.TestCase):
         self.git("commit", "-qm", "start")
 
     def tearDown(self):
-        rp.ROOT, rp.RESULTS, rp.DOC = self.saved
+        rp.ROOT, rp.RESULTS, rp.DOC, rp.SPEED = self.saved
         shutil.rmtree(self.tmp)
 
     def git(self, *args):
