@@ -493,6 +493,19 @@ class CommitResult(unittest.TestCase):
         self.assertEqual(check.returncode, 0, check.stderr)
         self.assertTrue(os.path.exists(missed))
 
+    def test_a_mistyped_path_is_refused_before_the_tables_are_touched(self):
+        self.write_result("validflow-n3-seed0", 0.98)
+        for args, culprit in ((["--results", os.path.join(self.tmp, "results", "mdt")], "--results"),
+                              (["--doc", os.path.join(self.tmp, "docs", "result.md")], "--doc"),
+                              (["--speed-file", os.path.join(self.tmp, "speed.json")], "--speed-file")):
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr), self.assertRaises(SystemExit):
+                rp.main(["tables"] + args)
+            self.assertIn("error: %s %s: no such" % (culprit, args[1]), stderr.getvalue())
+            self.assertEqual((rp.RESULTS, rp.DOC), (os.path.join(self.tmp, "results", "mtd"),
+                                                    os.path.join(self.tmp, "docs", "results.md")))
+            self.assertIn("stale tables", read(rp.DOC))
+
     def test_nothing_is_committed_when_the_tables_fail(self):
         with open(os.path.join(self.tmp, "tools", "reproduce_paper.py"), "a") as f:
             f.write("\ndef broken(:\n")  # the tool on disk mid-edit
