@@ -966,8 +966,9 @@ def cmd_tables(a):
     new_text = head + BEGIN + "\n" + generated + END + tail
     if getattr(a, "check", False):
         if new_text != text:
-            sys.exit("%s: the generated tables differ from what results/mtd/*.json give: run "
-                     "`tools/reproduce_paper.py tables` (never edit them by hand)" % os.path.relpath(DOC, ROOT))
+            sys.exit("%s: the generated tables differ from what %s/*.json give: run "
+                     "`tools/reproduce_paper.py tables` (never edit them by hand)"
+                     % (os.path.relpath(DOC, ROOT), os.path.relpath(RESULTS, ROOT)))
         print("tables of %s match the %d result files" % (os.path.relpath(DOC, ROOT), len(load_results())))
         return
     tmp = DOC + ".tmp"
