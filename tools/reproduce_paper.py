@@ -613,12 +613,26 @@ def fmt_mean_std(values):
     return "%.2f ± %.2f" % (100 * m, 100 * s) if s is not None else "%.2f" % (100 * m)
 
 
+RESULT_FIELDS = ("run", "table", "label", "seed", "config", "metrics", "features")
+
+
 def load_results():
+    """Every result file of RESULTS; a file that is not one (corrupt, cut short, another kind of JSON) stops the
+    tables with one line naming it, rather than a traceback or tables that silently leave it out."""
     results = []
     if os.path.isdir(RESULTS):
         for name in sorted(os.listdir(RESULTS)):
             if name.endswith(".json"):
-                results.append(read_json(os.path.join(RESULTS, name)))
+                path = os.path.join(RESULTS, name)
+                try:
+                    value = read_json(path)
+                except (OSError, UnicodeDecodeError, ValueError) as e:
+                    sys.exit("%s: not a readable result file (%s)" % (path, e))
+                missing = [field for field in RESULT_FIELDS if not isinstance(value, dict) or field not in value]
+                if missing:
+                    sys.exit("%s: not a result file of tools/reproduce_paper.py run (no %s)"
+                             % (path, ", ".join(missing)))
+                results.append(value)
     return results
 
 

@@ -506,6 +506,16 @@ class CommitResult(unittest.TestCase):
                                                     os.path.join(self.tmp, "docs", "results.md")))
             self.assertIn("stale tables", read(rp.DOC))
 
+    def test_a_file_that_is_not_a_result_is_named(self):
+        self.write_result("validflow-n3-seed0", 0.98)
+        for text, why in (('{"run": "x"', "not a readable result file"), ('{"run": "x"}', "no table, label")):
+            with open(os.path.join(rp.RESULTS, "broken.json"), "w") as f:
+                f.write(text)
+            with self.assertRaises(SystemExit) as refused:
+                rp.cmd_tables(argparse.Namespace(check=False))
+            self.assertIn("broken.json: %s" % why, str(refused.exception.code))
+            self.assertIn("stale tables", read(rp.DOC))
+
     def test_nothing_is_committed_when_the_tables_fail(self):
         with open(os.path.join(self.tmp, "tools", "reproduce_paper.py"), "a") as f:
             f.write("\ndef broken(:\n")  # the tool on disk mid-edit
