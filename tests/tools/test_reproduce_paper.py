@@ -508,7 +508,7 @@ class CommitResult(unittest.TestCase):
 
     def test_a_file_that_is_not_a_result_is_named(self):
         self.write_result("validflow-n3-seed0", 0.98)
-        for text, why in (('{"run": "x"', "not a readable result file"), ('{"run": "x"}', "no table, label")):
+        for text, why in (('{"run": "x"', "not a readable result file"), ('{"run": "x"}', "not a result file of tools/reproduce_paper.py run (no table, label")):
             with open(os.path.join(rp.RESULTS, "broken.json"), "w") as f:
                 f.write(text)
             with self.assertRaises(SystemExit) as refused:
