@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Tests of tools/reproduce_paper.py's statistics and generated claims (standard library only)."""
+"""Tests of tools/reproduce_paper.py (the package tools/paper/): statistics, generated claims, grid runner, speed and
+commits (standard library only)."""
 import argparse
 import contextlib
 import io
@@ -16,7 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
-import reproduce_paper as rp  # noqa: E402
+import reproduce_paper as rp  # noqa: E402  (the entry point: its command line)
+from paper import config, files, runner, speed, statistics, tables  # noqa: E402
 
 
 def result(table, label, seed, auroc, run=None, parameters=1000000):
@@ -25,7 +27,7 @@ def result(table, label, seed, auroc, run=None, parameters=1000000):
             "loss_history": [1.0 - 0.01 * epoch for epoch in range(60)],
             "config": {"model": "csflow" if label.startswith("CS-Flow") else "validflow"},
             "metrics": {"image_auroc": auroc, "pixel_auroc": 0.7, "aupro": 0.5,
-                        "image_auroc_per_type": {t: auroc for t in rp.TYPES}},
+                        "image_auroc_per_type": {t: auroc for t in tables.TYPES}},
             "features": {"file": "f.pt", "sha256": "0" * 64}, "host": {"cpu": "test"}}
 
 
@@ -48,67 +50,67 @@ class Statistics(unittest.TestCase):
     def test_t_distribution_matches_the_tables(self):
         # Two-sided 5 % critical values of Student's t (any statistics table) and a few exact p-values.
         for t, df in [(12.7062, 1), (4.302653, 2), (2.776445, 4), (2.228139, 10), (1.959964, 1e7)]:
-            self.assertAlmostEqual(rp.t_two_sided_p(t, df), 0.05, places=5)
+            self.assertAlmostEqual(statistics.t_two_sided_p(t, df), 0.05, places=5)
         # df = 3 in closed form: p = 1 - (2 / pi) (atan(t / sqrt 3) + (t / sqrt 3) / (1 + t^2 / 3)) = 0.3910022 at t = 1.
-        self.assertAlmostEqual(rp.t_two_sided_p(1.0, 3), 0.3910022, places=6)
-        self.assertAlmostEqual(rp.t_two_sided_p(-1.0, 3), 0.3910022, places=6)
-        self.assertEqual(rp.t_two_sided_p(0.0, 5), 1.0)
-        self.assertLess(rp.t_two_sided_p(50.0, 2.5), 1e-3)
+        self.assertAlmostEqual(statistics.t_two_sided_p(1.0, 3), 0.3910022, places=6)
+        self.assertAlmostEqual(statistics.t_two_sided_p(-1.0, 3), 0.3910022, places=6)
+        self.assertEqual(statistics.t_two_sided_p(0.0, 5), 1.0)
+        self.assertLess(statistics.t_two_sided_p(50.0, 2.5), 1e-3)
 
     def test_critical_value_inverts_the_p_value(self):
-        self.assertAlmostEqual(rp.t_critical(4), 2.776445, places=5)
-        self.assertAlmostEqual(rp.t_critical(2, 0.01), 9.924843, places=5)
+        self.assertAlmostEqual(statistics.t_critical(4), 2.776445, places=5)
+        self.assertAlmostEqual(statistics.t_critical(2, 0.01), 9.924843, places=5)
 
     def test_welch(self):
         a, b = [0.980, 0.982, 0.978], [0.970, 0.974, 0.966]
-        diff, p, how, half = rp.compare(a, b, (None, 0))
+        diff, p, how, half = statistics.compare(a, b, (None, 0))
         self.assertAlmostEqual(diff, 0.01, places=12)
         # Sample variances 4e-6 and 1.6e-5: se^2 = va + vb, df = (va + vb)^2 / ((va^2 + vb^2) / 2).
         va, vb = 4e-6 / 3, 1.6e-5 / 3
         df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / 2)
         self.assertIn("Welch, df %.1f" % df, how)
-        self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (va + vb) ** 0.5, df), places=12)
+        self.assertAlmostEqual(p, statistics.t_two_sided_p(0.01 / (va + vb) ** 0.5, df), places=12)
         self.assertLess(p, 0.05)
-        self.assertAlmostEqual(half, rp.t_critical(df) * (va + vb) ** 0.5, places=9)
+        self.assertAlmostEqual(half, statistics.t_critical(df) * (va + vb) ** 0.5, places=9)
         self.assertGreater(diff - half, 0)  # p < 0.05: the interval excludes 0
 
     def test_single_seed_uses_the_pooled_spread_or_stays_undecided(self):
-        self.assertIsNone(rp.compare([0.98], [0.97], (None, 0))[1])
-        spread, df = rp.pooled_seed_spread([[0.98, 0.99], [0.90, 0.92, 0.94], [0.5]])
+        self.assertIsNone(statistics.compare([0.98], [0.97], (None, 0))[1])
+        spread, df = statistics.pooled_seed_spread([[0.98, 0.99], [0.90, 0.92, 0.94], [0.5]])
         self.assertEqual(df, 3)
         self.assertAlmostEqual(spread, ((0.00005 + 0.0008) / 3) ** 0.5, places=12)
-        diff, p, how, half = rp.compare([0.98], [0.97], (spread, df))
-        self.assertAlmostEqual(p, rp.t_two_sided_p(0.01 / (spread * 2 ** 0.5), 3), places=12)
+        diff, p, how, half = statistics.compare([0.98], [0.97], (spread, df))
+        self.assertAlmostEqual(p, statistics.t_two_sided_p(0.01 / (spread * 2 ** 0.5), 3), places=12)
         self.assertIn("pooled", how)
         self.assertAlmostEqual(half, 3.182446 * spread * 2 ** 0.5, places=5)  # t(0.975, df 3) from a table
-        self.assertIsNone(rp.compare([0.98], [0.97], (None, 0))[3])
+        self.assertIsNone(statistics.compare([0.98], [0.97], (None, 0))[3])
 
     def test_verdicts(self):
-        self.assertTrue(rp.verdict(0.01, 0.01, +1).startswith("**supported"))
-        self.assertTrue(rp.verdict(-0.01, 0.01, +1).startswith("**contradicted"))
-        self.assertTrue(rp.verdict(0.01, 0.2, +1).startswith("undecided"))
-        self.assertTrue(rp.verdict(0.01, None, +1).startswith("undecided"))
-        self.assertTrue(rp.verdict(0.01, 0.01, 0).startswith("**contradicted"))
-        self.assertTrue(rp.verdict(0.01, 0.2, 0).startswith("consistent"))
+        self.assertTrue(statistics.verdict(0.01, 0.01, +1).startswith("**supported"))
+        self.assertTrue(statistics.verdict(-0.01, 0.01, +1).startswith("**contradicted"))
+        self.assertTrue(statistics.verdict(0.01, 0.2, +1).startswith("undecided"))
+        self.assertTrue(statistics.verdict(0.01, None, +1).startswith("undecided"))
+        self.assertTrue(statistics.verdict(0.01, 0.01, 0).startswith("**contradicted"))
+        self.assertTrue(statistics.verdict(0.01, 0.2, 0).startswith("consistent"))
 
 
 class SpeedVerdict(unittest.TestCase):
     def test_decided_only_when_the_rounds_do_not_overlap(self):
-        self.assertTrue(rp.speed_verdict([80, 82, 81], [70, 79.9]).startswith("**supported**"))
-        self.assertTrue(rp.speed_verdict([60, 62], [70, 79.9]).startswith("**contradicted**"))
-        self.assertTrue(rp.speed_verdict([80, 90], [70, 84]).startswith("undecided: the rounds overlap"))
+        self.assertTrue(tables.speed_verdict([80, 82, 81], [70, 79.9]).startswith("**supported**"))
+        self.assertTrue(tables.speed_verdict([60, 62], [70, 79.9]).startswith("**contradicted**"))
+        self.assertTrue(tables.speed_verdict([80, 90], [70, 84]).startswith("undecided: the rounds overlap"))
 
 
 class GeneratedClaims(unittest.TestCase):
     def setUp(self):
-        self.saved_speed = rp.SPEED
-        rp.SPEED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no-such-speed-file.json")
+        self.saved_speed = config.SPEED
+        config.SPEED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "no-such-speed-file.json")
 
     def tearDown(self):
-        rp.SPEED = self.saved_speed
+        config.SPEED = self.saved_speed
 
     def test_claims_follow_the_results(self):
-        v, c4, c6 = rp.VALIDFLOW[1], "CS-Flow, 4 blocks (official default)", "CS-Flow, 6 blocks (paper's Table 5)"
+        v, c4, c6 = config.VALIDFLOW[1], "CS-Flow, 4 blocks (official default)", "CS-Flow, 6 blocks (paper's Table 5)"
         results = [result("table3", v, s, x, parameters=16) for s, x in enumerate([0.980, 0.981, 0.979])]
         results += [result("table3", c4, s, x) for s, x in enumerate([0.930, 0.935, 0.940])]
         results += [result("table3", c6, s, x, parameters=32) for s, x in enumerate([0.975, 0.985, 0.965])]
@@ -116,10 +118,10 @@ class GeneratedClaims(unittest.TestCase):
         # n = 2 at 1.0 clearly better (t = -17), one of n = 4 at 0.9801 the same (t = -0.09).
         results += [result("table6", "n = 1", 0, 0.94), result("table6", "n = 2", 0, 1.0),
                     result("table6", "n = 4", 0, 0.9801)]
-        markdown = rp.tables_markdown(results)
+        markdown = tables.tables_markdown(results)
         rows = claim_rows(markdown)
         self.assertTrue(rows["ValidFlow beats CS-Flow (Table 3)"].startswith("**supported"))
-        self.assertTrue(rows[rp.CLAIMS[1][0]].startswith("undecided"))
+        self.assertTrue(rows[tables.CLAIMS[1][0]].startswith("undecided"))
         self.assertEqual(rows["n = 3 beats n = 1 (Table 6)"], "**supported**; by more than the paper's +0.10")
         self.assertTrue(rows["n = 3 beats n = 2 (Table 6)"].startswith("**contradicted"))
         self.assertTrue(rows["n = 3 and n = 4 are equal (Table 6)"].startswith("consistent"))
@@ -138,22 +140,22 @@ class GeneratedClaims(unittest.TestCase):
 
     def test_the_papers_effect_size_is_checked_against_the_interval(self):
         # diff +0.20 points, CI +0.10 ... +0.30 (fractions below): a paper's +0.41 is ruled out, +0.05 exceeded.
-        self.assertEqual(rp.verdict(0.002, 0.2, +1, 0.41, 0.001),
+        self.assertEqual(statistics.verdict(0.002, 0.2, +1, 0.41, 0.001),
                          "undecided: within the seed spread; an effect as large as the paper's (+0.41) is ruled out")
-        self.assertEqual(rp.verdict(0.002, 0.01, +1, 0.05, 0.001), "**supported**; by more than the paper's +0.05")
-        self.assertEqual(rp.verdict(0.002, 0.01, +1, 0.25, 0.001), "**supported**")
-        self.assertEqual(rp.verdict(0.002, 0.01, +1, None, 0.001), "**supported**")
-        self.assertEqual(rp.verdict(-0.002, 0.01, +1, -0.5, 0.001), "**contradicted**: the opposite holds")
-        self.assertEqual(rp.verdict(0.0, 0.9, 0, 0.0, 0.001), "consistent: no difference beyond the seed spread")
+        self.assertEqual(statistics.verdict(0.002, 0.01, +1, 0.05, 0.001), "**supported**; by more than the paper's +0.05")
+        self.assertEqual(statistics.verdict(0.002, 0.01, +1, 0.25, 0.001), "**supported**")
+        self.assertEqual(statistics.verdict(0.002, 0.01, +1, None, 0.001), "**supported**")
+        self.assertEqual(statistics.verdict(-0.002, 0.01, +1, -0.5, 0.001), "**contradicted**: the opposite holds")
+        self.assertEqual(statistics.verdict(0.0, 0.9, 0, 0.0, 0.001), "consistent: no difference beyond the seed spread")
 
     def test_aupro_contrasts_find_which_maps_are_better(self):
-        v = rp.VALIDFLOW[1]
+        v = config.VALIDFLOW[1]
         results = [result("table3", v, s, 0.98) for s in range(3)]
         for r, aupro in zip(results, [0.520, 0.525, 0.530]):
             r["metrics"]["aupro"] = aupro
         deeper, ablated = result("table6", "n = 5", 0, 0.98), result("table7", "FB without CBAM", 0, 0.98)
         deeper["metrics"]["aupro"], ablated["metrics"]["aupro"] = 0.450, 0.526
-        markdown = rp.tables_markdown(results + [deeper, ablated])
+        markdown = tables.tables_markdown(results + [deeper, ablated])
         self.assertIn("AUPRO's own seed spread (pooled std: ValidFlow 0.50 (df 2))", markdown)
         rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown.splitlines() if " vs " in line}
         self.assertIn("52.50 − 45.00 = +7.50", rows["ValidFlow n = 3 vs n = 5"])
@@ -163,22 +165,22 @@ class GeneratedClaims(unittest.TestCase):
     def test_variants_of_one_model_are_tested_on_that_models_spread_alone(self):
         # ValidFlow varies by 0.05 points across seeds, CS-Flow-4 by 3: pooled over both models, a 0.5-point loss
         # of an ablation would hide in CS-Flow-4's spread (p = 0.76); ValidFlow's own spread decides it (t = 8.7).
-        v, c4 = rp.VALIDFLOW[1], rp.CSFLOW4[1]
+        v, c4 = config.VALIDFLOW[1], config.CSFLOW4[1]
         results = [result("table3", v, s, x) for s, x in enumerate([0.9800, 0.9805, 0.9795])]
         results += [result("table3", c4, s, x) for s, x in enumerate([0.90, 0.93, 0.96])]
         results += [result("table7", "FB without CBAM", 0, 0.975)]
-        rows = claim_rows(rp.tables_markdown(results))
+        rows = claim_rows(tables.tables_markdown(results))
         claim = "CBAM in FB helps, with the 1↔3 branches (Table 7, MVTec AD)"
         self.assertTrue(rows[claim].startswith("**supported"), rows[claim])
         self.assertTrue(rows["ValidFlow beats CS-Flow (Table 3)"].startswith("undecided"))  # Welch: 2 + 3 points
-        all_pooled = rp.pooled_seed_spread([[0.9800, 0.9805, 0.9795], [0.90, 0.93, 0.96]])
-        self.assertGreater(rp.compare([0.9800, 0.9805, 0.9795], [0.975], all_pooled)[1], 0.5)
+        all_pooled = statistics.pooled_seed_spread([[0.9800, 0.9805, 0.9795], [0.90, 0.93, 0.96]])
+        self.assertGreater(statistics.compare([0.9800, 0.9805, 0.9795], [0.975], all_pooled)[1], 0.5)
 
     def test_two_seeded_variants_of_one_model_use_the_pool_not_welch(self):
-        diff, p, how, half = rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9), same_model=True)
+        diff, p, how, half = statistics.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9), same_model=True)
         self.assertEqual(how, "pooled spread, df 9")
-        self.assertAlmostEqual(p, rp.t_two_sided_p(0.005 / 0.001, 9), places=12)
-        self.assertIn("Welch", rp.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9))[2])
+        self.assertAlmostEqual(p, statistics.t_two_sided_p(0.005 / 0.001, 9), places=12)
+        self.assertIn("Welch", statistics.compare([0.980, 0.982], [0.975, 0.977], (0.001, 9))[2])
 
 
 FAKE_EVAL = """#!/usr/bin/env python3
@@ -198,21 +200,21 @@ class Speed(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
-        self.saved = (rp.RESULTS, rp.SPEED, rp.DOC)
-        rp.RESULTS, rp.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
-        rp.DOC = os.path.join(self.tmp, "results.md")
-        with open(rp.DOC, "w") as f:
-            f.write("intro\n%s\n%s\n" % (rp.BEGIN, rp.END))
+        self.saved = (config.RESULTS, config.SPEED, config.DOC)
+        config.RESULTS, config.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
+        config.DOC = os.path.join(self.tmp, "results.md")
+        with open(config.DOC, "w") as f:
+            f.write("intro\n%s\n%s\n" % (tables.BEGIN, tables.END))
         self.program = os.path.join(self.tmp, "validflow")
         with open(self.program, "w") as f:
             f.write(FAKE_EVAL)
         os.chmod(self.program, os.stat(self.program).st_mode | stat.S_IEXEC)
-        os.makedirs(rp.RESULTS)
+        os.makedirs(config.RESULTS)
         self.work = os.path.join(self.tmp, "work")
-        for r in [result("table3", rp.VALIDFLOW[1], 0, 0.98, run="v0", parameters=16),
-                  result("table3", rp.CSFLOW6[1], 0, 0.93, run="c0", parameters=32)]:
+        for r in [result("table3", config.VALIDFLOW[1], 0, 0.98, run="v0", parameters=16),
+                  result("table3", config.CSFLOW6[1], 0, 0.93, run="c0", parameters=32)]:
             r["metrics"]["n_test"] = 582
-            with open(os.path.join(rp.RESULTS, r["run"] + ".json"), "w") as f:
+            with open(os.path.join(config.RESULTS, r["run"] + ".json"), "w") as f:
                 json.dump(r, f)
             os.makedirs(os.path.join(self.work, r["run"]))
             for name, text in (("checkpoint.pt", str(r["metrics"]["image_auroc"])), ("features.pt", "")):
@@ -220,18 +222,18 @@ class Speed(unittest.TestCase):
                     f.write(text)
 
     def tearDown(self):
-        rp.RESULTS, rp.SPEED, rp.DOC = self.saved
+        config.RESULTS, config.SPEED, config.DOC = self.saved
         shutil.rmtree(self.tmp)
 
     def speed(self):
-        rp.cmd_speed(argparse.Namespace(validflow=self.program, work=self.work, threads=1, rounds=2))
+        speed.cmd_speed(argparse.Namespace(validflow=self.program, work=self.work, threads=1, rounds=2))
 
     def test_medians_and_tables(self):
         self.speed()
-        speed = json.loads(read(rp.SPEED))
-        self.assertEqual(speed["runs"]["v0"]["images_per_second"], [100.0, 100.0])
-        self.assertEqual(speed["runs"]["c0"]["median"], 50.0)
-        doc = read(rp.DOC)
+        measured = json.loads(read(config.SPEED))
+        self.assertEqual(measured["runs"]["v0"]["images_per_second"], [100.0, 100.0])
+        self.assertEqual(measured["runs"]["c0"]["median"], 50.0)
+        doc = read(config.DOC)
         self.assertIn("100 vs 50 img/s (×2.00", doc)
         self.assertIn("| 1.00 | 1 | 100 |", doc)  # GFLOP, training minutes, flow img/s of ValidFlow's row
 
@@ -241,7 +243,7 @@ class Speed(unittest.TestCase):
         with self.assertRaises(SystemExit) as e:
             self.speed()
         self.assertIn("c0: image AUROC 0.500000 now, 0.930000", str(e.exception.code))
-        self.assertFalse(os.path.exists(rp.SPEED))
+        self.assertFalse(os.path.exists(config.SPEED))
 
 
 # A stand-in for `validflow train` and `eval`: records when each train ran (to see runs overlap), fails for
@@ -276,7 +278,7 @@ else:
     epochs = len(json.load(open(os.path.join(out, "training.json")))["loss_history"])
     json.dump({"image_auroc": 0.9 + epochs / 10000, "pixel_auroc": 0.8, "aupro": 0.5, "n_test": 4, "scoring_images_per_second": 10.0,
                "image_auroc_per_type": {t: 0.9 for t in %s}}, open(os.path.join(out, "report", "metrics.json"), "w"))
-""" % repr(list(rp.TYPES))
+""" % repr(list(tables.TYPES))
 
 
 class RunGrid(unittest.TestCase):
@@ -285,11 +287,11 @@ class RunGrid(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
-        self.saved = (rp.RESULTS, rp.SPEED, rp.DOC, rp.grid)
-        rp.RESULTS, rp.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
-        rp.DOC = os.path.join(self.tmp, "results.md")
-        with open(rp.DOC, "w") as f:
-            f.write("intro\n%s\n%s\n" % (rp.BEGIN, rp.END))
+        self.saved = (config.RESULTS, config.SPEED, config.DOC, runner.grid)
+        config.RESULTS, config.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
+        config.DOC = os.path.join(self.tmp, "results.md")
+        with open(config.DOC, "w") as f:
+            f.write("intro\n%s\n%s\n" % (tables.BEGIN, tables.END))
         self.program = os.path.join(self.tmp, "validflow")
         with open(self.program, "w") as f:
             f.write(FAKE_PROGRAM)
@@ -298,17 +300,17 @@ class RunGrid(unittest.TestCase):
         with open(self.features, "w") as f:
             f.write("features")
         self.work = os.path.join(self.tmp, "work")
-        full = rp.grid()
+        full = runner.grid()
         self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
         self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
-        rp.grid = lambda ablation_seeds=1, longer_seeds=0: self.runs
+        runner.grid = lambda ablation_seeds=1, longer_seeds=0: self.runs
 
     def tearDown(self):
-        rp.RESULTS, rp.SPEED, rp.DOC, rp.grid = self.saved
+        config.RESULTS, config.SPEED, config.DOC, runner.grid = self.saved
         shutil.rmtree(self.tmp)
 
     def run_grid(self, jobs):
-        rp.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
+        runner.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
                                       only=None, commit=False, jobs=jobs, progress_seconds=0.1,
                                       ablation_seeds=1, longer_seeds=0))
 
@@ -325,18 +327,18 @@ class RunGrid(unittest.TestCase):
         self.assertIn("1 of 4 runs failed", message)
         self.assertIn("csflow-6-seed0: `validflow train` failed (exit 3); its output is in", message)
         self.assertIn("out of memory", read(os.path.join(self.work, "csflow-6-seed0", "driver.log")))
-        done = sorted(os.listdir(rp.RESULTS))
+        done = sorted(os.listdir(config.RESULTS))
         self.assertEqual(done, ["validflow-n3-seed0.json", "validflow-n3-seed1.json", "validflow-n3-seed2.json"])
-        saved = json.loads(read(os.path.join(rp.RESULTS, "validflow-n3-seed1.json")))
+        saved = json.loads(read(os.path.join(config.RESULTS, "validflow-n3-seed1.json")))
         self.assertEqual((saved["seed"], saved["threads"], saved["parallel_runs"]), (1, 1, 2))
-        self.assertEqual(saved["program"]["sha256"], rp.sha256_of(self.program))
+        self.assertEqual(saved["program"]["sha256"], files.sha256_of(self.program))
         self.assertIn("threads 1", read(os.path.join(self.work, "validflow-n3-seed1", "driver.log")))
         spans = self.intervals()
         self.assertTrue(any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])),
                         "no two runs overlapped: %s" % spans)
-        self.assertIn("90.60 ± 0.00", read(rp.DOC))  # the tables regenerated from the three ValidFlow results
+        self.assertIn("90.60 ± 0.00", read(config.DOC))  # the tables regenerated from the three ValidFlow results
         self.assertIn("shared the cores with other runs of the grid (`run --jobs`): validflow-n3-seed0, "
-                      "validflow-n3-seed1, validflow-n3-seed2.", read(rp.DOC))
+                      "validflow-n3-seed1, validflow-n3-seed2.", read(config.DOC))
 
     def test_an_interrupted_driver_stops_its_programs_and_starts_no_more_runs(self):
         os.environ["FAKE_TRAIN_SECONDS"] = "60"
@@ -358,7 +360,7 @@ class RunGrid(unittest.TestCase):
             with self.assertRaises(ProcessLookupError):  # terminated and reaped
                 os.kill(pid, 0)
         self.assertFalse(os.path.exists(os.path.join(self.work, "validflow-n3-seed2")))  # never started
-        self.assertFalse(os.path.exists(rp.RESULTS) and os.listdir(rp.RESULTS))
+        self.assertFalse(os.path.exists(config.RESULTS) and os.listdir(config.RESULTS))
         self.assertIs(signal.getsignal(signal.SIGTERM), signal.SIG_DFL)  # the driver's handler is gone
 
     def test_one_job_runs_one_at_a_time_and_skips_finished_runs(self):
@@ -398,18 +400,18 @@ class RunGrid(unittest.TestCase):
         self.assertEqual([line.split("--epochs ")[1].split()[0] for line in trains], ["120", "180", "240"])
         self.assertTrue(all(line.endswith("--resume") for line in trains))
         self.assertEqual(len(self.intervals()), 4)  # 60 epochs once, then three continuations
-        saved = json.loads(read(os.path.join(rp.RESULTS, "validflow-n3-e240-seed0.json")))
+        saved = json.loads(read(os.path.join(config.RESULTS, "validflow-n3-e240-seed0.json")))
         self.assertEqual(saved["continued_from"], "validflow-n3-seed0")
         self.assertEqual(saved["protocol"]["epochs"], 240)
         self.assertEqual(len(saved["loss_history"]), 240)
         self.assertEqual({e: m["image_auroc"] for e, m in saved["metrics_by_epoch"].items()},
                          {"60": 0.906, "120": 0.912, "180": 0.918, "240": 0.924})
-        self.assertIn("| ValidFlow n = 3, 240 epochs | 1 | 90.60 / 91.20 / 91.80 / 92.40 |", read(rp.DOC))
+        self.assertIn("| ValidFlow n = 3, 240 epochs | 1 | 90.60 / 91.20 / 91.80 / 92.40 |", read(config.DOC))
 
 
 class GridOrder(unittest.TestCase):
     def test_further_ablation_seeds_come_after_every_configuration_has_the_previous_one(self):
-        one, three = rp.grid(), rp.grid(3)
+        one, three = runner.grid(), runner.grid(3)
         self.assertEqual(three[:len(one)], one)  # the 16-run grid unchanged, first
         ids = [run[0] for run in three]
         self.assertEqual(len(ids), len(set(ids)))
@@ -419,16 +421,16 @@ class GridOrder(unittest.TestCase):
         self.assertTrue(all(run[0].endswith("-seed%d" % run[4]) for run in three))
 
     def test_longer_runs_come_before_the_further_seeds(self):
-        ids = [run[0] for run in rp.grid(2, longer_seeds=2)]
-        self.assertEqual(ids[:16], [run[0] for run in rp.grid()])
+        ids = [run[0] for run in runner.grid(2, longer_seeds=2)]
+        self.assertEqual(ids[:16], [run[0] for run in runner.grid()])
         self.assertEqual(ids[16:22], ["csflow-4-e240-seed0", "validflow-n3-e240-seed0", "csflow-6-e240-seed0",
                                       "csflow-4-e240-seed1", "validflow-n3-e240-seed1", "csflow-6-e240-seed1"])
         self.assertEqual(len(ids), 16 + 6 + 7)
-        self.assertEqual([run[0] for run in rp.grid(1, longer_seeds=2)][16:], ids[16:22])
-        self.assertEqual(rp.continued_from("csflow-6-e240-seed1", "longer"), "csflow-6-seed1")
-        for run_id, table, _, _, _ in rp.grid(3, longer_seeds=3):  # every run a longer one continues is in the grid
+        self.assertEqual([run[0] for run in runner.grid(1, longer_seeds=2)][16:], ids[16:22])
+        self.assertEqual(runner.continued_from("csflow-6-e240-seed1", "longer"), "csflow-6-seed1")
+        for run_id, table, _, _, _ in runner.grid(3, longer_seeds=3):  # every run a longer one continues is in the grid
             if table == "longer":
-                self.assertIn(rp.continued_from(run_id, table), ids + ["csflow-4-seed2", "validflow-n3-seed2",
+                self.assertIn(runner.continued_from(run_id, table), ids + ["csflow-4-seed2", "validflow-n3-seed2",
                                                                        "csflow-6-seed2"])
 
 
@@ -439,20 +441,19 @@ class CommitResult(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
-        self.saved = (rp.ROOT, rp.RESULTS, rp.DOC, rp.SPEED)
-        rp.ROOT = self.tmp
-        rp.SPEED = os.path.join(self.tmp, "results", "mtd-speed.json")
-        rp.RESULTS = os.path.join(self.tmp, "results", "mtd")
-        rp.DOC = os.path.join(self.tmp, "docs", "results.md")
+        self.saved = (config.ROOT, config.RESULTS, config.DOC, config.SPEED)
+        config.ROOT = self.tmp
+        config.SPEED = os.path.join(self.tmp, "results", "mtd-speed.json")
+        config.RESULTS = os.path.join(self.tmp, "results", "mtd")
+        config.DOC = os.path.join(self.tmp, "docs", "results.md")
         os.makedirs(os.path.join(self.tmp, "tools"))
-        os.makedirs(os.path.dirname(rp.DOC))
-        os.makedirs(rp.RESULTS)
-        tools = os.path.dirname(os.path.abspath(rp.__file__))
-        for name in os.listdir(tools):
-            if name.endswith(".py"):
-                shutil.copyfile(os.path.join(tools, name), os.path.join(self.tmp, "tools", name))
-        with open(rp.DOC, "w") as f:
-            f.write("intro\n%s\nstale tables\n%s\n" % (rp.BEGIN, rp.END))
+        os.makedirs(os.path.dirname(config.DOC))
+        os.makedirs(config.RESULTS)
+        tools = os.path.dirname(os.path.abspath(rp.__file__))  # the entry point and its package tools/paper/
+        shutil.copytree(tools, os.path.join(self.tmp, "tools"), dirs_exist_ok=True,
+                        ignore=lambda folder, names: [n for n in names if n == "__pycache__" or n.endswith(".pyc")])
+        with open(config.DOC, "w") as f:
+            f.write("intro\n%s\nstale tables\n%s\n" % (tables.BEGIN, tables.END))
         self.git("init", "-q")
         self.git("config", "user.name", "test")
         self.git("config", "user.email", "test@example.com")
@@ -460,7 +461,7 @@ class CommitResult(unittest.TestCase):
         self.git("commit", "-qm", "start")
 
     def tearDown(self):
-        rp.ROOT, rp.RESULTS, rp.DOC, rp.SPEED = self.saved
+        config.ROOT, config.RESULTS, config.DOC, config.SPEED = self.saved
         shutil.rmtree(self.tmp)
 
     def git(self, *args):
@@ -468,26 +469,26 @@ class CommitResult(unittest.TestCase):
                               text=True).stdout
 
     def write_result(self, run_id, auroc):
-        path = os.path.join(rp.RESULTS, run_id + ".json")
-        rp.write_json_atomic(path, result("table3", "ValidFlow n = 3", int(run_id[-1]), auroc, run=run_id))
+        path = os.path.join(config.RESULTS, run_id + ".json")
+        files.write_json_atomic(path, result("table3", "ValidFlow n = 3", int(run_id[-1]), auroc, run=run_id))
         return path
 
     def test_tables_come_from_the_tool_on_disk(self):
         missed = self.write_result("validflow-n3-seed0", 0.98)  # written earlier, its commit failed
         path = self.write_result("validflow-n3-seed1", 0.97)
-        in_memory, rp.cmd_tables = rp.cmd_tables, None  # the driver's in-memory code must not write the tables
+        in_memory, tables.cmd_tables = tables.cmd_tables, None  # the driver's in-memory code must not write the tables
         try:
-            rp.commit_result(path, "validflow-n3-seed1")
+            runner.commit_result(path, "validflow-n3-seed1")
         finally:
-            rp.cmd_tables = in_memory
+            tables.cmd_tables = in_memory
         committed = self.git("show", "--name-only", "--format=%s", "HEAD").split()
         self.assertEqual(committed[0], "results/mtd:")
         self.assertIn("results/mtd/validflow-n3-seed0.json", committed)
         self.assertIn("results/mtd/validflow-n3-seed1.json", committed)
         self.assertIn("docs/results.md", committed)
         self.assertEqual(self.git("status", "--porcelain"), "")
-        self.assertNotIn("stale tables", read(rp.DOC))
-        self.assertIn("97.50 ± 0.71", read(rp.DOC))
+        self.assertNotIn("stale tables", read(config.DOC))
+        self.assertIn("97.50 ± 0.71", read(config.DOC))
         check = subprocess.run([sys.executable, os.path.join(self.tmp, "tools", "reproduce_paper.py"), "tables",
                                 "--check"], capture_output=True, text=True)
         self.assertEqual(check.returncode, 0, check.stderr)
@@ -502,19 +503,19 @@ class CommitResult(unittest.TestCase):
             with contextlib.redirect_stderr(stderr), self.assertRaises(SystemExit):
                 rp.main(["tables"] + args)
             self.assertIn("error: %s %s: no such" % (culprit, args[1]), stderr.getvalue())
-            self.assertEqual((rp.RESULTS, rp.DOC), (os.path.join(self.tmp, "results", "mtd"),
+            self.assertEqual((config.RESULTS, config.DOC), (os.path.join(self.tmp, "results", "mtd"),
                                                     os.path.join(self.tmp, "docs", "results.md")))
-            self.assertIn("stale tables", read(rp.DOC))
+            self.assertIn("stale tables", read(config.DOC))
 
     def test_a_file_that_is_not_a_result_is_named(self):
         self.write_result("validflow-n3-seed0", 0.98)
         for text, why in (('{"run": "x"', "not a readable result file"), ('{"run": "x"}', "not a result file of tools/reproduce_paper.py run (no table, label")):
-            with open(os.path.join(rp.RESULTS, "broken.json"), "w") as f:
+            with open(os.path.join(config.RESULTS, "broken.json"), "w") as f:
                 f.write(text)
             with self.assertRaises(SystemExit) as refused:
-                rp.cmd_tables(argparse.Namespace(check=False))
+                tables.cmd_tables(argparse.Namespace(check=False))
             self.assertIn("broken.json: %s" % why, str(refused.exception.code))
-            self.assertIn("stale tables", read(rp.DOC))
+            self.assertIn("stale tables", read(config.DOC))
 
     def test_nothing_is_committed_when_the_tables_fail(self):
         with open(os.path.join(self.tmp, "tools", "reproduce_paper.py"), "a") as f:
@@ -522,11 +523,11 @@ class CommitResult(unittest.TestCase):
         path = self.write_result("validflow-n3-seed0", 0.98)
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
-            rp.commit_result(path, "validflow-n3-seed0")
+            runner.commit_result(path, "validflow-n3-seed0")
         self.assertIn("written but not committed", stderr.getvalue())
         self.assertIn("SyntaxError", stderr.getvalue())
         self.assertEqual(self.git("log", "--format=%s"), "start\n")
-        self.assertIn("stale tables", read(rp.DOC))
+        self.assertIn("stale tables", read(config.DOC))
 
 
 if __name__ == "__main__":
