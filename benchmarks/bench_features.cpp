@@ -9,7 +9,7 @@
 //   BM_ExtractorReference/<model>/batch:<B>: the same with set_fused_inference(false), i.e. the unfused reference
 //       path (BatchNorm, activations and SE as separate out-of-place ops, NCHW), for a same-run before/after
 //   BM_CSFlowB5/<size>: B5 block 35 on one scale of the given size, batch 8
-//   BM_Detector/<backbone>/<flow>/<part>/batch:<B>: validflow::Detector (a model file with random weights: the
+//   BM_Detector/<backbone>/<flow>/<part>/batch:<B>: validflow::TensorDetector (a model file with random weights: the
 //       speed does not depend on them) on decoded uint8 images 1.25x the model's input size, at batch 1 and 16:
 //         end_to_end  predict(): decoded images -> decisions and anomaly maps at the images' resolution
 //         preprocess  the one resize + layout (prepare_images)    features  the 3-scale extractor
@@ -147,10 +147,10 @@ struct DetectorCase {
 };
 constexpr DetectorCase kDetectorCases[] = {{kModels[1], 128}, {kModels[2], 128}, {kModels[0], 1024}};
 
-/// A Detector over a model file with random weights (ActNorm initialised on random features), one per
+/// A TensorDetector over a model file with random weights (ActNorm initialised on random features), one per
 /// (backbone, flow) and process.
-const validflow::Detector& detector_for(const DetectorCase& c, const std::string& flow) {
-  static std::map<std::string, std::unique_ptr<validflow::Detector>> cache;
+const validflow::TensorDetector& detector_for(const DetectorCase& c, const std::string& flow) {
+  static std::map<std::string, std::unique_ptr<validflow::TensorDetector>> cache;
   const std::string key = std::string(c.backbone.key) + "/" + flow;
   auto& slot = cache[key];
   if (slot) return *slot;
@@ -180,7 +180,7 @@ const validflow::Detector& detector_for(const DetectorCase& c, const std::string
                      ("validflow_bench_" + std::string(c.backbone.key) + "_" + flow + ".vfm"))
                         .string();
   validflow::save_model_file(path, info, *extractor, model);
-  slot = std::make_unique<validflow::Detector>(path);
+  slot = std::make_unique<validflow::TensorDetector>(path);
   std::filesystem::remove(path);
   return *slot;
 }

@@ -1,5 +1,5 @@
 #pragma once
-// Fuzz target (fuzz_main.cpp): the training checkpoint loader (examples/validflow/training.hpp) on raw and on resealed
+// Fuzz target (fuzz_main.cpp): the training checkpoint loader (apps/validflow/training.hpp) on raw and on resealed
 // bytes (fuzz_common.hpp). Accepted: a checkpoint or a FileError.
 #include "fuzz_common.hpp"
 

@@ -1,5 +1,5 @@
 #pragma once
-// Fuzz target (fuzz_main.cpp): dataset specs and DAGM Labels.txt (examples/validflow/datasets.cpp). The input's first
+// Fuzz target (fuzz_main.cpp): dataset specs and DAGM Labels.txt (apps/validflow/datasets.cpp). The input's first
 // line is a dataset spec `KIND:SUBPATH` (SUBPATH relative to a small generated tree holding a DAGM class, a folder
 // dataset and an MTD dataset), the rest is written as the DAGM class's Train and Test Labels.txt. The labels
 // are also parsed directly (parse_dagm_labels). Accepted: a dataset or a DatasetError.

@@ -1,5 +1,5 @@
 #pragma once
-// Fuzz target (fuzz_main.cpp): the feature cache loader (examples/validflow/feature_cache.hpp) on raw and on resealed
+// Fuzz target (fuzz_main.cpp): the feature cache loader (apps/validflow/feature_cache.hpp) on raw and on resealed
 // bytes (fuzz_common.hpp). Accepted: a cache or a FileError.
 #include "fuzz_common.hpp"
 

@@ -1,5 +1,5 @@
 #pragma once
-// Fuzz target (fuzz_main.cpp): image and mask decoding (examples/validflow: image_format.cpp's structure check, then
+// Fuzz target (fuzz_main.cpp): image and mask decoding (apps/validflow: image_format.cpp's structure check, then
 // OpenCV) on raw bytes. Accepted: an image or a DatasetError. The pixel limit is lowered (4 Mpx) so that a
 // valid header of a large image is not reported as an out-of-memory finding; fuzz.sh also sets
 // OPENCV_IO_MAX_IMAGE_PIXELS for the formats OpenCV sizes itself.

@@ -35,16 +35,13 @@ linker_flags=""
 nvidia_dirs="$(ls -d "$torch_root"/../nvidia/*/lib 2>/dev/null | paste -sd: || true)"
 [[ -n "$nvidia_dirs" ]] && linker_flags="-Wl,-rpath-link,$nvidia_dirs"
 generator=()
-command -v ninja > /dev/null && generator=(-G Ninja)
+command -v ninja > /dev/null || generator=(-G "Unix Makefiles")  # the preset asks for Ninja
 
 # The torch root goes into CMAKE_PREFIX_PATH too: TorchConfig looks libtorch.so up with find_library, which
 # would otherwise pick a system LibTorch (e.g. Debian's libtorch-dev) before the pip one.
-cmake -S "$here" -B "$BUILD_DIR" "${generator[@]}" \
-  -DCMAKE_BUILD_TYPE=Release \
-  "-DCMAKE_PREFIX_PATH=$cmake_prefix;$torch_root" \
-  -DVALIDFLOW_BUILD_TESTS=OFF -DVALIDFLOW_BUILD_EXAMPLES=OFF -DVALIDFLOW_BUILD_BENCHMARKS=ON \
-  -DVALIDFLOW_BUILD_CUDA_BENCHMARKS=ON \
-  "-DCMAKE_EXE_LINKER_FLAGS=$linker_flags"
+# The `gpu-bench` preset (CMakePresets.json); only what depends on this machine is passed.
+(cd "$here" && cmake --preset gpu-bench -B "$BUILD_DIR" "${generator[@]}" \
+  "-DCMAKE_PREFIX_PATH=$cmake_prefix;$torch_root" "-DCMAKE_EXE_LINKER_FLAGS=$linker_flags")
 cmake --build "$BUILD_DIR" --target bench_cuda -j "$(nproc)"
 [[ $build_only == 1 ]] && { echo "built $BUILD_DIR/benchmarks/cuda/bench_cuda"; exit 0; }
 

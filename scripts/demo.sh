@@ -12,6 +12,6 @@ out="${1:-validflow-demo}"
 
 "$root/scripts/setup.sh"
 "$root/scripts/fetch_assets.sh"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+(cd "$root" && cmake --preset release -B "$build" >/dev/null)
 cmake --build "$build" --target validflow_cli --parallel "$(nproc)"
-"$build/examples/validflow/validflow" demo --out "$out"
+"$build/apps/validflow/validflow" demo --out "$out"

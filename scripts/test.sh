@@ -7,7 +7,8 @@ build="${1:-$root/build}"
 
 "$root/scripts/setup.sh"
 "$root/scripts/fetch_assets.sh"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+# The `ci` preset (CMakePresets.json): Release, every compiled target with -Wall -Wextra -Werror.
+(cd "$root" && cmake --preset ci -B "$build")
 cmake --build "$build" --parallel "$(nproc)"
 cd "$build"
 ctest --output-on-failure --parallel "$(nproc)" --timeout 900

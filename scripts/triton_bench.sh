@@ -8,13 +8,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${VALIDFLOW_BUILD:-$root/build}"
-[ -f "$build/CMakeCache.txt" ] || cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+[ -f "$build/CMakeCache.txt" ] || (cd "$root" && cmake --preset release -B "$build")
 cmake --build "$build" --target validflow_cli triton_validflow
 "$root/scripts/triton_env.sh" >/dev/null
 work="$build/tests/triton/work"
 if [ ! -s "$work/predict/predictions.json" ] || [ ! -f "$work/repo/demo/config.pbtxt" ]; then
-  "$root/tests/triton/make_model.sh" "$build/examples/validflow/validflow" "$work"
+  "$root/tests/triton/make_model.sh" "$build/apps/validflow/validflow" "$work"
 fi
 "$root/tests/triton/run.sh" "$root/tests/triton/bench_serving.py" --backend-dir "$build/triton-backends" \
   --repo "$work/repo" --model demo --expected "$work/predict/predictions.json" \
-  --validflow "$build/examples/validflow/validflow" --model-file "$work/demo/model.vfm" --work "$build/triton-bench" "$@"
+  --validflow "$build/apps/validflow/validflow" --model-file "$work/demo/model.vfm" --work "$build/triton-bench" "$@"

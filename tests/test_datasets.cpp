@@ -1,4 +1,4 @@
-// Tests of the pipeline's application headers (examples/validflow): dataset readers on small generated
+// Tests of the pipeline's application headers (apps/validflow): dataset readers on small generated
 // folders, the real MTD dataset when ../shared has it, image/mask loading, bad-input errors, the synthetic
 // generator, the report writers and the progress bar.
 #include <catch2/catch.hpp>

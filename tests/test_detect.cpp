@@ -1,9 +1,10 @@
-// The deploy part: model files (strict, verified), decision rules, and validflow::Detector (the same scores as
+// The deploy part: model files (strict, verified), decision rules, and validflow::TensorDetector (the same scores as
 // the extractor + flow path, maps at image resolution, thread safety, errors).
 #include "catch_torch.hpp"
 #include "test_util.hpp"
 
 #include <validflow/detect.hpp>
+#include <validflow/eval/metrics.hpp>
 
 #include <atomic>
 #include <filesystem>
@@ -115,7 +116,7 @@ TEST_CASE("model file: round trip, and the detector scores exactly as extractor 
   TempDir dir("detect_roundtrip");
   const TinyModel m;
   m.save(dir.file("tiny.vfm"));
-  const Detector detector(dir.file("tiny.vfm"));
+  const TensorDetector detector(dir.file("tiny.vfm"));
   CHECK(detector.image_size() == 64);
   CHECK(detector.threshold() == 1.0);
   CHECK(detector.info().provenance.at("dataset") == "tiny");
@@ -154,11 +155,110 @@ TEST_CASE("model file: round trip, and the detector scores exactly as extractor 
   CHECK_THROWS(detector.predict(torch::Tensor()));
 }
 
+TEST_CASE("Detector (the LibTorch-free facade) gives TensorDetector's scores, maps and masks", "[detect][facade]") {
+  TempDir dir("detect_facade");
+  const TinyModel m;
+  m.save(dir.file("tiny.vfm"));
+  const TensorDetector reference(dir.file("tiny.vfm"));
+  const Detector detector(dir.file("tiny.vfm"));
+  CHECK(detector.image_size() == 64);
+  CHECK(detector.threshold() == 1.0);
+  CHECK(detector.pixel_threshold() == 1.5);
+  CHECK(detector.device() == "cpu");
+  CHECK(detector.precision() == Precision::Float32);
+
+  // RGB, a padded row stride (OpenCV's ROIs) and gray: the pixels the caller owns, read in place.
+  const auto rgb = torch::randint(0, 256, {40, 52, 3}, torch::kByte);
+  const auto padded = torch::randint(0, 256, {40, 60, 3}, torch::kByte);
+  const auto gray = torch::randint(0, 256, {33, 47}, torch::kByte);
+  const std::vector<ImageView> views = {{rgb.data_ptr<uint8_t>(), 40, 52, 3, 0},
+                                        {padded.data_ptr<uint8_t>(), 40, 52, 3, 60 * 3},
+                                        {gray.data_ptr<uint8_t>(), 33, 47, 1, 0}};
+  const std::vector<torch::Tensor> tensors = {rgb, padded.slice(1, 0, 52), gray};
+  const auto got = detector.predict(views);
+  const auto want = reference.predict(tensors);
+  REQUIRE(got.size() == 3);
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("image " << i);
+    CHECK(got[i].score == want[i].score);
+    CHECK(got[i].normalized_score == want[i].normalized_score);
+    CHECK(got[i].anomalous == want[i].anomalous);
+    CHECK(got[i].height == want[i].anomaly_map.size(0));
+    CHECK(got[i].width == want[i].anomaly_map.size(1));
+    const auto map =
+        torch::from_blob(const_cast<float*>(got[i].anomaly_map.data()), {got[i].height, got[i].width}, torch::kFloat32);
+    CHECK(torch::equal(map, want[i].anomaly_map));
+    const auto mask =
+        torch::from_blob(const_cast<uint8_t*>(got[i].defect_mask.data()), {got[i].height, got[i].width}, torch::kUInt8);
+    CHECK(torch::equal(mask.to(torch::kBool), want[i].defect_mask));
+    const auto shown = detector.normalized_map(got[i].anomaly_map);
+    CHECK(
+        torch::equal(torch::from_blob(const_cast<float*>(shown.data()), {got[i].height, got[i].width}, torch::kFloat32),
+                     reference.normalized_map(want[i].anomaly_map)));
+  }
+  const auto scores_only = detector.predict(views[0], PredictOptions().maps(false).threshold(-1e9));
+  CHECK(scores_only.anomalous);
+  CHECK(scores_only.anomaly_map.empty());
+  CHECK(scores_only.score == Approx(want[0].score).epsilon(1e-5));  // alone vs in a batch: float rounding
+
+  // Every refusal carries the error root and its kind.
+  const auto kind_of = [&](auto&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.kind();
+    }
+    FAIL("no validflow::Error thrown");
+    return ErrorKind::internal;
+  };
+  const uint8_t pixel[3] = {1, 2, 3};
+  CHECK(kind_of([&] { detector.predict(ImageView{nullptr, 4, 4}); }) == ErrorKind::input);
+  CHECK(kind_of([&] { detector.predict(ImageView{pixel, 1, 1, 4}); }) == ErrorKind::input);
+  CHECK(kind_of([&] { detector.predict(ImageView{pixel, 1, 1, 3, 2}); }) == ErrorKind::input);
+  CHECK(kind_of([&] { detector.predict(std::vector<ImageView>{}); }) == ErrorKind::input);
+  CHECK(kind_of([&] { detector.predict(views[0], PredictOptions().threshold(NAN)); }) == ErrorKind::input);
+  CHECK(kind_of([&] { Detector d(dir.file("absent.vfm")); }) == ErrorKind::file);
+  CHECK(kind_of([&] { Detector d(dir.file("tiny.vfm"), DetectorOptions().device("tpu")); }) == ErrorKind::unsupported);
+  CHECK(kind_of([&] { Detector d(dir.file("tiny.vfm"), DetectorOptions().precision(Precision::Float16)); }) ==
+        ErrorKind::unsupported);
+  if (!Detector::cuda_available())
+    CHECK(kind_of([&] { Detector d(dir.file("tiny.vfm"), DetectorOptions().device("cuda:0")); }) ==
+          ErrorKind::unsupported);
+  // A moved-from detector hands its model on.
+  Detector moved = Detector(dir.file("tiny.vfm"));
+  CHECK(moved.predict(views[0]).score == Approx(want[0].score).epsilon(1e-5));
+}
+
+TEST_CASE("error_kind: the one classification of every error type", "[detect][errors]") {
+  CHECK(error_kind(FlowInputError("x")) == ErrorKind::input);
+  CHECK(error_kind(features::FeatureError("x")) == ErrorKind::input);
+  CHECK(error_kind(eval::MetricError("x")) == ErrorKind::input);
+  CHECK(error_kind(FlowConfigError("x")) == ErrorKind::config);
+  CHECK(error_kind(FileError("p", "x")) == ErrorKind::file);
+  CHECK(error_kind(StateDictError("p", "x")) == ErrorKind::file);
+  CHECK(error_kind(UnsupportedPrecision("x")) == ErrorKind::unsupported);
+  CHECK(error_kind(std::invalid_argument("x")) == ErrorKind::input);
+  CHECK(error_kind(std::bad_alloc()) == ErrorKind::unsupported);
+  CHECK(error_kind(std::runtime_error("x")) == ErrorKind::internal);
+  CHECK(error_kind(std::logic_error("x")) == ErrorKind::internal);
+  // LibTorch's own checks (TORCH_CHECK in reset(), an operator's): config, and one line without the C++ trace.
+  try {
+    TORCH_CHECK(false, "an option out of range");
+  } catch (const std::exception& e) {
+    CHECK(error_kind(e) == ErrorKind::config);
+    CHECK(error_message(e) == "an option out of range");
+  }
+  // Each standard base is kept: existing catch clauses still work.
+  CHECK_THROWS_AS(throw FlowInputError("x"), std::invalid_argument);
+  CHECK_THROWS_AS(throw FileError("p", "x"), std::runtime_error);
+  CHECK(std::string(to_string(ErrorKind::unsupported)) == "unsupported");
+}
+
 TEST_CASE("detector: concurrent predictions equal single-threaded ones", "[detect][threads]") {
   TempDir dir("detect_threads");
   const TinyModel m;
   m.save(dir.file("tiny.vfm"));
-  const Detector detector(dir.file("tiny.vfm"));
+  const TensorDetector detector(dir.file("tiny.vfm"));
   const auto images = test_images();
   const auto reference = detector.predict(images);
   constexpr int kThreads = 4, kRounds = 5;
@@ -194,11 +294,11 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   auto refused = [&](const io::TensorArchive& a) {
     const auto path = dir.file("bad.vfm");
     io::write_archive(path, a);
-    return error_of([&] { Detector d(path); });
+    return error_of([&] { TensorDetector d(path); });
   };
   {
     auto a = archive;
-    a.tensors.pop_back();
+    a.tensors.erase(a.tensors[a.tensors.size() - 1].first);
     const auto e = refused(a);
     CHECK(e.find("bad.vfm") != std::string::npos);
     CHECK(e.find("missing key") != std::string::npos);
@@ -215,27 +315,28 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   }
   {
     auto a = archive;
-    for (auto& [name, t] : a.tensors)
+    for (const auto& [name, t] : archive.tensors)
       if (name.rfind("flow.", 0) == 0 && t.dim() == 4) {
-        t = torch::zeros({t.size(0) + 1, t.size(1), t.size(2), t.size(3)});
+        a.tensors.set(name, torch::zeros({t.size(0) + 1, t.size(1), t.size(2), t.size(3)}));
         break;
       }
     CHECK(refused(a).find("mismatch") != std::string::npos);
   }
   {
     auto a = archive;
-    for (auto& [name, t] : a.tensors)
+    for (const auto& [name, t] : archive.tensors)
       if (name.rfind("flow.", 0) == 0 && t.is_floating_point()) {
-        t = t.clone();
-        t.view(-1)[0] = NAN;
+        auto poisoned = t.clone();
+        poisoned.view(-1)[0] = NAN;
+        a.tensors.set(name, poisoned);
         break;
       }
     CHECK(refused(a).find("NaN or Inf") != std::string::npos);
   }
   {
     auto a = archive;
-    for (auto& [name, t] : a.tensors)
-      if (name.find("initialized") != std::string::npos) t = torch::tensor(false);
+    for (const auto& entry : archive.tensors)
+      if (entry.first.find("initialized") != std::string::npos) a.tensors.set(entry.first, torch::tensor(false));
     CHECK(refused(a).find("never trained") != std::string::npos);
   }
   {
@@ -286,18 +387,19 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   bytes[bytes.size() - 100] = static_cast<char>(bytes[bytes.size() - 100] ^ 0x40);
   std::ofstream(dir.file("flipped.vfm"), std::ios::binary) << bytes;
-  CHECK(error_of([&] { Detector d(dir.file("flipped.vfm")); }).find("checksum mismatch") != std::string::npos);
-  CHECK(error_of([&] { Detector d(dir.file("absent.vfm")); }).find("absent.vfm' not found") != std::string::npos);
-  CHECK(error_of([&] { Detector d(dir.path.string()); }).find("is a directory, not a file") != std::string::npos);
+  CHECK(error_of([&] { TensorDetector d(dir.file("flipped.vfm")); }).find("checksum mismatch") != std::string::npos);
+  CHECK(error_of([&] { TensorDetector d(dir.file("absent.vfm")); }).find("absent.vfm' not found") != std::string::npos);
+  CHECK(error_of([&] { TensorDetector d(dir.path.string()); }).find("is a directory, not a file") != std::string::npos);
   // bf16: accepted where the CPU runs it natively, refused (never silently slower) elsewhere.
-  const auto bf16 = error_of([&] { Detector d(good, DetectorOptions().precision(Precision::BFloat16)); });
+  const auto bf16 = error_of([&] { TensorDetector d(good, TensorDetectorOptions().precision(Precision::BFloat16)); });
   if (cpu_has_native_bf16()) {
     CHECK(bf16 == "<accepted>");
   } else {
     CHECK(bf16.find("slower than fp32") != std::string::npos);
   }
-  CHECK(error_of([&] { Detector d(good, DetectorOptions().precision(Precision::Float16)); }).find("CUDA only") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          TensorDetector d(good, TensorDetectorOptions().precision(Precision::Float16));
+        }).find("CUDA only") != std::string::npos);
 }
 
 TEST_CASE("maps: smoothing keeps the mean and smooths, resizing is bilinear", "[detect][maps]") {

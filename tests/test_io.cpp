@@ -4,7 +4,9 @@
 #include "catch_torch.hpp"
 #include "test_util.hpp"
 
+#include <validflow/io/archive_reader.hpp>
 #include <validflow/io/crc32.hpp>
+#include <validflow/io/files.hpp>
 #include <validflow/io/json_fields.hpp>
 #include <validflow/io/pickle_check.hpp>
 #include <validflow/io/state_dict.hpp>
@@ -80,9 +82,11 @@ TEST_CASE("tensor archive: round trip of every dtype, metadata and blobs", "[io]
   }
   REQUIRE(read.blobs.size() == 1);
   CHECK(read.blobs[0].second == std::string("a\0b", 3));
-  CHECK(io::tensors_with_prefix(read, "fl").size() == 2);  // float, flag
-  CHECK(read.has_tensor("long"));
-  CHECK_FALSE(read.has_tensor("nope"));
+  const io::ArchiveReader reader(read, dir.file("a.vf"), "test archive", "validflow-test", 2);
+  CHECK(reader.tensors("fl").size() == 2);  // float, flag
+  CHECK_THROWS_WITH(reader.check_every_tensor_used("fl*"), Catch::Contains("holds tensor 'double' outside fl*"));
+  CHECK(read.tensors.contains("long"));
+  CHECK_FALSE(read.tensors.contains("nope"));
   // Payload entries are 64-byte aligned and the file ends exactly at the payload's end.
   CHECK(fs::file_size(dir.file("a.vf")) % 64 == 0);
 }
@@ -367,6 +371,39 @@ TEST_CASE("stale staged folders are removed, the write hook runs before the rena
   io::atomic_write_hook() = nullptr;
   CHECK(seen == std::vector<std::string>{dir.file("hooked.txt")});
   CHECK(io::temp_path_for("a/b").rfind("a/b.tmp." + std::to_string(::getpid()) + ".", 0) == 0);
+}
+
+TEST_CASE("replace_directory puts a staged folder in place whole, and a failure leaves the target as it was", "[io]") {
+  TempDir dir("replace");
+  const auto read = [](const std::string& p) { return io::read_file_bytes(p); };
+  const auto stage = [&](const std::string& text) {
+    const auto staging = io::temp_path_for(dir.file("report"));
+    fs::create_directories(staging);
+    io::write_file_atomic(staging + "/index.html", text);
+    return staging;
+  };
+  const auto entries = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+    return names;
+  };
+  io::replace_directory(stage("first"), dir.file("report"));  // no target yet: a plain rename
+  CHECK(read(dir.file("report/index.html")) == "first");
+  io::write_file_atomic(dir.file("report/old-only.txt"), "x");
+  io::replace_directory(stage("second"), dir.file("report"));  // the old folder goes as a whole
+  CHECK(read(dir.file("report/index.html")) == "second");
+  CHECK_FALSE(fs::exists(dir.file("report/old-only.txt")));
+  CHECK(entries() == std::vector<std::string>{"report"});  // neither staging nor the replaced folder is left
+
+  const auto missing = dir.file("report.tmp.missing");  // a staging folder that is not there
+  try {
+    io::replace_directory(missing, dir.file("report"));
+    FAIL("a missing staging folder was accepted");
+  } catch (const FileError& e) {
+    CHECK_THAT(e.what(), Catch::Matchers::Contains(dir.file("report")));
+  }
+  CHECK(read(dir.file("report/index.html")) == "second");
+  CHECK(entries() == std::vector<std::string>{"report"});
 }
 
 TEST_CASE("torch.save layout and pickle: what LibTorch's reader would mishandle is refused first", "[io][errors]") {

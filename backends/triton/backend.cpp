@@ -12,9 +12,9 @@
 // it exactly once.
 #include "triton_c_api.h"
 
-#include "detector_engine.hpp"
 #include "model_config.hpp"
 
+#include <validflow/detector.hpp>
 #include <validflow/io/errors.hpp>
 #include <validflow/version.hpp>
 
@@ -58,6 +58,22 @@ void log_at(TRITONSERVER_LogLevel level, int line, const std::string& message) {
 }
 #define VF_LOG(level, message) log_at(TRITONSERVER_LOG_##level, __LINE__, (message))
 
+/// The Triton error code of a validflow error kind: what the user got wrong (input, configuration, model file, a
+/// device or precision this machine lacks) is INVALID_ARG / UNSUPPORTED; the rest is INTERNAL.
+TRITONSERVER_Error_Code triton_code(validflow::ErrorKind kind) {
+  switch (kind) {
+    case validflow::ErrorKind::input:
+    case validflow::ErrorKind::config:
+    case validflow::ErrorKind::file:
+      return TRITONSERVER_ERROR_INVALID_ARG;
+    case validflow::ErrorKind::unsupported:
+      return TRITONSERVER_ERROR_UNSUPPORTED;
+    case validflow::ErrorKind::internal:
+      break;
+  }
+  return TRITONSERVER_ERROR_INTERNAL;
+}
+
 /// Runs f and turns whatever it throws into a Triton error whose message starts with 'context'.
 template <class F>
 TRITONSERVER_Error* guarded(const std::string& context, F&& f) noexcept {
@@ -66,12 +82,9 @@ TRITONSERVER_Error* guarded(const std::string& context, F&& f) noexcept {
     return nullptr;
   } catch (const TritonFailure& e) {
     return TRITONSERVER_ErrorNew(e.code, (context + ": " + e.what()).c_str());
-  } catch (const std::invalid_argument& e) {  // a wrong configuration, a precision the device lacks
-    return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, (context + ": " + e.what()).c_str());
-  } catch (const validflow::FileError& e) {  // a missing, corrupt or foreign model file (the message names it)
-    return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INVALID_ARG, (context + ": " + e.what()).c_str());
-  } catch (const std::exception& e) {
-    return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, (context + ": " + e.what()).c_str());
+  } catch (const std::exception& e) {  // validflow's one classification (util/error.hpp)
+    return TRITONSERVER_ErrorNew(triton_code(validflow::error_kind(e)),
+                                 (context + ": " + validflow::error_message(e)).c_str());
   } catch (...) {
     return TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, (context + ": unknown exception").c_str());
   }
@@ -164,7 +177,7 @@ struct InstanceState {
   ModelState* model = nullptr;
   TRITONBACKEND_ModelInstance* instance = nullptr;
   std::string name;
-  std::unique_ptr<vt::DetectorEngine> engine;
+  std::unique_ptr<validflow::Detector> detector;
 };
 
 fs::path find_model_file(const fs::path& version_dir, const std::string& configured) {
@@ -201,7 +214,7 @@ struct Pending {
   const uint8_t* pixels = nullptr;
   std::vector<std::optional<double>> thresholds;  // per image
   std::vector<std::string> outputs;               // requested output names
-  std::vector<vt::ItemResult> results;
+  std::vector<validflow::Prediction> results;
   bool wants_map = false;
 };
 
@@ -305,7 +318,7 @@ void parse_request(Pending& p, const ModelState& model) {
 /// Runs the detector on the images of the usable requests: one call per distinct (threshold, maps) pair, so that
 /// a dynamic batch of requests without a threshold override is a single batched Detector call. If a call fails
 /// for several requests, each request is retried alone so that one bad request cannot fail the others.
-void compute(std::vector<Pending>& pending, const vt::DetectorEngine& engine) {
+void compute(std::vector<Pending>& pending, const validflow::Detector& detector) {
   using Key = std::tuple<bool, double, bool>;                     // has threshold, threshold, maps
   std::map<Key, std::vector<std::pair<size_t, int64_t>>> groups;  // -> (request, image)
   for (size_t r = 0; r < pending.size(); ++r) {
@@ -318,19 +331,19 @@ void compute(std::vector<Pending>& pending, const vt::DetectorEngine& engine) {
     }
   }
   const auto run = [&](const Key& key, const std::vector<std::pair<size_t, int64_t>>& items) {
-    std::vector<vt::ImageView> views;
+    std::vector<validflow::ImageView> views;
     for (const auto& [r, i] : items) {
       const Pending& p = pending[r];
-      views.push_back({p.pixels + i * p.height * p.width * 3, p.height, p.width});
+      views.push_back({p.pixels + i * p.height * p.width * 3, p.height, p.width, 3, 0});
     }
     const std::optional<double> threshold =
         std::get<0>(key) ? std::optional<double>(std::get<1>(key)) : std::optional<double>();
-    auto results = engine.predict(views, threshold, std::get<2>(key));
+    auto results = detector.predict(views, validflow::PredictOptions().threshold(threshold).maps(std::get<2>(key)));
     for (size_t k = 0; k < items.size(); ++k) pending[items[k].first].results[items[k].second] = std::move(results[k]);
   };
   const auto failure_of = [](const std::exception& e) -> Failure {
-    if (dynamic_cast<const vt::BadImage*>(&e)) return {TRITONSERVER_ERROR_INVALID_ARG, e.what()};
-    return {TRITONSERVER_ERROR_INTERNAL, std::string("the detector failed: ") + e.what()};
+    if (validflow::error_kind(e) == validflow::ErrorKind::input) return {TRITONSERVER_ERROR_INVALID_ARG, e.what()};
+    return {TRITONSERVER_ERROR_INTERNAL, "the detector failed: " + validflow::error_message(e)};
   };
   for (const auto& [key, items] : groups) {
     try {
@@ -477,14 +490,15 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
     check(TRITONBACKEND_BackendConfig(backend, &message), "TRITONBACKEND_BackendConfig");
     // The backend configuration stays owned by Triton (unlike the model configuration).
     const vt::BackendSettings settings = vt::parse_backend_config(message_json(message, "the backend configuration"));
-    if (settings.intra_op_threads > 0) vt::DetectorEngine::set_intra_op_threads(settings.intra_op_threads);
+    if (settings.intra_op_threads > 0)
+      validflow::Detector::set_intra_op_threads(static_cast<int>(settings.intra_op_threads));
     VF_LOG(INFO, std::string("validflow backend ") + validflow::version_string + ": TRITONBACKEND API " +
                      std::to_string(major) + "." + std::to_string(minor) + " (declared for " +
                      std::to_string(VALIDFLOW_TRITONBACKEND_API_MAJOR) + "." +
                      std::to_string(VALIDFLOW_TRITONBACKEND_API_MINOR) +
                      "), enums verified, LibTorch intra-op threads " +
-                     std::to_string(vt::DetectorEngine::intra_op_threads()) + ", CUDA " +
-                     (vt::DetectorEngine::cuda_available() ? "available" : "not available"));
+                     std::to_string(validflow::Detector::intra_op_threads()) + ", CUDA " +
+                     (validflow::Detector::cuda_available() ? "available" : "not available"));
   });
 }
 
@@ -548,15 +562,14 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
     if (kind == TRITONSERVER_INSTANCEGROUPKIND_MODEL)
       throw TritonFailure(TRITONSERVER_ERROR_UNSUPPORTED,
                           "instance_group kind KIND_MODEL is not supported; use KIND_CPU or KIND_GPU");
-    vt::EngineOptions options;
-    options.model_file = state->model->model_file.string();
-    options.precision = state->model->settings.precision;
-    options.cuda = kind == TRITONSERVER_INSTANCEGROUPKIND_GPU;
-    options.device_index = device;
-    state->engine = std::make_unique<vt::DetectorEngine>(options);
-    VF_LOG(INFO, context + ": " + state->engine->device() + ", image size " +
-                     std::to_string(state->engine->image_size()) + ", file threshold " +
-                     std::to_string(state->engine->threshold()));
+    const auto options =
+        validflow::DetectorOptions()
+            .device(kind == TRITONSERVER_INSTANCEGROUPKIND_GPU ? "cuda:" + std::to_string(device) : "cpu")
+            .precision(validflow::parse_precision(state->model->settings.precision));
+    state->detector = std::make_unique<validflow::Detector>(state->model->model_file.string(), options);
+    VF_LOG(INFO, context + ": " + state->detector->device() + ", image size " +
+                     std::to_string(state->detector->image_size()) + ", file threshold " +
+                     std::to_string(state->detector->threshold()));
     check(TRITONBACKEND_ModelInstanceSetState(instance, state.get()), "TRITONBACKEND_ModelInstanceSetState");
     state.release();
   });
@@ -591,7 +604,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   }
   const uint64_t compute_start = now_ns();
   try {
-    compute(pending, *state->engine);
+    compute(pending, *state->detector);
   } catch (const std::exception& e) {
     for (auto& p : pending)
       if (!p.failure) p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};

@@ -5,6 +5,7 @@
 // message that names the field and the problem; backend.cpp turns them into Triton errors. docs/serving.md documents
 // the same contract for users.
 #include <nlohmann/json.hpp>
+#include <validflow/util/error.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -48,9 +49,9 @@ inline const TensorContract& threshold_contract() {
 }
 
 /// A configuration the backend cannot serve; what() is one line naming the field.
-class ConfigError : public std::invalid_argument {
+class ConfigError : public ErrorOf<std::invalid_argument, ErrorKind::config> {
  public:
-  using std::invalid_argument::invalid_argument;
+  using ErrorOf::ErrorOf;
 };
 
 /// What the backend needs from a model's configuration.

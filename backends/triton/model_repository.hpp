@@ -7,26 +7,20 @@
 // Header-only, C++17, no LibTorch and no Triton needed. The entry is staged and renamed into place (see
 // write_model_repository), so a failed export never leaves a half-written entry that Triton would try to load, and a
 // refused one leaves the old entry as it was.
+#include <validflow/util/error.hpp>
 #include "model_config.hpp"
 
-#include <validflow/io/atomic_file.hpp>
+#include <validflow/io/files.hpp>
 
-#include <atomic>
 #include <cctype>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-
-#include <fcntl.h>  // AT_FDCWD
-#include <signal.h>
-#include <unistd.h>
 
 namespace validflow::triton {
 
@@ -52,9 +46,9 @@ struct RepositoryEntry {
 };
 
 /// An export that cannot be done; what() is one line naming the path or option.
-class RepositoryError : public std::runtime_error {
+class RepositoryError : public ErrorOf<std::runtime_error, ErrorKind::file> {
  public:
-  using std::runtime_error::runtime_error;
+  using ErrorOf::ErrorOf;
 };
 
 /// Why `name` cannot be a Triton model name written here ("" when it can): one line.
@@ -156,45 +150,6 @@ inline bool is_validflow_config(const std::filesystem::path& config) {
   return false;
 }
 
-/// Swaps two directories atomically where the kernel can (Linux renameat2 RENAME_EXCHANGE); else moves `current`
-/// to `old` and `fresh` to `current` (a moment without `current`). Afterwards `fresh`'s name (or `old`) holds the
-/// replaced directory.
-inline void replace_directory(const std::filesystem::path& fresh, const std::filesystem::path& current,
-                              const std::filesystem::path& old) {
-  namespace fs = std::filesystem;
-#if defined(__linux__) && defined(RENAME_EXCHANGE)
-  if (::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, current.c_str(), RENAME_EXCHANGE) == 0) return;
-#endif
-  std::error_code ec;
-  fs::rename(current, old, ec);
-  if (ec) throw RepositoryError("cannot move " + current.string() + " aside: " + ec.message());
-  fs::rename(fresh, current, ec);
-  if (ec) {
-    std::error_code back;
-    fs::rename(old, current, back);
-    throw RepositoryError("cannot rename " + fresh.string() + " to " + current.string() + ": " + ec.message());
-  }
-}
-
-/// Removes the staging folders (`.export.PID.N`) in `model_dir` that a killed export left: those whose process no
-/// longer exists. Never throws.
-inline void remove_stale_staging(const std::filesystem::path& model_dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  for (fs::directory_iterator it(model_dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.rfind(".export.", 0) != 0) continue;
-    const auto dot = name.find('.', 8);
-    if (dot == std::string::npos || dot == 8) continue;
-    const std::string pid_text = name.substr(8, dot - 8);
-    if (pid_text.find_first_not_of("0123456789") != std::string::npos || pid_text.size() > 9) continue;
-    const long pid = std::stol(pid_text);
-    if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-    std::error_code rm_ec;
-    fs::remove_all(it->path(), rm_ec);
-  }
-}
-
 }  // namespace detail
 
 /// Throws RepositoryError (one line) when REPO/NAME cannot take the entry write_model_repository(…, repository,
@@ -233,10 +188,10 @@ inline void check_repository_target(const std::filesystem::path& repository, con
 /// Writes REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.EXT (EXT: the model file's extension, or
 /// options.model_file_name). Refuses (check_repository_target) to replace an existing entry unless
 /// options.overwrite, and never replaces another backend's entry. The entry is staged first in a folder
-/// REPO/NAME/.export.PID.N (not a version number: Triton ignores it), the version directory then replaces the old
-/// one in one rename (Linux: an atomic exchange) and config.pbtxt in another, so a server never sees a partly
-/// written model file, and a failure before the renames leaves the old entry as it was. Other version
-/// directories are kept; staging folders of killed exports (dead pid) are removed.
+/// REPO/NAME/.export.tmp.PID.N (not a version number: Triton ignores it), the version directory then replaces the
+/// old one in one rename (Linux: an atomic exchange, io::replace_directory) and config.pbtxt in another, so a server
+/// never sees a partly written model file, and a failure before the renames leaves the old entry as it was. Other
+/// version directories are kept; staging folders of killed exports (dead pid) are removed.
 inline RepositoryEntry write_model_repository(const std::filesystem::path& model_file,
                                               const std::filesystem::path& repository,
                                               const RepositoryOptions& options) {
@@ -257,9 +212,10 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     throw RepositoryError(std::string("model file: ") + e.what());
   }
 
-  detail::remove_stale_staging(model_dir);  // left by a killed export
-  static std::atomic<unsigned> counter{0};
-  const fs::path staging = model_dir / (".export." + std::to_string(::getpid()) + "." + std::to_string(counter++));
+  // The staging folder's name (io::temp_path_for: `.export.tmp.PID.N`) starts with a dot, so Triton never takes it
+  // for a version directory; io::remove_stale_temp_files removes those of killed exports.
+  if (fs::is_directory(model_dir, ec)) io::remove_stale_temp_files(model_dir.string());
+  const fs::path staging = io::temp_path_for((model_dir / ".export").string());
   const fs::path staged_version = staging / "version";
   const fs::path staged_config = staging / "config.pbtxt";
   fs::path created;  // the outermost folder this call creates (removed again when the write fails)
@@ -272,13 +228,10 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     if (ec) throw RepositoryError("cannot create " + staged_version.string() + ": " + ec.message());
     detail::write_atomic(staged_version / file_name, bytes);
     detail::write_atomic(staged_config, model_config_text(options, file_name));
-    if (fs::exists(version_dir, ec)) {
-      detail::replace_directory(staged_version, version_dir, staging / "old");
-    } else {
-      fs::rename(staged_version, version_dir, ec);
-      if (ec)
-        throw RepositoryError("cannot rename " + staged_version.string() + " to " + version_dir.string() + ": " +
-                              ec.message());
+    try {
+      io::replace_directory(staged_version.string(), version_dir.string());
+    } catch (const FileError& e) {
+      throw RepositoryError(e.what());
     }
     fs::rename(staged_config, entry.config, ec);
     if (ec)

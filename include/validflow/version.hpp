@@ -8,6 +8,12 @@
   ((VALIDFLOW_VERSION_MAJOR * 10000 + VALIDFLOW_VERSION_MINOR * 100 + VALIDFLOW_VERSION_PATCH) >= \
    ((major)*10000 + (minor)*100 + (patch)))
 
+#define VALIDFLOW_DETAIL_STR(x) #x
+#define VALIDFLOW_DETAIL_VERSION(major, minor, patch) \
+  VALIDFLOW_DETAIL_STR(major) "." VALIDFLOW_DETAIL_STR(minor) "." VALIDFLOW_DETAIL_STR(patch)
+
 namespace validflow {
-inline constexpr const char* version_string = "0.2.0";
+/// "MAJOR.MINOR.PATCH", made from the three numbers above (the version is written once).
+inline constexpr const char* version_string =
+    VALIDFLOW_DETAIL_VERSION(VALIDFLOW_VERSION_MAJOR, VALIDFLOW_VERSION_MINOR, VALIDFLOW_VERSION_PATCH);
 }  // namespace validflow

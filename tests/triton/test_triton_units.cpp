@@ -293,8 +293,8 @@ TEST_CASE("repository: an entry is replaced whole, and only a validflow one") {
                                                 "bottles/config.pbtxt=" + vt::model_config_text(o, "model.vfm")});
   }
   SECTION("staging folders of killed exports are removed, a running one's are kept") {
-    const fs::path dead = repo / "bottles" / ".export.999999999.0";  // beyond pid_max: no such process
-    const fs::path alive = repo / "bottles" / (".export.1.0");       // pid 1 exists
+    const fs::path dead = repo / "bottles" / ".export.tmp.999999999.0";  // beyond pid_max: no such process
+    const fs::path alive = repo / "bottles" / (".export.tmp.1.0");       // pid 1 exists
     fs::create_directories(dead / "version");
     fs::create_directories(alive);
     vt::write_model_repository(model, repo, o);

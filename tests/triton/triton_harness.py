@@ -199,7 +199,13 @@ def check_result(got, want, tolerance, what):
     for key in ("score", "normalized_score"):
         d = relative_difference(got[key], want[key])
         check(d <= tolerance, f"{what}: {key} {got[key]!r} differs from {want[key]!r} (relative {d:.2e} > {tolerance})")
-    check(got["anomalous"] == want["anomalous"], f"{what}: anomalous {got['anomalous']} != {want['anomalous']}")
+    # Scores equal within `tolerance` (different batching or thread counts reorder float sums) may fall on either
+    # side of a threshold they straddle: a differing decision is accepted only there, where both normalized
+    # scores are at 0.5 (the threshold) within the tolerance. Anywhere else it is a wrong decision.
+    at_threshold = all(abs(r["normalized_score"] - 0.5) <= 2 * tolerance for r in (got, want))
+    check(got["anomalous"] == want["anomalous"] or at_threshold,
+          f"{what}: anomalous {got['anomalous']} != {want['anomalous']} (normalized scores "
+          f"{got['normalized_score']!r} / {want['normalized_score']!r}, not at the threshold)")
 
 
 def results_of(response, batch):

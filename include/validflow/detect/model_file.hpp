@@ -9,6 +9,7 @@
 // a model file: it holds JSON and raw numbers only (docs/reliability.md).
 #include <validflow/detect/decision.hpp>
 #include <validflow/features/backbone_spec.hpp>
+#include <validflow/io/archive_reader.hpp>
 #include <validflow/io/state_dict.hpp>
 #include <validflow/io/tensor_archive.hpp>
 #include <validflow/models/flow_config.hpp>
@@ -75,18 +76,21 @@ inline void save_model_file(const std::string& path, const ModelInfo& info,
 /// Verifies and builds a model file already read into an archive (load_model_file, and the fuzzer
 /// fuzz/target_model_file.hpp on bytes); `path` names it in errors. Throws FileError.
 inline LoadedModel load_model_archive(const io::TensorArchive& archive, const std::string& path) {
-  io::check_archive_kind(archive, path, kModelFileKind, kModelFileVersion);
-  auto refuse = [&](const std::string& why) { return FileError(path, "model file '" + path + "': " + why); };
+  const io::ArchiveReader file(archive, path, "model file", kModelFileKind, kModelFileVersion);
+  const auto refuse = [&](const std::string& why) { return file.refuse(why); };
+  constexpr size_t kMetadataFields = 7;  // library_version, backbone, flow, decision, provenance, score, normalization
   LoadedModel model;
-  try {
+  file.translate_errors([&] {
     const auto& meta = archive.meta;
-    if (meta.size() != 7) throw refuse("expected 7 metadata fields, found " + std::to_string(meta.size()));
-    model.info.library_version = meta.at("library_version").get<std::string>();
+    if (meta.size() != kMetadataFields)
+      throw refuse("expected " + std::to_string(kMetadataFields) + " metadata fields, found " +
+                   std::to_string(meta.size()));
+    model.info.library_version = file.meta<std::string>("library_version");
     model.info.backbone = features::backbone_spec_from_json(meta.at("backbone"));
     model.info.flow = flow_config_from_json(meta.at("flow"));
     model.info.decision = decision_rule_from_json(meta.at("decision"));
     model.info.provenance = meta.at("provenance");
-    if (meta.at("score").get<std::string>() != kScoreDefinition)
+    if (file.meta<std::string>("score") != kScoreDefinition)
       throw refuse("its score definition is not the one this build computes");
     int64_t backbone_weights = 0;  // before building: a small file cannot make us build a big backbone
     for (const auto& [key, tensor] : archive.tensors)
@@ -112,29 +116,16 @@ inline LoadedModel load_model_archive(const io::TensorArchive& archive, const st
     model.flow = build_flow(model.info.flow);
     StateDict backbone, flow;
     backbone.source = flow.source = path;
-    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "backbone.")) backbone.emplace_back(key, tensor);
-    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "flow.")) flow.emplace_back(key, tensor);
-    if (backbone.size() + flow.size() != archive.tensors.size())
-      throw refuse("holds tensors outside backbone.* and flow.*");
-    for (const auto& [key, tensor] : archive.tensors)
-      if (tensor.is_floating_point() && !torch::isfinite(tensor).all().item<bool>())
-        throw refuse("tensor '" + key + "' holds NaN or Inf values");
+    for (auto& [key, tensor] : file.tensors("backbone.")) backbone.emplace_back(key, tensor);
+    for (auto& [key, tensor] : file.tensors("flow.")) flow.emplace_back(key, tensor);
+    file.check_every_tensor_used("backbone.* and flow.*");
+    file.check_every_tensor_finite();
     load_state_dict(model.extractor->backbone.module(), backbone);
     load_state_dict(model.flow.module(), flow);
     for (const auto& [key, tensor] : flow)
       if (key.size() >= 11 && key.compare(key.size() - 11, 11, "initialized") == 0 && !tensor.item<bool>())
         throw refuse("its flow was never trained (ActNorm '" + key + "' is not initialised)");
-  } catch (const nlohmann::json::exception& e) {
-    throw refuse(std::string("invalid metadata: ") + e.what());
-  } catch (const StateDictError& e) {
-    throw refuse(e.what());
-  } catch (const FileError&) {
-    throw;
-  } catch (const std::invalid_argument& e) {  // FlowConfigError, FeatureError, decision rule
-    throw refuse(e.what());
-  } catch (const c10::Error& e) {
-    throw refuse(e.what_without_backtrace());
-  }
+  });
   model.extractor->eval();
   model.flow.module().eval();
   return model;

@@ -23,15 +23,16 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <validflow/util/error.hpp>
 #include <vector>
 
 namespace validflow {
 namespace eval {
 
 /// Thrown for every invalid metric input (empty input, one class only, non-finite score, size mismatch).
-class MetricError : public std::invalid_argument {
+class MetricError : public ErrorOf<std::invalid_argument, ErrorKind::input> {
  public:
-  using std::invalid_argument::invalid_argument;
+  using ErrorOf::ErrorOf;
 };
 
 /// ROC curve points, one per distinct score threshold, from (0,0) to (1,1). Point i is the operating

@@ -8,7 +8,8 @@
 //    TF's (255 x - 127) / 128 for EfficientNet-Lite); the extractor normalises images with them.
 //  * A plain interface: a backbone is an ordinary LibTorch module (torch::nn::Cloneable<XImpl>) that also
 //    implements it; AnyBackbone holds one of any type with both views.
-#include <validflow/core/flow.hpp>
+#include <validflow/util/error.hpp>
+#include <validflow/util/modules.hpp>
 
 #include <torch/torch.h>
 
@@ -21,9 +22,9 @@
 namespace validflow::features {
 
 /// Thrown for every invalid argument of the features part (bad image tensor, bad sizes, bad options).
-class FeatureError : public std::invalid_argument {
+class FeatureError : public ErrorOf<std::invalid_argument, ErrorKind::input> {
  public:
-  using std::invalid_argument::invalid_argument;
+  using ErrorOf::ErrorOf;
 };
 
 /// Per-channel normalisation statistics for images in [0, 1].

@@ -26,8 +26,8 @@
 //   EfficientNet net(EfficientNetOptions::from_name("efficientnet-b5").last_block(35));
 //   net->eval();
 //   auto f = net->features(images);  // [N, 304, H/32, W/32]
-#include <validflow/core/text.hpp>
 #include <validflow/features/backbone.hpp>
+#include <validflow/util/text.hpp>
 
 #include <torch/torch.h>
 

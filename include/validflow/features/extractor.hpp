@@ -12,11 +12,11 @@
 //
 // Image sizes must divide by feature_stride * 2^(n_scales - 1) (32 * 4 = 128 for CS-Flow); the extractor
 // does not resize: use prepare_images() / resize_images() (features/preprocess.hpp) first.
-#include <validflow/core/flow.hpp>
 #include <validflow/features/backbone.hpp>
 #include <validflow/features/efficientnet.hpp>
 #include <validflow/features/preprocess.hpp>
 #include <validflow/features/weights.hpp>
+#include <validflow/util/modules.hpp>
 
 #include <torch/torch.h>
 

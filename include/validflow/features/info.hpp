@@ -2,9 +2,9 @@
 // What `validflow info --backbone NAME [--layer N] [--image-size S] [--json]` prints: the backbone's
 // parameter counts (truncated at the feature layer and full), the feature-map shapes at every scale, and
 // the forward cost. Computed from the architecture alone (nothing is run, no weights are needed).
-#include <validflow/core/text.hpp>
 #include <validflow/features/backbone.hpp>
 #include <validflow/features/efficientnet.hpp>
+#include <validflow/util/text.hpp>
 
 #include <cstdint>
 #include <iomanip>

@@ -10,12 +10,13 @@
 //    shape, no unknown key unless declared ignorable. A `rename` function maps the module's keys to the file's
 //    (how foreign layouts, torchvision's or the official CS-Flow's, are imported). Every problem is listed by
 //    key (missing, unexpected, shape mismatches with both shapes) in one StateDictError.
-#include <validflow/core/flow.hpp>
-#include <validflow/io/atomic_file.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/files.hpp>
+#include <validflow/io/named_tensors.hpp>
 #include <validflow/io/pickle_check.hpp>
 #include <validflow/io/tensor_archive.hpp>
 #include <validflow/io/zip_check.hpp>
+#include <validflow/util/modules.hpp>
 
 #include <caffe2/serialize/versions.h>
 #include <torch/torch.h>
@@ -35,71 +36,8 @@
 
 namespace validflow {
 
-/// An ordered state dict: (key, tensor) in file order, with lookup by key.
-class StateDict {
- public:
-  using Entry = std::pair<std::string, torch::Tensor>;
-
-  StateDict() = default;
-  StateDict(std::initializer_list<Entry> entries) {
-    for (const auto& e : entries) emplace_back(e.first, e.second);
-  }
-
-  /// Appends an entry; throws StateDictError on a duplicate key.
-  void emplace_back(std::string key, torch::Tensor tensor) {
-    if (!index_.emplace(key, entries_.size()).second)
-      throw StateDictError(source, "duplicate key '" + key + "'" + where());
-    entries_.emplace_back(std::move(key), std::move(tensor));
-  }
-  bool contains(const std::string& key) const { return index_.count(key) > 0; }
-  /// The tensor of `key`, or nullptr.
-  const torch::Tensor* find(const std::string& key) const {
-    const auto it = index_.find(key);
-    return it == index_.end() ? nullptr : &entries_[it->second].second;
-  }
-  /// The tensor of `key`; throws StateDictError naming the key and the file.
-  const torch::Tensor& at(const std::string& key) const {
-    if (const auto* t = find(key)) return *t;
-    throw StateDictError(source, "missing key '" + key + "'" + where());
-  }
-  size_t size() const { return entries_.size(); }
-  bool empty() const { return entries_.empty(); }
-  std::vector<Entry>::const_iterator begin() const { return entries_.begin(); }
-  std::vector<Entry>::const_iterator end() const { return entries_.end(); }
-  const Entry& operator[](size_t i) const { return entries_.at(i); }
-  /// Replaces the tensor of `key`, or appends it.
-  void set(const std::string& key, torch::Tensor tensor) {
-    const auto it = index_.find(key);
-    if (it == index_.end())
-      emplace_back(key, std::move(tensor));
-    else
-      entries_[it->second].second = std::move(tensor);
-  }
-  /// Removes `key` if present.
-  void erase(const std::string& key) {
-    if (!index_.count(key)) return;
-    StateDict kept;
-    kept.source = source;
-    for (auto& e : entries_)
-      if (e.first != key) kept.emplace_back(e.first, e.second);
-    *this = std::move(kept);
-  }
-  /// Renames every key (e.g. to another layout's names).
-  void rename_keys(const std::function<std::string(const std::string&)>& rename) {
-    StateDict renamed;
-    renamed.source = source;
-    for (auto& [key, tensor] : entries_) renamed.emplace_back(rename(key), tensor);
-    *this = std::move(renamed);
-  }
-
-  /// The file it was read from ("" for one built in memory), for messages.
-  std::string source;
-
- private:
-  std::string where() const { return source.empty() ? "" : " in '" + source + "'"; }
-  std::vector<Entry> entries_;
-  std::map<std::string, size_t> index_;
-};
+/// A state dict is named tensors: the one container (io/named_tensors.hpp) of state dicts and archive entries.
+using StateDict = NamedTensors;
 
 namespace detail {
 
@@ -208,7 +146,7 @@ inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::str
                               "convert it once with: python3 tools/export_backbone.py convert '" +
                               path + "' OUT.pt");
   if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K') {
-    if (bytes.size() >= 8 && std::memcmp(bytes.data(), "\x89VFA\r\n\x1a\n", 8) == 0)
+    if (io::detail::has_archive_magic(std::string_view(bytes.data(), bytes.size())))
       throw FileError(path,
                       "'" + path + "' is a validflow file (model, checkpoint or features), not a torch.save file");
     throw FileError(path, "'" + path + "' is not a torch.save zip archive");

@@ -15,10 +15,11 @@
 //                            "blobs":   [{"name","offset","size","crc32"}]}
 //   P   payload    bytes    P = 24 + header_len rounded up to 64; entry offsets are relative to P, 64-aligned
 //   The file ends exactly at P + payload_size (a truncated or extended file is refused).
-#include <validflow/io/atomic_file.hpp>
 #include <validflow/io/crc32.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/files.hpp>
 #include <validflow/io/json_fields.hpp>
+#include <validflow/io/named_tensors.hpp>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -46,14 +47,8 @@ struct TensorArchive {
   std::string kind;          ///< e.g. "validflow-model"; a reader refuses files of another kind
   int64_t kind_version = 1;  ///< the layout of `meta` and of the entry names for this kind
   nlohmann::json meta = nlohmann::json::object();
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;  ///< in file order; CPU, contiguous when read
-  std::vector<std::pair<std::string, std::string>> blobs;      ///< opaque bytes
-
-  bool has_tensor(const std::string& name) const {
-    for (const auto& kv : tensors)
-      if (kv.first == name) return true;
-    return false;
-  }
+  NamedTensors tensors;                                    ///< in file order; CPU, contiguous when read
+  std::vector<std::pair<std::string, std::string>> blobs;  ///< opaque bytes
 };
 
 constexpr uint32_t kArchiveVersion = 1;
@@ -67,6 +62,11 @@ namespace detail {
 inline const unsigned char* archive_magic() {
   static const unsigned char magic[8] = {0x89, 'V', 'F', 'A', '\r', '\n', 0x1a, '\n'};
   return magic;
+}
+
+/// Whether `bytes` start like a validflow archive (model file, checkpoint, feature cache).
+inline bool has_archive_magic(std::string_view bytes) {
+  return bytes.size() >= 8 && std::memcmp(bytes.data(), archive_magic(), 8) == 0;
 }
 
 inline uint64_t align64(uint64_t v) { return (v + 63) / 64 * 64; }
@@ -171,7 +171,7 @@ struct ArchiveRefusal {
 
 /// Checks the fixed prefix (magic, version, header length and checksum) and parses the JSON header.
 inline nlohmann::json parse_archive_header(std::string_view bytes, const ArchiveRefusal& refuse) {
-  if (bytes.size() < 24 || std::memcmp(bytes.data(), archive_magic(), 8) != 0) {
+  if (bytes.size() < 24 || !has_archive_magic(bytes)) {
     if (bytes.size() >= 2 && bytes[0] == 'P' && bytes[1] == 'K')
       throw refuse("it is a zip archive (a torch.save file or a checkpoint of validflow < 0.2), not a validflow file");
     throw refuse(bytes.size() < 24 ? "too short (" + std::to_string(bytes.size()) + " bytes)" : "wrong magic bytes");
@@ -297,15 +297,6 @@ inline TensorArchive read_archive(const std::string& path, const std::string& ki
 /// Writes the archive to `path` atomically (temporary file, fsync, rename). Throws FileError.
 inline void write_archive(const std::string& path, const TensorArchive& archive) {
   write_file_atomic(path, serialize_archive(archive));
-}
-
-/// The named tensors of an archive whose names start with `prefix`, prefix removed, in file order.
-inline std::vector<std::pair<std::string, torch::Tensor>> tensors_with_prefix(const TensorArchive& archive,
-                                                                              const std::string& prefix) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& [name, t] : archive.tensors)
-    if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
-  return out;
 }
 
 }  // namespace validflow::io

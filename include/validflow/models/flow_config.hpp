@@ -8,6 +8,7 @@
 #include <validflow/io/json_fields.hpp>
 #include <validflow/models/csflow.hpp>
 #include <validflow/models/validflow_model.hpp>
+#include <validflow/util/error.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -22,9 +23,9 @@
 namespace validflow {
 
 /// An invalid flow description (a field out of range, an unknown model, malformed JSON); names the field.
-class FlowConfigError : public std::invalid_argument {
+class FlowConfigError : public ErrorOf<std::invalid_argument, ErrorKind::config> {
  public:
-  using std::invalid_argument::invalid_argument;
+  using ErrorOf::ErrorOf;
 };
 
 struct FlowConfig {

@@ -20,6 +20,7 @@
 // values are the same, only the layout differs. See docs/benchmarks.md for when it pays off.
 #include <validflow/compat.hpp>
 #include <validflow/core/flow.hpp>
+#include <validflow/util/precision.hpp>
 
 #include <ATen/autocast_mode.h>
 
@@ -28,14 +29,6 @@
 #include <string>
 
 namespace validflow {
-
-enum class Precision { Float32, BFloat16, Float16 };
-
-/// Thrown when a precision is not available for a device (fp16 on CPU) or a name is unknown.
-class UnsupportedPrecision : public std::invalid_argument {
- public:
-  using std::invalid_argument::invalid_argument;
-};
 
 inline torch::Dtype precision_dtype(Precision precision) {
   switch (precision) {
@@ -47,26 +40,6 @@ inline torch::Dtype precision_dtype(Precision precision) {
       break;
   }
   return torch::kFloat32;
-}
-
-inline std::string to_string(Precision precision) {
-  switch (precision) {
-    case Precision::BFloat16:
-      return "bf16";
-    case Precision::Float16:
-      return "fp16";
-    case Precision::Float32:
-      break;
-  }
-  return "fp32";
-}
-
-/// "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16"/"half".
-inline Precision parse_precision(const std::string& name) {
-  if (name == "fp32" || name == "float32" || name == "float") return Precision::Float32;
-  if (name == "bf16" || name == "bfloat16") return Precision::BFloat16;
-  if (name == "fp16" || name == "float16" || name == "half") return Precision::Float16;
-  throw UnsupportedPrecision("unknown precision '" + name + "' (expected fp32, bf16 or fp16)");
 }
 
 /// Throws UnsupportedPrecision when `precision` cannot run on `device`.

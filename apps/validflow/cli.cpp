@@ -185,27 +185,19 @@ void add_extract_options(CLI::App& cmd, ExtractArgs& e) {
   cmd.add_option("--holdout-seed", e.holdout_seed, "Seed of the held-out choice")->capture_default_str();
 }
 
-/// Turns the error of a run into one line on stderr and an exit code (docs/reliability.md).
+/// Turns the error of a run into one line on stderr and an exit code (docs/reliability.md), by the library's one
+/// classification (util/error.hpp): a diverged training is 5, anything the user can fix (input, config, file,
+/// unsupported) is 3, a bug is 1.
 int report_error(const std::exception& e, bool debug) {
-  std::string message = e.what();
-  int code = kExitInternal;
-  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) {
-    message = c10->what_without_backtrace();  // LibTorch's checks: bad values that reached a module
-    code = kExitBadInput;
-  } else if (dynamic_cast<const TrainingDiverged*>(&e)) {
+  std::string message = error_message(e);  // one line: LibTorch's C++ trace is dropped
+  int code = kExitBadInput;
+  if (dynamic_cast<const TrainingDiverged*>(&e)) {
     code = kExitDiverged;
-  } else if (dynamic_cast<const FileError*>(&e) || dynamic_cast<const DatasetError*>(&e) ||
-             dynamic_cast<const std::invalid_argument*>(&e) || dynamic_cast<const ReportError*>(&e)) {
-    code = kExitBadInput;
   } else if (dynamic_cast<const std::bad_alloc*>(&e)) {
     message = "out of memory (try a smaller --batch-size or --extract-batch-size)";
-    code = kExitBadInput;
-  } else {
+  } else if (error_kind(e) == ErrorKind::internal) {
+    code = kExitInternal;
     message = "internal error (please report it): " + message;
-  }
-  if (!debug) {  // one line: LibTorch messages may carry a C++ trace after the first line
-    const auto newline = message.find('\n');
-    if (newline != std::string::npos) message = message.substr(0, newline);
   }
   std::cerr << "error: " << message << "\n";
   if (!debug && code == kExitInternal) std::cerr << "       (run again with --debug for details)\n";

@@ -5,6 +5,7 @@
 #include "model_repository.hpp"  // backends/triton: the Triton repository writer (no LibTorch, no Triton)
 
 #include <validflow/detect.hpp>
+#include <validflow/util/text.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -163,7 +164,7 @@ nlohmann::json export_provenance(const FeatureCache& cache, const Checkpoint& ch
 /// Loads the staged model file back and scores up to 4 test images from disk: they must reproduce the run's
 /// scores (relative 1e-4), or the export is refused.
 void check_staged_model(const std::string& staging, const FeatureCache& cache, const std::vector<double>& scores) {
-  const Detector detector(staging);
+  const TensorDetector detector(staging);
   std::vector<torch::Tensor> images;
   std::vector<double> expected;
   for (size_t i = 0; i < cache.test_samples.size() && images.size() < 4; ++i) {
@@ -286,18 +287,10 @@ std::string triton_model_name_problem(const std::string& name) { return triton::
 
 namespace {
 
-/// A CSV field, quoted when it holds a separator, a quote or a line break.
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
-
 /// The image beside its anomaly map and defect mask, as `heatmaps/<index>_<stem>.png` under `out`; returns that
 /// relative path.
 std::string write_prediction_heatmap(const std::string& out, size_t index, const std::string& name,
-                                     const cv::Mat& decoded, const Prediction& r, const Detector& detector,
+                                     const cv::Mat& decoded, const TensorPrediction& r, const TensorDetector& detector,
                                      decltype(PredictArgs::pixel_threshold) pixel_threshold) {
   const auto heatmap =
       (fs::path("heatmaps") / (std::to_string(index) + "_" + fs::path(name).stem().string() + ".png")).string();
@@ -320,7 +313,7 @@ struct PredictionTable {
   std::ostringstream csv{"path,score,normalized_score,anomalous,heatmap\n", std::ios::ate};
   size_t anomalous = 0, scored = 0;
 
-  void add(const std::string& name, const Prediction& r, const std::string& heatmap, bool to_stdout) {
+  void add(const std::string& name, const TensorPrediction& r, const std::string& heatmap, bool to_stdout) {
     anomalous += r.anomalous ? 1 : 0;
     ++scored;
     rows.push_back({{"path", name},
@@ -338,19 +331,19 @@ struct PredictionTable {
   }
 };
 
-Detector load_detector_for(const PredictArgs& p) {
-  DetectorOptions options;
+TensorDetector load_detector_for(const PredictArgs& p) {
+  TensorDetectorOptions options;
   options.device(torch::Device(p.device)).precision(parse_precision(p.precision));
   if (options.device().is_cuda() && !torch::cuda::is_available())
     throw std::invalid_argument("--device cuda: this LibTorch has no CUDA, or no GPU is visible");
-  return Detector(p.model, options);
+  return TensorDetector(p.model, options);
 }
 
 }  // namespace
 
 int run_predict(const PredictArgs& p) {
   const auto start = std::chrono::steady_clock::now();
-  const Detector detector = load_detector_for(p);
+  const TensorDetector detector = load_detector_for(p);
   const auto& decision = detector.info().decision;
   const double threshold = p.threshold ? *p.threshold : decision.threshold;
   std::cerr << "model     " << p.model << ": " << detector.info().flow.model << " on " << detector.info().backbone.name
@@ -381,7 +374,8 @@ int run_predict(const PredictArgs& p) {
         problems.push_back({files[i], err.what()});
       }
     }
-    const auto predictions = images.empty() ? std::vector<Prediction>{} : detector.predict(images, predict_options);
+    const auto predictions =
+        images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
     for (size_t i = 0; i < predictions.size(); ++i) {
       const auto heatmap = p.heatmaps && !p.out.empty()
                                ? write_prediction_heatmap(p.out, table.scored, names[i], decoded[i], predictions[i],

@@ -24,4 +24,15 @@ inline std::string group_thousands(int64_t v) {
   return out;
 }
 
+/// A CSV field (RFC 4180), quoted when it holds a separator, a quote or a line break; quotes doubled.
+inline std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string quoted = "\"";
+  for (char c : s) {
+    if (c == '"') quoted += '"';
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
 }  // namespace validflow

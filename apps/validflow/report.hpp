@@ -14,6 +14,7 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <validflow/util/error.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -31,14 +32,14 @@
 #include <string>
 #include <vector>
 
-#include <validflow/io/atomic_file.hpp>
+#include <validflow/io/files.hpp>
 
 namespace validflow {
 namespace app {
 
-class ReportError : public std::runtime_error {
+class ReportError : public ErrorOf<std::runtime_error, ErrorKind::file> {
  public:
-  using std::runtime_error::runtime_error;
+  using ErrorOf::ErrorOf;
 };
 
 /// Encodes img as PNG (8-bit gray/BGR/BGRA) and writes it atomically.

@@ -316,16 +316,15 @@ SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const Syn
     }
   }
 
-  // Staged under a temporary name that a later run removes if this one is killed (io/atomic_file.hpp).
+  // Staged under a temporary name that a later run removes if this one is killed (io/files.hpp).
   if (root.has_parent_path() && fs::is_directory(root.parent_path(), ec))
     io::remove_stale_temp_files(root.parent_path().string());
   const fs::path tmp = io::temp_path_for(root.string());
   fs::remove_all(tmp, ec);
   try {
     detail::write_synthetic_files(tmp, o, res.test_counts, manifest);
-    if (fs::exists(root)) fs::remove_all(root);  // empty, or an older dataset made by this generator
-    fs::create_directories(root.parent_path());
-    fs::rename(tmp, root);
+    if (root.has_parent_path()) fs::create_directories(root.parent_path());
+    io::replace_directory(tmp.string(), root.string());  // replaces an empty folder or an older one of ours
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

@@ -27,25 +27,6 @@ std::string report_dir(const std::string& out, Precision precision) {
   return (fs::path(out) / (precision == Precision::Float32 ? "report" : "report-" + to_string(precision))).string();
 }
 
-/// Puts the complete folder `staging` in the place of `target` (which may exist): the old one is moved aside to
-/// a temporary name, the new one renamed into place, the old one removed. Throws FileError.
-void replace_folder(const std::string& staging, const std::string& target) {
-  std::error_code ec;
-  std::string old;
-  if (fs::exists(fs::symlink_status(target, ec))) {
-    old = io::temp_path_for(target);
-    fs::rename(target, old, ec);
-    if (ec) throw FileError(target, "cannot replace " + target + ": " + ec.message());
-  }
-  fs::rename(staging, target, ec);
-  if (ec) {
-    const auto why = ec.message();
-    if (!old.empty()) fs::rename(old, target, ec);  // put the previous one back
-    throw FileError(target, "cannot write " + target + ": " + why);
-  }
-  if (!old.empty()) fs::remove_all(old, ec);
-}
-
 /// Resolves --weights: a path, "none", or "auto" (the converted pretrained file of this backbone, if any).
 std::string resolve_weights(const std::string& weights, const std::string& backbone) {
   if (weights == "none") return "";
@@ -201,7 +182,7 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
   MetricsSummary m;
   try {
     m = evaluate(checkpoint.model, cache, staging, options, info);
-    replace_folder(staging, final_dir);
+    io::replace_directory(staging, final_dir);
   } catch (...) {
     std::error_code ec;
     fs::remove_all(staging, ec);

@@ -15,7 +15,8 @@
 // Images: load_image() reads any 8/16-bit gray, gray+alpha, BGR or BGRA file, replicates gray to 3
 // channels, resizes to size x size (bilinear) and returns an RGB CV_32FC3 image in [0, 1];
 // Every problem throws DatasetError naming the path (and line for Labels.txt).
-#include <validflow/core/text.hpp>
+#include <validflow/util/error.hpp>
+#include <validflow/util/text.hpp>
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -42,9 +43,9 @@ namespace validflow {
 namespace app {
 
 /// Thrown for every dataset problem; the message names the offending path.
-class DatasetError : public std::runtime_error {
+class DatasetError : public ErrorOf<std::runtime_error, ErrorKind::file> {
  public:
-  using std::runtime_error::runtime_error;
+  using ErrorOf::ErrorOf;
 };
 
 struct Sample {

@@ -2,7 +2,7 @@
 
 #include "image_format.hpp"
 
-#include <validflow/core/text.hpp>
+#include <validflow/util/text.hpp>
 
 namespace validflow {
 namespace app {

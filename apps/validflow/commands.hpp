@@ -15,6 +15,7 @@
 
 #include <validflow/validflow.hpp>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,7 +59,7 @@ struct PredictArgs {
   std::string model;
   std::vector<std::string> paths;
   std::string out;  ///< empty: print only
-  c10::optional<double> threshold, pixel_threshold;
+  std::optional<double> threshold, pixel_threshold;
   bool heatmaps = false;
   int64_t batch_size = 8;
   std::string precision = "fp32";

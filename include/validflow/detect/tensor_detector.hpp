@@ -1,9 +1,10 @@
 #pragma once
-// validflow::Detector: a trained detector loaded from a model file (detect/model_file.hpp), predicting on
-// decoded images. The library itself reads no image files (no OpenCV): give it tensors as OpenCV or PIL
-// decode them.
+// validflow::TensorDetector: a trained detector loaded from a model file (detect/model_file.hpp), predicting on
+// decoded images given as LibTorch tensors; header-only. validflow::Detector (validflow/detector.hpp, library
+// validflow::detect) is the same detector behind a LibTorch-free interface, for programs that only run it.
+// The library itself reads no image files (no OpenCV): give it tensors as OpenCV or PIL decode them.
 //
-//   validflow::Detector detector("model.vfm");                 // CPU, fp32
+//   validflow::TensorDetector detector("model.vfm");           // CPU, fp32
 //   auto p = detector.predict(image);   // uint8 [H, W, 3] RGB (or [H, W] gray, or float [3, H, W] in [0, 1])
 //   if (p.anomalous) ...;                // p.score, p.normalized_score, p.anomaly_map [H, W], p.defect_mask [H, W]
 //
@@ -16,6 +17,7 @@
 // runs it natively (checked at construction: a CPU without AVX512_BF16 is refused, never silently slower).
 // Results (maps, masks) are CPU tensors.
 #include <validflow/detect/model_file.hpp>
+#include <validflow/detect/predict_options.hpp>
 #include <validflow/features/preprocess.hpp>
 #include <validflow/models/maps.hpp>
 #include <validflow/models/objectives.hpp>
@@ -30,24 +32,15 @@
 
 namespace validflow {
 
-struct DetectorOptions {
+struct TensorDetectorOptions {
   /// Where the networks run (images may be given on any device).
   TORCH_ARG(torch::Device, device) = torch::kCPU;
   /// fp32, or bf16 (autocast of the extractor and the flow; scores and maps are computed in fp32).
   TORCH_ARG(Precision, precision) = Precision::Float32;
 };
 
-struct PredictOptions {
-  /// Overrides the model file's image threshold for this call.
-  TORCH_ARG(c10::optional<double>, threshold) = c10::nullopt;
-  /// Overrides the model file's pixel threshold for this call.
-  TORCH_ARG(c10::optional<double>, pixel_threshold) = c10::nullopt;
-  /// Compute anomaly maps and defect masks (the image score alone is cheaper).
-  TORCH_ARG(bool, maps) = true;
-};
-
 /// What the detector says about one image.
-struct Prediction {
+struct TensorPrediction {
   double score = 0;             ///< raw score: mean z^2 / 2 (CS-Flow's definition)
   double normalized_score = 0;  ///< in [0, 1], 0.5 at the threshold (detect/decision.hpp)
   bool anomalous = false;       ///< score >= threshold
@@ -55,14 +48,14 @@ struct Prediction {
   torch::Tensor defect_mask;    ///< bool [H, W]: anomaly_map >= pixel threshold (undefined without maps)
 };
 
-class Detector {
+class TensorDetector {
  public:
   /// Loads and verifies a model file. Throws FileError (the file), UnsupportedPrecision (the precision on
   /// this device).
-  explicit Detector(const std::string& model_file, DetectorOptions options = {})
-      : Detector(load_model_file(model_file), options) {}
+  explicit TensorDetector(const std::string& model_file, TensorDetectorOptions options = {})
+      : TensorDetector(load_model_file(model_file), options) {}
 
-  Detector(LoadedModel model, DetectorOptions options) : model_(std::move(model)), options_(options) {
+  TensorDetector(LoadedModel model, TensorDetectorOptions options) : model_(std::move(model)), options_(options) {
     check_precision_fast(options_.precision(), options_.device());
     model_.extractor->to(options_.device());
     model_.flow.module().to(options_.device());
@@ -72,7 +65,8 @@ class Detector {
 
   /// Predicts on decoded images of any sizes (see the top of this file), in one batch. Throws FeatureError
   /// naming the image for an image it cannot read, std::invalid_argument for a non-finite threshold.
-  std::vector<Prediction> predict(const std::vector<torch::Tensor>& images, const PredictOptions& options = {}) const {
+  std::vector<TensorPrediction> predict(const std::vector<torch::Tensor>& images,
+                                        const PredictOptions& options = {}) const {
     const double threshold = checked_threshold(options.threshold(), info().decision.threshold, "threshold");
     const double pixel_threshold =
         checked_threshold(options.pixel_threshold(), info().decision.pixel_threshold, "pixel threshold");
@@ -81,7 +75,7 @@ class Detector {
     const auto scores = scored.scores.to(torch::kCPU, torch::kFloat64);
     torch::Tensor maps;
     if (options.maps()) maps = maps_at_input_size(scored.maps, image_size(), info().decision.map_sigma);
-    std::vector<Prediction> out(images.size());
+    std::vector<TensorPrediction> out(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
       auto& p = out[i];
       p.score = scores[static_cast<int64_t>(i)].item<double>();
@@ -98,7 +92,7 @@ class Detector {
     return out;
   }
 
-  Prediction predict(const torch::Tensor& image, const PredictOptions& options = {}) const {
+  TensorPrediction predict(const torch::Tensor& image, const PredictOptions& options = {}) const {
     return predict(std::vector<torch::Tensor>{image}, options).at(0);
   }
 
@@ -139,18 +133,18 @@ class Detector {
   int64_t image_size() const { return model_.info.backbone.image_size; }
   /// The model file's image threshold (PredictOptions::threshold overrides it per call).
   double threshold() const { return model_.info.decision.threshold; }
-  const DetectorOptions& options() const { return options_; }
+  const TensorDetectorOptions& options() const { return options_; }
   /// Maps normalised like the scores (0.5 at the pixel threshold), for display.
-  torch::Tensor normalized_map(const torch::Tensor& anomaly_map, c10::optional<double> pixel_threshold = {}) const {
+  torch::Tensor normalized_map(const torch::Tensor& anomaly_map, std::optional<double> pixel_threshold = {}) const {
     const auto& d = info().decision;
     const double t = pixel_threshold ? *pixel_threshold : d.pixel_threshold;
     return ((anomaly_map - t) / (d.map_max - d.map_min) + 0.5).clamp(0, 1);
   }
 
  private:
-  static double checked_threshold(const c10::optional<double>& override, double stored, const char* what) {
+  static double checked_threshold(const std::optional<double>& override, double stored, const char* what) {
     if (!override) return stored;
-    if (!std::isfinite(*override)) throw std::invalid_argument(std::string("the ") + what + " must be finite");
+    if (!std::isfinite(*override)) throw ThresholdError(std::string("the ") + what + " must be finite");
     return *override;
   }
 
@@ -162,7 +156,7 @@ class Detector {
   }
 
   LoadedModel model_;
-  DetectorOptions options_;
+  TensorDetectorOptions options_;
 };
 
 }  // namespace validflow

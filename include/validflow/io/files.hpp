@@ -1,14 +1,20 @@
 #pragma once
-// Atomic file writes: the bytes go to a temporary file next to the target (`<target>.tmp.<pid>.<n>`), are
-// flushed to disk, then renamed over the target. A crash, a kill -9 or a full disk therefore never leaves a
-// half-written file under the target's name, and a failed write never replaces a good file. Temporary files
-// that a killed process left behind are recognised by their dead pid and removed by remove_stale_temp_files.
+// The one file-system helper of validflow: reading a file, atomic writes, replacing a folder as a whole, the one
+// temporary naming scheme and the one cleaner.
+// - Atomic file writes: the bytes go to a temporary file next to the target (`<target>.tmp.<pid>.<n>`), are
+//   flushed to disk, then renamed over the target. A crash, a kill -9 or a full disk therefore never leaves a
+//   half-written file under the target's name, and a failed write never replaces a good file.
+// - Folders (reports, synthetic datasets, Triton version directories) are staged complete under a temporary
+//   name of the same scheme and put in place by replace_directory.
+// - Temporary files and staged folders a killed process left behind are recognised by the scheme and their dead
+//   pid, and removed by remove_stale_temp_files; nothing else is ever removed.
 // No LibTorch needed (the programs' torch-free parts use it too).
 #include <validflow/io/errors.hpp>
 
 #include <atomic>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -137,6 +143,39 @@ inline std::vector<std::string> remove_stale_temp_files(const std::string& folde
     if (fs::remove_all(path, rm_ec) > 0 && !rm_ec) removed.push_back(path);
   }
   return removed;
+}
+
+/// Puts the complete folder `staging` in the place of `target`. When `target` exists, the two are exchanged in
+/// one step where the kernel can (Linux renameat2 RENAME_EXCHANGE: `target` is never missing); elsewhere the old
+/// one is first moved aside under a temporary name (a moment without `target`) and put back if the rename fails.
+/// The replaced folder is removed afterwards. Throws FileError naming `target`; on failure `target` is as it was
+/// and `staging` is left for the caller to remove.
+inline void replace_directory(const std::string& staging, const std::string& target) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(fs::symlink_status(staging, ec)))
+    throw FileError(target, "cannot replace " + target + ": the staged folder " + staging + " is not there");
+  if (!fs::exists(fs::symlink_status(target, ec))) {
+    fs::rename(staging, target, ec);
+    if (ec) throw FileError(target, "cannot rename " + staging + " to " + target + ": " + ec.message());
+    return;
+  }
+#if defined(__linux__) && defined(RENAME_EXCHANGE)
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(staging, ec);  // now the replaced folder
+    return;
+  }
+#endif
+  const std::string old = temp_path_for(target);
+  fs::rename(target, old, ec);
+  if (ec) throw FileError(target, "cannot replace " + target + ": " + ec.message());
+  fs::rename(staging, target, ec);
+  if (ec) {
+    const auto why = ec.message();
+    fs::rename(old, target, ec);  // put the previous one back
+    throw FileError(target, "cannot rename " + staging + " to " + target + ": " + why);
+  }
+  fs::remove_all(old, ec);
 }
 
 }  // namespace validflow::io

@@ -1,82 +1,10 @@
-#pragma once
-// Training of a flow on cached features (the official CS-Flow recipe by default): Adam (lr 2e-4, eps 1e-4,
-// weight decay 1e-5, betas 0.9/0.999), batch 16, global gradient-norm clipping at 1.0, NLL per dimension.
-//
-// Checkpoints hold the model configuration (JSON), the feature layout it was trained on, the model and
-// optimizer state, the finished epoch and the loss history. They are written to a temp file and renamed,
-// every `checkpoint_every` epochs and at the end. Shuffling uses a generator seeded from (seed, epoch),
-// so `--resume` continues an interrupted run exactly. A non-finite loss stops training with a clear message
-// and leaves the last good checkpoint in place.
-#include <validflow/io/tensor_archive.hpp>
-#include "progress.hpp"
+#include "training.hpp"
 
-#include <validflow/validflow.hpp>
+#include <validflow/io/archive_reader.hpp>
 
-#include <nlohmann/json.hpp>
-
-#include <chrono>
-#include <cmath>
-#include <filesystem>
-#include <numeric>
-#include <random>
-#include <sstream>
-#include <string>
 #include <type_traits>
 
 namespace validflow::app {
-
-struct TrainOptions {
-  int64_t epochs = 60;
-  int64_t batch_size = 16;
-  double lr = 2e-4;
-  double adam_eps = 1e-4;
-  double weight_decay = 1e-5;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double max_grad_norm = 1.0;
-  uint64_t seed = 0;
-  int64_t checkpoint_every = 10;
-  bool resume = false;
-  bool quiet = false;
-};
-
-/// A flow that stops with a non-finite loss.
-class TrainingDiverged : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-/// Adam's state of one parameter (step 0: none yet).
-struct AdamState {
-  int64_t step = 0;
-  torch::Tensor exp_avg, exp_avg_sq;
-};
-
-struct Checkpoint {
-  FlowConfig config;
-  nlohmann::json feature_layout;  ///< channels, map sizes, backbone and image size of the training features
-  AnyFlow model;
-  int64_t epoch = 0;  ///< finished epochs
-  std::vector<double> loss_history;
-  nlohmann::json train_options;
-  std::vector<AdamState> adam_state;  ///< as loaded from a file (empty for a fresh checkpoint)
-};
-
-inline nlohmann::json to_json(const TrainOptions& o) {
-  return {{"epochs", o.epochs},     {"batch_size", o.batch_size},       {"lr", o.lr},
-          {"adam_eps", o.adam_eps}, {"weight_decay", o.weight_decay},   {"beta1", o.beta1},
-          {"beta2", o.beta2},       {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed}};
-}
-
-inline torch::optim::Adam make_optimizer(torch::nn::Module& model, const TrainOptions& o) {
-  return torch::optim::Adam(
-      model.parameters(),
-      torch::optim::AdamOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
-}
-
-/// The kind of validflow file a checkpoint is (io/tensor_archive.hpp) and its layout version.
-constexpr const char* kCheckpointKind = "validflow-checkpoint";
-constexpr int64_t kCheckpointVersion = 1;
 
 namespace detail {
 /// LibTorch's key of a parameter's optimizer state in the public `Optimizer::state()` map: the TensorImpl's address,
@@ -94,8 +22,19 @@ auto optimizer_state_key(const torch::Tensor& p) {
 }
 }  // namespace detail
 
-/// Adam's state as tensors (per parameter, in parameter order): step count and both moment estimates.
-inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Adam& optimizer) {
+nlohmann::json to_json(const TrainOptions& o) {
+  return {{"epochs", o.epochs},     {"batch_size", o.batch_size},       {"lr", o.lr},
+          {"adam_eps", o.adam_eps}, {"weight_decay", o.weight_decay},   {"beta1", o.beta1},
+          {"beta2", o.beta2},       {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed}};
+}
+
+torch::optim::Adam make_optimizer(torch::nn::Module& model, const TrainOptions& o) {
+  return torch::optim::Adam(
+      model.parameters(),
+      torch::optim::AdamOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.adam_eps).weight_decay(o.weight_decay));
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& c, torch::optim::Adam& optimizer) {
   io::TensorArchive archive;
   archive.kind = kCheckpointKind;
   archive.kind_version = kCheckpointVersion;
@@ -123,14 +62,11 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& c, torch:
   io::write_archive(path, archive);
 }
 
-/// Loads and verifies a checkpoint: checksums, its configuration, then the model strictly (every key, shape
-/// and dtype) and the optimizer state (shapes against the parameters). Throws FileError naming the file.
-/// checkpoint_from_archive does the checks after the archive's own (the fuzzer's entry point).
-inline Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::string& path) {
-  io::check_archive_kind(archive, path, kCheckpointKind, kCheckpointVersion);
-  auto refuse = [&](const std::string& why) { return FileError(path, "checkpoint '" + path + "': " + why); };
+Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::string& path) {
+  const io::ArchiveReader file(archive, path, "checkpoint", kCheckpointKind, kCheckpointVersion);
+  const auto refuse = [&](const std::string& why) { return file.refuse(why); };
   Checkpoint c;
-  try {
+  file.translate_errors([&] {
     const auto& meta = archive.meta;
     c.config = flow_config_from_json(meta.at("config"));
     c.feature_layout = meta.at("feature_layout");
@@ -142,14 +78,12 @@ inline Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, cons
     StateDict model_state;
     model_state.source = path;
     int64_t model_weights = 0;
-    for (auto& [key, tensor] : io::tensors_with_prefix(archive, "model.")) {
+    for (auto& [key, tensor] : file.tensors("model.")) {
       model_weights += tensor.numel();
       model_state.emplace_back(key, tensor);
     }
     check_parameters_available(c.config, model_weights);  // before building (flow_config.hpp)
-    for (const auto& [key, tensor] : archive.tensors)     // training never saves a non-finite value (TrainingDiverged)
-      if (tensor.is_floating_point() && !torch::isfinite(tensor).all().item<bool>())
-        throw refuse("tensor '" + key + "' holds NaN or Inf values");
+    file.check_every_tensor_finite();                     // training never saves a non-finite value (TrainingDiverged)
     c.model = build_flow(c.config);
     load_state_dict(c.model.module(), model_state);
     const auto steps = io::json_integers<int64_t>(meta.at("adam_steps"), "adam_steps");
@@ -179,27 +113,19 @@ inline Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, cons
       }
       c.adam_state.push_back(state);
     }
-    if (adam_tensors + model_state.size() != archive.tensors.size()) throw refuse("holds unexpected tensors");
-  } catch (const nlohmann::json::exception& e) {
-    throw refuse(std::string("invalid metadata: ") + e.what());
-  } catch (const FileError&) {  // already names the file (refuse, StateDictError)
-    throw;
-  } catch (const std::invalid_argument& e) {  // FlowConfigError, a module's own check of its options
-    throw refuse(e.what());
-  } catch (const c10::Error& e) {
-    throw refuse(e.what_without_backtrace());
-  }
+    if (adam_tensors != file.tensors("adam.").size()) throw refuse("holds optimizer tensors of no parameter");
+    file.check_every_tensor_used("model.* and adam.*");
+  });
   return c;
 }
 
-inline Checkpoint load_checkpoint(const std::string& path) {
+Checkpoint load_checkpoint(const std::string& path) {
   if (!std::filesystem::exists(path)) throw FileError(path, "checkpoint '" + path + "' not found");
   return checkpoint_from_archive(io::parse_archive(io::read_file_bytes(path), path), path);
 }
 
-/// Puts a checkpoint's Adam state into a fresh optimizer over the same model.
-inline void restore_adam_state(torch::optim::Adam& optimizer, const torch::nn::Module& model,
-                               const std::vector<AdamState>& states) {
+void restore_adam_state(torch::optim::Adam& optimizer, const torch::nn::Module& model,
+                        const std::vector<AdamState>& states) {
   const auto params = model.parameters();
   for (size_t i = 0; i < params.size() && i < states.size(); ++i) {
     if (states[i].step == 0) continue;
@@ -211,10 +137,8 @@ inline void restore_adam_state(torch::optim::Adam& optimizer, const torch::nn::M
   }
 }
 
-/// Trains `checkpoint.model` on `features` until `options.epochs`, writing `checkpoint_path`.
-/// With options.resume, training continues from the checkpoint file (same config required).
-inline Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, const TrainOptions& options,
-                             const std::string& checkpoint_path) {
+Checkpoint train_flow(Checkpoint checkpoint, const TensorList& features, const TrainOptions& options,
+                      const std::string& checkpoint_path) {
   if (options.resume) {
     auto resumed = load_checkpoint(checkpoint_path);
     if (to_json(resumed.config) != to_json(checkpoint.config)) {

@@ -1,4 +1,5 @@
 #include "report.hpp"
+#include <validflow/util/text.hpp>
 
 namespace validflow {
 namespace app {
@@ -40,7 +41,6 @@ void draw_legend(cv::Mat& img, const cv::Rect& axes, const std::vector<std::pair
 
 /// Any of CV_32FC3 RGB [0,1] (load_image), CV_8UC3 RGB, CV_8UC1, CV_32FC1 [0,1]  ->  CV_8UC3 BGR.
 cv::Mat to_bgr8(const cv::Mat& image);
-std::string csv_field(const std::string& s);
 std::string html_escape(const std::string& s);
 std::string html_num(const std::optional<double>& v, const char* f = "%.4f");
 }  // namespace detail
@@ -329,24 +329,12 @@ void write_metrics_json(const std::string& path, const MetricsSummary& m) {
   io::write_file_atomic(path, to_json(m).dump(2) + "\n");
 }
 
-namespace detail {
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string o = "\"";
-  for (char c : s) {
-    if (c == '"') o += '"';
-    o += c;
-  }
-  return o + "\"";
-}
-
-}  // namespace detail
 void write_scores_csv(const std::string& path, const std::vector<ScoreRow>& rows) {
   std::ostringstream o;
   o << "path,label,type,score\n";
   o.precision(std::numeric_limits<double>::max_digits10);
   for (const auto& r : rows)
-    o << detail::csv_field(r.path) << ',' << r.label << ',' << detail::csv_field(r.type) << ',' << r.score << '\n';
+    o << csv_field(r.path) << ',' << r.label << ',' << csv_field(r.type) << ',' << r.score << '\n';
   io::write_file_atomic(path, o.str());
 }
 

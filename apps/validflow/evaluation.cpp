@@ -1,47 +1,13 @@
-#pragma once
-// Evaluation of a trained flow on the cached test features, in four steps:
-//   score_test_set   image scores and anomaly maps (the library's score_features and maps)
-//   compute_metrics  image AUROC (overall and per defect type), F1-optimal threshold, pixel AUROC and AUPRO
-//   write_tables_and_plots  metrics.json, scores.csv, roc.png, histogram.png
-//   write_heatmaps   the most and least anomalous images with their maps, on one colour scale
-// and evaluate() runs them and writes index.html. Files are written atomically; nothing is written before the
-// scores exist.
-#include "feature_cache.hpp"
-#include "report.hpp"
-#include "training.hpp"
-
-#include <validflow/eval/metrics.hpp>
-#include <validflow/models/maps.hpp>
-#include <validflow/models/scoring.hpp>
-
-#include <algorithm>
-#include <filesystem>
-#include <numeric>
+#include "evaluation.hpp"
 
 namespace validflow::app {
 
-struct EvalOptions {
-  int64_t batch_size = 16;
-  Precision precision = Precision::Float32;  ///< inference precision of the flow (bf16: autocast on CPU/CUDA)
-  int heatmaps_per_group = 6;                ///< most and least anomalous images rendered
-  int pixel_size = 256;                      ///< resolution at which maps are compared with masks (and drawn)
-  double map_sigma = 0;                      ///< Gaussian smoothing of the maps (pixels at pixel_size)
-  bool quiet = false;
-};
-
-struct TestScores {
-  std::vector<double> scores;  ///< per test image
-  torch::Tensor maps;          ///< [N, pixel_size, pixel_size]: the finest-scale maps at the comparison size
-  double seconds = 0;          ///< scoring time (the flow alone)
-};
-
-/// A CV_32FC1 view-copy of a [H, W] float map.
-inline cv::Mat to_mat(const torch::Tensor& map) {
+cv::Mat to_mat(const torch::Tensor& map) {
   const auto m = map.to(torch::kFloat32).contiguous();
   return cv::Mat(static_cast<int>(m.size(0)), static_cast<int>(m.size(1)), CV_32FC1, m.data_ptr<float>()).clone();
 }
 
-inline TestScores score_test_set(const AnyFlow& model, const TensorList& features, const EvalOptions& options) {
+TestScores score_test_set(const AnyFlow& model, const TensorList& features, const EvalOptions& options) {
   model.module().eval();
   const auto start = std::chrono::steady_clock::now();
   const auto scored = score_features(*model, features, options.batch_size, options.precision);
@@ -58,8 +24,7 @@ inline TestScores score_test_set(const AnyFlow& model, const TensorList& feature
   return t;
 }
 
-inline MetricsSummary compute_metrics(const std::vector<Sample>& samples, const TestScores& t,
-                                      const EvalOptions& options) {
+MetricsSummary compute_metrics(const std::vector<Sample>& samples, const TestScores& t, const EvalOptions& options) {
   std::vector<int> labels;
   std::vector<std::string> types;
   for (const auto& s : samples) {
@@ -97,8 +62,8 @@ inline MetricsSummary compute_metrics(const std::vector<Sample>& samples, const 
   return m;
 }
 
-inline void write_tables_and_plots(const std::string& out_dir, const std::vector<Sample>& samples, const TestScores& t,
-                                   const MetricsSummary& m) {
+void write_tables_and_plots(const std::string& out_dir, const std::vector<Sample>& samples, const TestScores& t,
+                            const MetricsSummary& m) {
   namespace fs = std::filesystem;
   std::vector<ScoreRow> rows;
   std::vector<int> labels;
@@ -118,9 +83,8 @@ inline void write_tables_and_plots(const std::string& out_dir, const std::vector
   write_metrics_json((fs::path(out_dir) / "metrics.json").string(), m);
 }
 
-/// Heatmaps of the `per_group` most and least anomalous images, on one colour scale (0 .. the largest map value).
-inline std::vector<HeatmapEntry> write_heatmaps(const std::string& out_dir, const std::vector<Sample>& samples,
-                                                const TestScores& t, const EvalOptions& options) {
+std::vector<HeatmapEntry> write_heatmaps(const std::string& out_dir, const std::vector<Sample>& samples,
+                                         const TestScores& t, const EvalOptions& options) {
   namespace fs = std::filesystem;
   std::vector<size_t> order(samples.size());
   std::iota(order.begin(), order.end(), 0);
@@ -146,8 +110,8 @@ inline std::vector<HeatmapEntry> write_heatmaps(const std::string& out_dir, cons
   return entries;
 }
 
-inline MetricsSummary evaluate(const AnyFlow& model, const FeatureCache& cache, const std::string& out_dir,
-                               const EvalOptions& options, const nlohmann::json& extra_info = {}) {
+MetricsSummary evaluate(const AnyFlow& model, const FeatureCache& cache, const std::string& out_dir,
+                        const EvalOptions& options, const nlohmann::json& extra_info) {
   const auto t = score_test_set(model, cache.test, options);
   auto m = compute_metrics(cache.test_samples, t, options);
   m.extra = extra_info;

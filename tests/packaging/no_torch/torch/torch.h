@@ -1,0 +1,1 @@
+#error "validflow/detector.hpp must not include <torch/torch.h>"
