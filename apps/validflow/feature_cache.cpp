@@ -2,6 +2,10 @@
 
 #include <validflow/io/archive_reader.hpp>
 
+#include <fstream>
+#include <set>
+#include <string>
+
 namespace validflow::app {
 
 std::string file_fingerprint(const std::string& path) {
@@ -64,14 +68,14 @@ namespace {
 /// The per-scale tensors `name.0` .. `name.<scales-1>` of a feature cache, checked (rank, dtype, sizes, agreement
 /// with scale 0) and as float32. Any other `name.*` tensor is refused.
 TensorList scale_tensors(const io::ArchiveReader& file, const std::string& name, int64_t scales) {
-  std::map<std::string, torch::Tensor> found;
-  for (auto& [suffix, tensor] : file.tensors(name + ".")) found.emplace(suffix, tensor);
+  const auto found = file.tensors(name + ".");
   TensorList out;
+  std::set<std::string> expected;
   for (int64_t s = 0; s < scales; ++s) {
     const auto key = name + "." + std::to_string(s);
-    const auto it = found.find(std::to_string(s));
-    if (it == found.end()) throw file.refuse("missing tensor '" + key + "'");
-    const auto& t = it->second;
+    const auto* tensor = found.find(*expected.insert(std::to_string(s)).first);
+    if (!tensor) throw file.refuse("missing tensor '" + key + "'");
+    const auto& t = *tensor;
     if (t.dim() != 4 || !t.is_floating_point())
       throw file.refuse("tensor '" + key + "' must be a floating-point [N, C, H, W] tensor, got " +
                         validflow::detail::shape_string(t) + " " + c10::toString(t.scalar_type()));
@@ -81,11 +85,10 @@ TensorList scale_tensors(const io::ArchiveReader& file, const std::string& name,
     if (s > 0 && (t.size(0) != out[0].size(0) || t.size(1) != out[0].size(1)))
       throw file.refuse("tensor '" + key + "' disagrees with scale 0 in images or channels");
     out.push_back(t.to(torch::kFloat32));
-    found.erase(it);
   }
-  if (!found.empty())
-    throw file.refuse("unexpected tensor '" + name + "." + found.begin()->first + "' (" + std::to_string(scales) +
-                      " scales)");
+  for (const auto& entry : found)
+    if (!expected.count(entry.first))
+      throw file.refuse("unexpected tensor '" + name + "." + entry.first + "' (" + std::to_string(scales) + " scales)");
   return out;
 }
 
@@ -101,8 +104,7 @@ FeatureCache feature_cache_from_archive(const io::TensorArchive& archive, const 
     if (scales < 1 || scales > 8) throw refuse("invalid number of scales " + std::to_string(scales));
     const int64_t holdout = io::json_integer<int64_t>(cache.meta.at("holdout_images"), "holdout_images");
     if (holdout < 0) throw refuse("negative holdout_images");
-    cache.backbone_state.source = path;
-    for (auto& [key, tensor] : file.tensors("backbone.")) cache.backbone_state.emplace_back(key, tensor);
+    cache.backbone_state = file.tensors("backbone.");
     if (cache.backbone_state.empty()) throw refuse("holds no backbone weights");
     file.check_every_tensor_finite();
     cache.train = scale_tensors(file, "train", scales);

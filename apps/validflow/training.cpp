@@ -75,15 +75,9 @@ Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::
     c.train_options = meta.at("train_options");
     if (c.epoch < 0 || static_cast<int64_t>(c.loss_history.size()) != c.epoch)
       throw refuse("epoch " + std::to_string(c.epoch) + " disagrees with its loss history");
-    StateDict model_state;
-    model_state.source = path;
-    int64_t model_weights = 0;
-    for (auto& [key, tensor] : file.tensors("model.")) {
-      model_weights += tensor.numel();
-      model_state.emplace_back(key, tensor);
-    }
-    check_parameters_available(c.config, model_weights);  // before building (flow_config.hpp)
-    file.check_every_tensor_finite();                     // training never saves a non-finite value (TrainingDiverged)
+    const auto model_state = file.tensors("model."), adam = file.tensors("adam.");
+    check_parameters_available(c.config, model_state.element_count());  // before building (flow_config.hpp)
+    file.check_every_tensor_finite();  // training never saves a non-finite value (TrainingDiverged)
     c.model = build_flow(c.config);
     load_state_dict(c.model.module(), model_state);
     const auto steps = io::json_integers<int64_t>(meta.at("adam_steps"), "adam_steps");
@@ -91,7 +85,6 @@ Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::
     if (steps.size() != params.size())
       throw refuse("optimizer state for " + std::to_string(steps.size()) + " parameters, the model has " +
                    std::to_string(params.size()));
-    std::map<std::string, torch::Tensor> tensors(archive.tensors.begin(), archive.tensors.end());
     size_t adam_tensors = 0;
     for (size_t i = 0; i < params.size(); ++i) {
       if (steps[i] < 0) throw refuse("negative optimizer step count");
@@ -103,17 +96,17 @@ Checkpoint checkpoint_from_archive(const io::TensorArchive& archive, const std::
       const std::pair<const char*, torch::Tensor*> moments[] = {{"exp_avg", &state.exp_avg},
                                                                 {"exp_avg_sq", &state.exp_avg_sq}};
       for (const auto& [name, target] : moments) {
-        const auto key = "adam." + std::to_string(i) + "." + name;
-        const auto it = tensors.find(key);
-        if (it == tensors.end()) throw refuse("missing tensor '" + key + "'");
-        if (it->second.sizes() != params[i].sizes() || it->second.scalar_type() != params[i].scalar_type())
-          throw refuse("tensor '" + key + "' does not match its parameter's shape or dtype");
-        *target = it->second;
+        const auto key = std::to_string(i) + "." + name;
+        const auto* moment = adam.find(key);
+        if (!moment) throw refuse("missing tensor 'adam." + key + "'");
+        if (moment->sizes() != params[i].sizes() || moment->scalar_type() != params[i].scalar_type())
+          throw refuse("tensor 'adam." + key + "' does not match its parameter's shape or dtype");
+        *target = *moment;
         ++adam_tensors;
       }
       c.adam_state.push_back(state);
     }
-    if (adam_tensors != file.tensors("adam.").size()) throw refuse("holds optimizer tensors of no parameter");
+    if (adam_tensors != adam.size()) throw refuse("holds optimizer tensors of no parameter");
     file.check_every_tensor_used("model.* and adam.*");
   });
   return c;

@@ -31,6 +31,27 @@ def result(table, label, seed, auroc, run=None, parameters=1000000):
             "features": {"file": "f.pt", "sha256": "0" * 64}, "host": {"cpu": "test"}}
 
 
+def stand_in_workspace(test, program_text):
+    """A scratch folder with a results folder path, results.md and an executable stand-in for the validflow program
+    (test.tmp, test.program, test.work); config's paths point there until the test ends."""
+    test.tmp = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, test.tmp)
+    saved = (config.RESULTS, config.SPEED, config.DOC)
+
+    def restore():
+        config.RESULTS, config.SPEED, config.DOC = saved
+    test.addCleanup(restore)
+    config.RESULTS, config.SPEED = os.path.join(test.tmp, "results"), os.path.join(test.tmp, "speed.json")
+    config.DOC = os.path.join(test.tmp, "results.md")
+    with open(config.DOC, "w") as f:
+        f.write("intro\n%s\n%s\n" % (tables.BEGIN, tables.END))
+    test.program = os.path.join(test.tmp, "validflow")
+    with open(test.program, "w") as f:
+        f.write(program_text)
+    os.chmod(test.program, os.stat(test.program).st_mode | stat.S_IEXEC)
+    test.work = os.path.join(test.tmp, "work")
+
+
 def read(path):
     with open(path) as f:
         return f.read()
@@ -199,18 +220,8 @@ class Speed(unittest.TestCase):
     written and the tables regenerated from them."""
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp()
-        self.saved = (config.RESULTS, config.SPEED, config.DOC)
-        config.RESULTS, config.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
-        config.DOC = os.path.join(self.tmp, "results.md")
-        with open(config.DOC, "w") as f:
-            f.write("intro\n%s\n%s\n" % (tables.BEGIN, tables.END))
-        self.program = os.path.join(self.tmp, "validflow")
-        with open(self.program, "w") as f:
-            f.write(FAKE_EVAL)
-        os.chmod(self.program, os.stat(self.program).st_mode | stat.S_IEXEC)
+        stand_in_workspace(self, FAKE_EVAL)
         os.makedirs(config.RESULTS)
-        self.work = os.path.join(self.tmp, "work")
         for r in [result("table3", config.VALIDFLOW[1], 0, 0.98, run="v0", parameters=16),
                   result("table3", config.CSFLOW6[1], 0, 0.93, run="c0", parameters=32)]:
             r["metrics"]["n_test"] = 582
@@ -220,10 +231,6 @@ class Speed(unittest.TestCase):
             for name, text in (("checkpoint.pt", str(r["metrics"]["image_auroc"])), ("features.pt", "")):
                 with open(os.path.join(self.work, r["run"], name), "w") as f:
                     f.write(text)
-
-    def tearDown(self):
-        config.RESULTS, config.SPEED, config.DOC = self.saved
-        shutil.rmtree(self.tmp)
 
     def speed(self):
         speed.cmd_speed(argparse.Namespace(validflow=self.program, work=self.work, threads=1, rounds=2))
@@ -286,28 +293,18 @@ class RunGrid(unittest.TestCase):
     line while the others finish; result files and tables written."""
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp()
-        self.saved = (config.RESULTS, config.SPEED, config.DOC, runner.grid)
-        config.RESULTS, config.SPEED = os.path.join(self.tmp, "results"), os.path.join(self.tmp, "speed.json")
-        config.DOC = os.path.join(self.tmp, "results.md")
-        with open(config.DOC, "w") as f:
-            f.write("intro\n%s\n%s\n" % (tables.BEGIN, tables.END))
-        self.program = os.path.join(self.tmp, "validflow")
-        with open(self.program, "w") as f:
-            f.write(FAKE_PROGRAM)
-        os.chmod(self.program, os.stat(self.program).st_mode | stat.S_IEXEC)
+        stand_in_workspace(self, FAKE_PROGRAM)
+        self.full_grid = runner.grid
         self.features = os.path.join(self.tmp, "features.pt")
         with open(self.features, "w") as f:
             f.write("features")
-        self.work = os.path.join(self.tmp, "work")
         full = runner.grid()
         self.validflow_runs = [run for run in full if run[0].startswith("validflow-n3-seed")]
         self.runs = self.validflow_runs + [next(run for run in full if run[0] == "csflow-6-seed0")]  # it fails
         runner.grid = lambda ablation_seeds=1, longer_seeds=0: self.runs
 
     def tearDown(self):
-        config.RESULTS, config.SPEED, config.DOC, runner.grid = self.saved
-        shutil.rmtree(self.tmp)
+        runner.grid = self.full_grid
 
     def run_grid(self, jobs):
         runner.cmd_run(argparse.Namespace(features=self.features, validflow=self.program, work=self.work, threads=1,
@@ -387,7 +384,7 @@ class RunGrid(unittest.TestCase):
 
     def test_a_longer_run_continues_its_60_epoch_run_and_is_scored_every_60_epochs(self):
         base = self.validflow_runs[0]
-        longer = next(run for run in self.saved[3](2, longer_seeds=1) if run[0] == "validflow-n3-e240-seed0")
+        longer = next(run for run in self.full_grid(2, longer_seeds=1) if run[0] == "validflow-n3-e240-seed0")
         self.runs = [longer]
         with self.assertRaises(SystemExit) as e:  # its 60-epoch run has not finished
             self.run_grid(jobs=1)

@@ -92,9 +92,9 @@ inline LoadedModel load_model_archive(const io::TensorArchive& archive, const st
     model.info.provenance = meta.at("provenance");
     if (file.meta<std::string>("score") != kScoreDefinition)
       throw refuse("its score definition is not the one this build computes");
-    int64_t backbone_weights = 0;  // before building: a small file cannot make us build a big backbone
-    for (const auto& [key, tensor] : archive.tensors)
-      if (key.rfind("backbone.", 0) == 0) backbone_weights += tensor.numel();
+    // Sizes are checked before building: a small file cannot make us build a big backbone or allocate a huge flow.
+    const auto backbone = file.tensors("backbone."), flow = file.tensors("flow.");
+    const int64_t backbone_weights = backbone.element_count();
     const auto& b = model.info.backbone;
     const int64_t needed = features::efficientnet_parameter_count(
         features::EfficientNetOptions::from_name(b.name).last_block(b.layer).padding(b.padding));
@@ -109,15 +109,8 @@ inline LoadedModel load_model_archive(const io::TensorArchive& archive, const st
       throw refuse("the flow expects " + std::to_string(model.info.flow.scales) + " scales of " +
                    std::to_string(model.info.flow.channels) + " channels, the backbone gives " +
                    std::to_string(model.info.backbone.scales) + " of " + std::to_string(channels));
-    int64_t flow_weights = 0;  // before building: a small file cannot make us allocate a huge flow
-    for (const auto& [key, tensor] : archive.tensors)
-      if (key.rfind("flow.", 0) == 0) flow_weights += tensor.numel();
-    check_parameters_available(model.info.flow, flow_weights);
+    check_parameters_available(model.info.flow, flow.element_count());
     model.flow = build_flow(model.info.flow);
-    StateDict backbone, flow;
-    backbone.source = flow.source = path;
-    for (auto& [key, tensor] : file.tensors("backbone.")) backbone.emplace_back(key, tensor);
-    for (auto& [key, tensor] : file.tensors("flow.")) flow.emplace_back(key, tensor);
     file.check_every_tensor_used("backbone.* and flow.*");
     file.check_every_tensor_finite();
     load_state_dict(model.extractor->backbone.module(), backbone);

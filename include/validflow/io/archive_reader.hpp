@@ -3,6 +3,7 @@
 // metadata, tensors by prefix, "every tensor used", "every tensor finite", and the translation of whatever a
 // loader's checks throw into one FileError that names the file. The three loaders say only what is theirs.
 #include <validflow/io/errors.hpp>
+#include <validflow/io/named_tensors.hpp>
 #include <validflow/io/tensor_archive.hpp>
 
 #include <torch/torch.h>
@@ -10,8 +11,6 @@
 
 #include <set>
 #include <string>
-#include <utility>
-#include <vector>
 
 namespace validflow::io {
 
@@ -42,9 +41,11 @@ class ArchiveReader {
     }
   }
 
-  /// The tensors whose names start with `prefix` (prefix removed, in file order); they count as used.
-  std::vector<std::pair<std::string, torch::Tensor>> tensors(const std::string& prefix) const {
-    std::vector<std::pair<std::string, torch::Tensor>> out;
+  /// The tensors whose names start with `prefix` (prefix removed, in file order, `source` this file); they count
+  /// as used.
+  NamedTensors tensors(const std::string& prefix) const {
+    NamedTensors out;
+    out.source = path_;
     for (const auto& [name, t] : archive_.tensors) {
       if (name.rfind(prefix, 0) != 0) continue;
       out.emplace_back(name.substr(prefix.size()), t);

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <map>
@@ -44,6 +45,12 @@ class NamedTensors {
     throw StateDictError(source, "missing key '" + key + "'" + where());
   }
   size_t size() const { return entries_.size(); }
+  /// The number of elements of all tensors (what a loader checks against a model's size before building it).
+  int64_t element_count() const {
+    int64_t n = 0;
+    for (const auto& entry : entries_) n += entry.second.numel();
+    return n;
+  }
   bool empty() const { return entries_.empty(); }
   std::vector<Entry>::const_iterator begin() const { return entries_.begin(); }
   std::vector<Entry>::const_iterator end() const { return entries_.end(); }
