@@ -9,10 +9,14 @@
 //   every parameter gets a gradient from the NLL; eval()+NoGradGuard = train mode; clone() is independent and
 //   equal; torch::save/torch::load into a fresh module gives identical outputs (no ActNorm re-initialisation);
 //   wrong number of scales, wrong channels, batch mismatch, NaN input and wrong dtype throw FlowInputError.
+// Single-tensor (FrEIA) blocks: spec.spatial_dims sets the rank (0: vectors [batch, C]); conditional modules
+// get spec.conditions (channels of each condition), the Jacobian is taken with respect to x only, and missing,
+// mis-shaped and NaN conditions must throw FlowInputError too.
 #include "catch_torch.hpp"
 
 #include <validflow/core.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -30,14 +34,31 @@ struct InputSpec {
   std::vector<int64_t> channels;
   std::vector<int64_t> sizes;
   int64_t batch = 3;
+  int64_t spatial_dims = 2;           ///< per scale: [batch, C] + spatial_dims sides of sizes[s]
+  std::vector<int64_t> conditions{};  ///< channels of each condition (same batch and spatial sizes as scale 0)
 };
+
+/// [batch, channels, size x spatial_dims].
+inline std::vector<int64_t> tensor_shape(const InputSpec& spec, int64_t batch, int64_t channels, int64_t size) {
+  std::vector<int64_t> shape{batch, channels};
+  shape.insert(shape.end(), static_cast<size_t>(spec.spatial_dims), size);
+  return shape;
+}
 
 inline TensorList random_inputs(const InputSpec& spec, torch::Dtype dtype, int64_t batch) {
   TensorList x;
   for (size_t s = 0; s < spec.channels.size(); ++s) {
-    x.push_back(torch::randn({batch, spec.channels[s], spec.sizes[s], spec.sizes[s]}, torch::dtype(dtype)));
+    x.push_back(torch::randn(tensor_shape(spec, batch, spec.channels[s], spec.sizes[s]), torch::dtype(dtype)));
   }
   return x;
+}
+
+inline TensorList random_conditions(const InputSpec& spec, torch::Dtype dtype, int64_t batch) {
+  TensorList c;
+  for (const auto channels : spec.conditions) {
+    c.push_back(torch::randn(tensor_shape(spec, batch, channels, spec.sizes[0]), torch::dtype(dtype)));
+  }
+  return c;
 }
 
 inline double max_abs_diff(const TensorList& a, const TensorList& b) {
@@ -64,10 +85,10 @@ inline void randomize_parameters(torch::nn::Module& module) {
 }
 
 /// Per-sample log|det| of the full Jacobian of `module`'s forward at x (fp64), built row by row with autograd.
-inline torch::Tensor autograd_log_abs_det(FlowModule& module, const TensorList& x) {
+inline torch::Tensor autograd_log_abs_det(FlowModule& module, const TensorList& x, const TensorList& conditions = {}) {
   TensorList inputs;
   for (const auto& t : x) inputs.push_back(t.detach().clone().requires_grad_(true));
-  auto out = module.forward(inputs).tensors;
+  auto out = module.forward(inputs, conditions).tensors;
   const int64_t batch = x[0].size(0);
   TensorList flat_out;
   for (const auto& z : out) flat_out.push_back(z.reshape({batch, -1}));
@@ -94,7 +115,10 @@ struct HarnessOptions {
   InputSpec jacobian_spec;  ///< tiny inputs for the autograd Jacobian
   bool check_bad_inputs = true;
   double jacobian_tolerance = 1e-8;
-  bool expect_nonzero_log_det = true;  ///< false for volume-preserving layers (permutations)
+  bool expect_nonzero_log_det = true;            ///< false for volume-preserving layers (permutations)
+  std::vector<std::string> unused_parameters{};  ///< parameters the configuration does not use (GIN's global_scale)
+  /// fp64 round trip and |ld_f + ld_i| bound (relative); looser only where a layer holds a float32-rounded matrix.
+  double f64_tolerance = 1e-10;
 };
 
 /// Builds the module under test for the given per-scale channels.
@@ -105,7 +129,7 @@ inline validflow::AnyFlow make_nontrivial(const ModuleFactory& make, const Input
   auto module = make(spec.channels);
   module.module().to(dtype);
   module.module().train();
-  module->forward(random_inputs(spec, dtype, spec.batch));
+  module->forward(random_inputs(spec, dtype, spec.batch), random_conditions(spec, dtype, spec.batch));
   randomize_parameters(module.module());
   return module;
 }
@@ -121,7 +145,8 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     auto module = make_nontrivial(make, spec, dtype);
     module.module().eval();
     const auto x = random_inputs(spec, dtype, spec.batch);
-    const auto forward = module->forward(x);
+    const auto c = random_conditions(spec, dtype, spec.batch);
+    const auto forward = module->forward(x, c);
     REQUIRE(forward.tensors.size() == x.size());
     for (size_t s = 0; s < x.size(); ++s) {
       REQUIRE(forward.tensors[s].sizes() == x[s].sizes());
@@ -129,7 +154,7 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     }
     REQUIRE(forward.log_det.sizes() == torch::IntArrayRef{spec.batch});
     REQUIRE(forward.log_det.scalar_type() == dtype);
-    const auto inverse = module->inverse(forward.tensors);
+    const auto inverse = module->inverse(forward.tensors, c);
     const double error = max_abs_diff(inverse.tensors, x);
     const double log_det_error = (forward.log_det + inverse.log_det).abs().max().item<double>();
     const double log_det_scale = 1.0 + forward.log_det.abs().max().item<double>();
@@ -141,8 +166,8 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     } else {
       report.inverse_error_f64 = error;
       report.log_det_sum_error_f64 = log_det_error;
-      CHECK(error <= 1e-10);
-      CHECK(log_det_error <= 1e-10 * log_det_scale);
+      CHECK(error <= options.f64_tolerance);
+      CHECK(log_det_error <= options.f64_tolerance * log_det_scale);
     }
     // A non-trivial module must actually change its input (guards against an accidental identity).
     CHECK(max_abs_diff(forward.tensors, x) > 1e-3);
@@ -154,8 +179,9 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     auto module = make_nontrivial(make, options.jacobian_spec, torch::kFloat64);
     module.module().eval();
     const auto x = random_inputs(options.jacobian_spec, torch::kFloat64, options.jacobian_spec.batch);
-    const auto analytic = module->forward(x).log_det;
-    const auto numeric = autograd_log_abs_det(*module, x);
+    const auto c = random_conditions(options.jacobian_spec, torch::kFloat64, options.jacobian_spec.batch);
+    const auto analytic = module->forward(x, c).log_det;
+    const auto numeric = autograd_log_abs_det(*module, x, c);
     const double rel = ((analytic - numeric).abs() / numeric.abs().clamp_min(1.0)).max().item<double>();
     report.jacobian_rel_error = rel;
     CAPTURE(analytic, numeric, rel);
@@ -168,39 +194,42 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   torch::manual_seed(3);
   auto module = make_nontrivial(make, spec, torch::kFloat32);
   const auto x = random_inputs(spec, torch::kFloat32, spec.batch);
+  const auto c = random_conditions(spec, torch::kFloat32, spec.batch);
 
   // Gradients of the NLL reach every parameter; eval + no-grad gives the same result as train mode.
   if (!module.module().parameters().empty()) {
     module.module().train();
     module.module().zero_grad();
-    const auto result = module->forward(x);
+    const auto result = module->forward(x, c);
     torch::Tensor sq = torch::zeros({spec.batch});
-    for (const auto& z : result.tensors) sq = sq + z.pow(2).sum({1, 2, 3});
+    for (const auto& z : result.tensors) sq = sq + z.pow(2).flatten(1).sum(1);
     (0.5 * sq - result.log_det).mean().backward();
     for (const auto& p : module.module().named_parameters()) {
       INFO("parameter " << p.key());
+      const auto& unused = options.unused_parameters;
+      if (std::find(unused.begin(), unused.end(), p.key()) != unused.end()) continue;
       REQUIRE(p.value().grad().defined());
       CHECK(p.value().grad().abs().max().item<double>() > 0);
     }
     module.module().eval();
     torch::NoGradGuard no_grad;
-    const auto eval_result = module->forward(x);
+    const auto eval_result = module->forward(x, c);
     CHECK(max_abs_diff(eval_result.tensors, result.tensors) <= 1e-6);
   }
 
   module.module().eval();
   torch::NoGradGuard no_grad;
-  const auto reference = module->forward(x);
+  const auto reference = module->forward(x, c);
 
   // clone(): equal outputs, independent parameters.
   {
     auto copy = module.clone();
     copy.module().eval();
-    CHECK(equal_lists(copy->forward(x).tensors, reference.tensors));
+    CHECK(equal_lists(copy->forward(x, c).tensors, reference.tensors));
     auto params = copy.module().parameters();
     if (!params.empty()) {
       params[0].add_(1.0);
-      CHECK(equal_lists(module->forward(x).tensors, reference.tensors));
+      CHECK(equal_lists(module->forward(x, c).tensors, reference.tensors));
     }
   }
 
@@ -213,7 +242,7 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
     torch::load(fresh_module, path);
     std::remove(path.c_str());
     fresh.module().train();
-    const auto loaded = fresh->forward(x);
+    const auto loaded = fresh->forward(x, c);
     CHECK(equal_lists(loaded.tensors, reference.tensors));
     CHECK(loaded.log_det.equal(reference.log_det));
   }
@@ -221,30 +250,50 @@ inline HarnessReport check_flow(const std::string& name, const ModuleFactory& ma
   if (options.check_bad_inputs) {
     auto fewer = x;
     fewer.pop_back();
-    CHECK_THROWS_AS(module->forward(fewer), FlowInputError);
+    CHECK_THROWS_AS(module->forward(fewer, c), FlowInputError);
     auto more = x;
     more.push_back(x.back());
-    CHECK_THROWS_AS(module->forward(more), FlowInputError);
+    CHECK_THROWS_AS(module->forward(more, c), FlowInputError);
     auto wrong_channels = x;
-    wrong_channels[0] = torch::randn({spec.batch, spec.channels[0] + 2, spec.sizes[0], spec.sizes[0]});
-    CHECK_THROWS_AS(module->forward(wrong_channels), FlowInputError);
+    wrong_channels[0] = torch::randn(tensor_shape(spec, spec.batch, spec.channels[0] + 2, spec.sizes[0]));
+    CHECK_THROWS_AS(module->forward(wrong_channels, c), FlowInputError);
     if (x.size() > 1) {
       auto wrong_batch = x;
-      wrong_batch.back() = torch::randn({spec.batch + 1, spec.channels.back(), spec.sizes.back(), spec.sizes.back()});
-      CHECK_THROWS_WITH(module->forward(wrong_batch), Catch::Contains("batch size mismatch"));
+      wrong_batch.back() = torch::randn(tensor_shape(spec, spec.batch + 1, spec.channels.back(), spec.sizes.back()));
+      CHECK_THROWS_WITH(module->forward(wrong_batch, c), Catch::Contains("batch size mismatch"));
     }
     auto with_nan = x;
     with_nan[0] = x[0].clone();
     with_nan[0].view(-1)[0] = std::numeric_limits<float>::quiet_NaN();
-    CHECK_THROWS_WITH(module->forward(with_nan), Catch::Contains("NaN"));
-    CHECK_THROWS_AS(module->inverse(with_nan), FlowInputError);
+    CHECK_THROWS_WITH(module->forward(with_nan, c), Catch::Contains("NaN"));
+    CHECK_THROWS_AS(module->inverse(with_nan, c), FlowInputError);
     TensorList integers;
     for (const auto& t : x) integers.push_back(t.to(torch::kInt32));
-    CHECK_THROWS_AS(module->forward(integers), FlowInputError);
+    CHECK_THROWS_AS(module->forward(integers, c), FlowInputError);
     if (!module.module().parameters().empty()) {
       TensorList doubles;
       for (const auto& t : x) doubles.push_back(t.to(torch::kFloat64));
-      CHECK_THROWS_WITH(module->forward(doubles), Catch::Contains("dtype"));
+      CHECK_THROWS_WITH(module->forward(doubles, c), Catch::Contains("dtype"));
+    }
+    if (!c.empty()) {  // conditions are checked like inputs
+      CHECK_THROWS_WITH(module->forward(x), Catch::Contains("condition"));
+      auto extra = c;
+      extra.push_back(c[0]);
+      CHECK_THROWS_WITH(module->forward(x, extra), Catch::Contains("condition"));
+      auto wrong = c;
+      wrong[0] = torch::randn(tensor_shape(spec, spec.batch, spec.conditions[0] + 1, spec.sizes[0]));
+      CHECK_THROWS_WITH(module->forward(x, wrong), Catch::Contains("condition 0"));
+      if (spec.spatial_dims > 0) {
+        wrong[0] = torch::randn(tensor_shape(spec, spec.batch, spec.conditions[0], spec.sizes[0] + 1));
+        CHECK_THROWS_WITH(module->inverse(x, wrong), Catch::Contains("spatial"));
+      }
+      wrong[0] = c[0].clone();
+      wrong[0].view(-1)[0] = std::numeric_limits<float>::quiet_NaN();
+      CHECK_THROWS_WITH(module->forward(x, wrong), Catch::Contains("condition 0 contains NaN"));
+      wrong[0] = c[0].to(torch::kFloat64);
+      CHECK_THROWS_WITH(module->forward(x, wrong), Catch::Contains("dtype"));
+    } else {
+      CHECK_THROWS_WITH(module->forward(x, {x[0]}), Catch::Contains("condition"));
     }
   }
 

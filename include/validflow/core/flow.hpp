@@ -11,6 +11,10 @@
 //    on that dtype/device (module->to(...)), otherwise a FlowInputError names the mismatch.
 //  * Every module validates its input (number of scales, rank, channels, batch sizes, dtype, device,
 //    spatial sizes it needs, and NaN/Inf while `finite_checks()` is on) and throws FlowInputError.
+//  * Conditional form: `forward(x, conditions)` / `inverse(z, conditions)`. A conditional module names the
+//    channels of each condition it needs (`condition_channels()`); each condition has the input's batch and
+//    spatial sizes, dtype and device (FrEIA's rule), and is checked like an input (check_conditions). The
+//    stacks pass the conditions to their conditional layers only. An unconditional module refuses conditions.
 #include <validflow/util/error.hpp>
 #include <validflow/util/modules.hpp>
 
@@ -58,9 +62,33 @@ class FlowModule {
   virtual ~FlowModule() = default;
   virtual FlowResult forward(const TensorList& x) = 0;
   virtual FlowResult inverse(const TensorList& z) = 0;
+  /// The conditional form of the contract (see the top of this file). Not virtual, so that a layer's
+  /// `forward(x)` does not hide it from callers that hold a FlowModule; layers override conditional_forward.
+  FlowResult forward(const TensorList& x, const TensorList& conditions) { return conditional_forward(x, conditions); }
+  FlowResult inverse(const TensorList& z, const TensorList& conditions) { return conditional_inverse(z, conditions); }
+  /// Channels of each condition the module needs; empty for an unconditional module.
+  virtual std::vector<int64_t> condition_channels() const { return {}; }
   /// Multiply-accumulates of one sample's forward at these map sizes, counting convolutions and linear
   /// layers (thop's convention; element-wise work is not counted). Parameter-free layers return 0.
   virtual double forward_macs(const MapSizes& /*sizes*/) const { return 0; }
+
+ protected:
+  /// Unconditional modules: no conditions, or a FlowInputError that says so.
+  virtual FlowResult conditional_forward(const TensorList& x, const TensorList& conditions) {
+    refuse_conditions(conditions);
+    return forward(x);
+  }
+  virtual FlowResult conditional_inverse(const TensorList& z, const TensorList& conditions) {
+    refuse_conditions(conditions);
+    return inverse(z);
+  }
+
+ private:
+  static void refuse_conditions(const TensorList& conditions) {
+    if (!conditions.empty())
+      throw FlowInputError("this flow module is unconditional and takes no conditions, got " +
+                           std::to_string(conditions.size()));
+  }
 };
 
 /// Any flow module, with its parameters: e.g. `AnyFlow flow = ValidFlow(options);` then `flow->forward(x)`,
@@ -137,17 +165,23 @@ inline void check_finite(const TensorList& x, const std::string& module) {
 
 /// Validates a multi-scale input against the channels a module was built for. `reference` (a parameter of
 /// the module, may be undefined) fixes the dtype and device. Throws FlowInputError naming the problem.
+/// `rank` is 4 (NCHW) for the multi-scale layers; the single-tensor blocks (validflow/freia/) take
+/// [batch, channels, spatial...] of the rank they were built for (2 for vectors).
 inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& channels, const std::string& module,
-                             const torch::Tensor& reference = {}) {
+                             const torch::Tensor& reference = {}, int64_t rank = 4) {
   if (x.size() != channels.size()) {
     detail::throw_input_error(module, "expected ", channels.size(), " scale(s), got ", x.size());
   }
   for (size_t s = 0; s < x.size(); ++s) {
     const auto& t = x[s];
     if (!t.defined()) detail::throw_input_error(module, "scale ", s, ": tensor is undefined");
-    if (t.dim() != 4) {
-      detail::throw_input_error(module, "scale ", s, ": expected an NCHW tensor (4 dims), got shape ",
-                                detail::shape_string(t));
+    if (t.dim() != rank) {
+      if (rank == 4) {
+        detail::throw_input_error(module, "scale ", s, ": expected an NCHW tensor (4 dims), got shape ",
+                                  detail::shape_string(t));
+      }
+      detail::throw_input_error(module, "scale ", s, ": expected a tensor of rank ", rank, " ([batch, channels]",
+                                rank > 2 ? " + spatial dims" : "", "), got shape ", detail::shape_string(t));
     }
     if (!t.is_floating_point()) {
       detail::throw_input_error(module, "scale ", s, ": expected a floating-point tensor, got ", t.scalar_type());
@@ -182,6 +216,54 @@ inline void check_flow_input(const TensorList& x, const std::vector<int64_t>& ch
   }
   check_finite(x, module);
 }
+
+/// Validates the conditions of a conditional module against the channels it needs and its input `x` (scale 0):
+/// count, rank, channels, and the input's batch and spatial sizes, dtype and device; NaN/Inf like inputs.
+inline void check_conditions(const TensorList& conditions, const std::vector<int64_t>& channels, const TensorList& x,
+                             const std::string& module) {
+  if (conditions.size() != channels.size()) {
+    detail::throw_input_error(module, "expected ", channels.size(), " condition(s), got ", conditions.size());
+  }
+  const auto& input = x.at(0);
+  for (size_t k = 0; k < conditions.size(); ++k) {
+    const auto& c = conditions[k];
+    if (!c.defined()) detail::throw_input_error(module, "condition ", k, ": tensor is undefined");
+    if (!c.is_floating_point()) {
+      detail::throw_input_error(module, "condition ", k, ": expected a floating-point tensor, got ", c.scalar_type());
+    }
+    if (c.dim() != input.dim() || c.size(1) != channels[k]) {
+      detail::throw_input_error(module, "condition ", k, ": expected ", channels[k], " channels and rank ", input.dim(),
+                                ", got shape ", detail::shape_string(c));
+    }
+    for (int64_t d = 0; d < c.dim(); ++d) {
+      if (d != 1 && c.size(d) != input.size(d)) {
+        detail::throw_input_error(module, "condition ", k, ": shape ", detail::shape_string(c),
+                                  " does not match the input's batch and spatial sizes (input ",
+                                  detail::shape_string(input), ")");
+      }
+    }
+    if (c.scalar_type() != input.scalar_type()) {
+      detail::throw_input_error(module, "condition ", k, ": dtype ", c.scalar_type(), " differs from the input's ",
+                                input.scalar_type());
+    }
+    if (c.device() != input.device()) {
+      detail::throw_input_error(module, "condition ", k, ": on ", c.device(), ", the input is on ", input.device());
+    }
+    if (finite_checks() && detail::nested_flow_depth() == 0 && !torch::isfinite(c).all().item<bool>()) {
+      detail::throw_input_error(module, "condition ", k, " contains NaN or Inf values");
+    }
+  }
+}
+
+namespace detail {
+/// One step of a composed flow in the conditional form: conditional layers get the conditions, the others not.
+inline FlowResult forward_step(FlowModule& layer, const TensorList& x, const TensorList& conditions) {
+  return layer.condition_channels().empty() ? layer.forward(x) : layer.forward(x, conditions);
+}
+inline FlowResult inverse_step(FlowModule& layer, const TensorList& z, const TensorList& conditions) {
+  return layer.condition_channels().empty() ? layer.inverse(z) : layer.inverse(z, conditions);
+}
+}  // namespace detail
 
 /// Per-sample zero log-det with the input's dtype and device.
 inline torch::Tensor zero_log_det(const TensorList& x) {

@@ -14,6 +14,19 @@
 #include <vector>
 
 namespace validflow {
+namespace detail {
+/// A composed flow's conditional layers must all take the same conditions: `channels` collects them.
+inline void agree_on_conditions(std::vector<int64_t>& channels, const FlowModule& layer, const char* where) {
+  const auto own = layer.condition_channels();
+  if (own.empty()) return;
+  if (!channels.empty() && channels != own) {
+    throw FlowInputError(std::string(where) + ": conditional layers disagree on their conditions' channels (" +
+                         shape_string(torch::IntArrayRef(channels)) + " vs " + shape_string(torch::IntArrayRef(own)) +
+                         ")");
+  }
+  channels = own;
+}
+}  // namespace detail
 
 template <typename... Layers>
 struct FlowSequenceOptions {
@@ -63,6 +76,17 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
     return std::apply([&](const auto&... layer) { return (0.0 + ... + layer->forward_macs(sizes)); }, layers);
   }
 
+  using FlowModule::forward;  // the conditional forms, forward(x, conditions) and inverse(z, conditions)
+  using FlowModule::inverse;
+
+  /// Those of its conditional layers (which must agree); empty if none is conditional.
+  std::vector<int64_t> condition_channels() const override {
+    std::vector<int64_t> channels;
+    std::apply([&](const auto&... layer) { (detail::agree_on_conditions(channels, *layer, "FlowSequence"), ...); },
+               layers);
+    return channels;
+  }
+
   /// The I-th layer (module holder).
   template <size_t I>
   auto& get() {
@@ -72,6 +96,26 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
   Options options;
   std::tuple<Layers...> layers{Layers(nullptr)...};
 
+ protected:
+  FlowResult conditional_forward(const TensorList& x, const TensorList& conditions) override {
+    FlowResult result{x, zero_log_det(x)};
+    check_finite(x, "FlowSequence");
+    check_conditions(conditions, condition_channels(), x, "FlowSequence");
+    NestedFlowCall nested;
+    std::apply([&](auto&... layer) { (chain(result, detail::forward_step(*layer, result.tensors, conditions)), ...); },
+               layers);
+    return result;
+  }
+
+  FlowResult conditional_inverse(const TensorList& z, const TensorList& conditions) override {
+    FlowResult result{z, zero_log_det(z)};
+    check_finite(z, "FlowSequence");
+    check_conditions(conditions, condition_channels(), z, "FlowSequence");
+    NestedFlowCall nested;
+    inverse_from<sizeof...(Layers)>(result, conditions);
+    return result;
+  }
+
  private:
   template <size_t... I>
   void register_layers(std::index_sequence<I...>) {
@@ -79,10 +123,10 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
   }
 
   template <size_t N>
-  void inverse_from(FlowResult& result) {
+  void inverse_from(FlowResult& result, const TensorList& conditions = {}) {
     if constexpr (N > 0) {
-      chain(result, std::get<N - 1>(layers)->inverse(result.tensors));
-      inverse_from<N - 1>(result);
+      chain(result, detail::inverse_step(*std::get<N - 1>(layers), result.tensors, conditions));
+      inverse_from<N - 1>(result, conditions);
     }
   }
 };
@@ -106,6 +150,8 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
   /// Appends a flow layer: a module holder (e.g. ActNorm(...)), a shared_ptr to an Impl, or an AnyFlow.
   void push_back(AnyFlow layer) {
     TORCH_CHECK(!layer.is_empty(), "FlowStack::push_back: empty module");
+    auto channels = condition_channels();
+    detail::agree_on_conditions(channels, *layer, "FlowStack::push_back");
     register_module(std::to_string(layers.size()), layer.module_ptr());
     layers.push_back(std::move(layer));
   }
@@ -132,6 +178,18 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
     return total;
   }
 
+  using FlowModule::forward;  // the conditional forms, forward(x, conditions) and inverse(z, conditions)
+  using FlowModule::inverse;
+
+  /// Those of its conditional layers (push_back keeps them in agreement); empty if none is conditional.
+  std::vector<int64_t> condition_channels() const override {
+    for (const auto& layer : layers) {
+      auto channels = layer->condition_channels();
+      if (!channels.empty()) return channels;
+    }
+    return {};
+  }
+
   FlowResult forward(const TensorList& x) override {
     TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
     FlowResult result{x, zero_log_det(x)};
@@ -155,6 +213,28 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
   }
 
   std::vector<AnyFlow> layers;
+
+ protected:
+  FlowResult conditional_forward(const TensorList& x, const TensorList& conditions) override {
+    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
+    FlowResult result{x, zero_log_det(x)};
+    check_finite(x, "FlowStack");
+    check_conditions(conditions, condition_channels(), x, "FlowStack");
+    NestedFlowCall nested;
+    for (const auto& layer : layers) chain(result, detail::forward_step(*layer, result.tensors, conditions));
+    return result;
+  }
+
+  FlowResult conditional_inverse(const TensorList& z, const TensorList& conditions) override {
+    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
+    FlowResult result{z, zero_log_det(z)};
+    check_finite(z, "FlowStack");
+    check_conditions(conditions, condition_channels(), z, "FlowStack");
+    NestedFlowCall nested;
+    for (auto it = layers.rbegin(); it != layers.rend(); ++it)
+      chain(result, detail::inverse_step(**it, result.tensors, conditions));
+    return result;
+  }
 };
 
 TORCH_MODULE(FlowStack);
