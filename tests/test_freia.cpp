@@ -229,3 +229,152 @@ TEST_CASE("block options are validated where they are set", "[freia][errors]") {
   FcAllInOne block(fc_all_in_one(4));
   CHECK_THROWS_WITH(block->forward({torch::randn({2, 4, 3, 3})}), Catch::Contains("rank 2"));
 }
+
+namespace {
+
+/// The networks of tools/freia_parity.py (its `cases`), from validflow's blocks.
+FlowStack all_in_one_vectors(FreiaVariant variant) {
+  FlowStack stack;
+  const auto block = [&]() {
+    return FcAllInOne::Impl::Options(7, FcSubnetOptions()).spatial_dims(0).condition_channels({3}).variant(variant);
+  };
+  stack->push_back(FcAllInOne(block().affine_clamping(1.9)));
+  stack->push_back(FcAllInOne(
+      block().global_affine_type(GlobalAffineType::sigmoid).global_affine_init(0.8).reverse_permutation(true)));
+  stack->push_back(FcAllInOne(block().global_affine_type(GlobalAffineType::exp).learned_householder_permutation(2)));
+  stack->push_back(FcAllInOne(block().gin_block(true).permute_soft(true)));
+  return stack;
+}
+
+FlowStack all_in_one_images(FreiaVariant variant) {
+  FlowStack stack;
+  for (int k = 0; k < 3; ++k) {
+    stack->push_back(ConvAllInOne(
+        ConvAllInOne::Impl::Options(5, Conv2dSubnetOptions().kernel_size(k % 2 == 0 ? 3 : 1)).variant(variant)));
+  }
+  return stack;
+}
+
+FlowStack couplings_vectors() {
+  using Options = CouplingBlockOptions<FcSubnetOptions>;
+  FlowStack stack;
+  stack->push_back(GLOWCouplingBlock<FcSubnet>(Options(5).spatial_dims(0).condition_channels({2}).clamp(1.5)));
+  stack->push_back(PermuteRandom(PermuteRandomOptions(5).spatial_dims(0).seed(2)));
+  stack->push_back(RNVPCouplingBlock<FcSubnet>(
+      Options(5).spatial_dims(0).condition_channels({2}).clamp_activation(ClampActivation::tanh)));
+  stack->push_back(FreiaActNorm(FreiaActNormOptions(5).spatial_dims(0)));
+  stack->push_back(GLOWCouplingBlock<FcSubnet>(Options(5)
+                                                   .spatial_dims(0)
+                                                   .condition_channels({2})
+                                                   .clamp_activation(ClampActivation::sigmoid)
+                                                   .split_fraction(0.4)));
+  return stack;
+}
+
+FlowStack couplings_images() {
+  using Options = CouplingBlockOptions<Conv2dSubnetOptions>;
+  FlowStack stack;
+  stack->push_back(GLOWCouplingBlock<Conv2dSubnet>(Options(6, Conv2dSubnetOptions().hidden_channels(6))));
+  stack->push_back(PermuteRandom(PermuteRandomOptions(6).seed(5)));
+  stack->push_back(
+      RNVPCouplingBlock<Conv2dSubnet>(Options(6, Conv2dSubnetOptions().kernel_size(1).hidden_channels(4))));
+  return stack;
+}
+
+struct ParityCase {
+  std::string name;
+  std::function<FlowStack()> build;
+};
+
+const std::vector<ParityCase> kParityCases = {
+    {"freia_allinone_vectors", [] { return all_in_one_vectors(FreiaVariant::freia); }},
+    {"freia_allinone_images", [] { return all_in_one_images(FreiaVariant::freia); }},
+    {"anomalib_allinone_vectors", [] { return all_in_one_vectors(FreiaVariant::anomalib); }},
+    {"anomalib_allinone_images", [] { return all_in_one_images(FreiaVariant::anomalib); }},
+    {"freia_couplings_vectors", couplings_vectors},
+    {"freia_couplings_images", couplings_images},
+};
+
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>() / b.abs().max().clamp_min(1e-30).item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("FrEIA 0.2 and anomalib parity: z and log-det, forward and inverse, fp32 and fp64", "[freia][parity]") {
+  const std::filesystem::path folder = std::filesystem::path(VALIDFLOW_SOURCE_DIR) / "tests" / "golden" / "freia";
+  REQUIRE(std::filesystem::is_directory(folder));  // committed (tools/freia_parity.py)
+  for (const auto& c : kParityCases) {
+    for (const auto& [suffix, dtype, tolerance] :
+         {std::tuple{"fp32", torch::kFloat32, 1e-5}, std::tuple{"fp64", torch::kFloat64, 1e-12}}) {
+      const auto path = (folder / (c.name + "_" + suffix + ".pt")).string();
+      INFO("golden file " << path);
+      const auto golden = read_state_dict(path);
+      auto stack = c.build();
+      if (c.name.find("couplings") != std::string::npos) {  // FrEIA's numpy seeding of PermuteRandom, reproduced
+        const auto& permute = stack[1];
+        const auto* own = dynamic_cast<PermuteRandomImpl*>(permute.module_ptr().get());
+        REQUIRE(own);
+        CHECK(own->perm.equal(golden.at("inn.module_list.1.perm")));
+      }
+      stack->to(dtype);
+      const auto report = load_freia_sequence(*stack, golden, "inn.");
+      CHECK(report.loaded > 0);
+      stack->eval();
+      torch::NoGradGuard no_grad;
+      const TensorList conditions = golden.contains("c0") ? TensorList{golden.at("c0")} : TensorList{};
+      const auto forward = stack->forward({golden.at("x")}, conditions);
+      const auto inverse = stack->inverse({golden.at("z_in")}, conditions);
+      const double errors[] = {relative_error(forward.tensors[0], golden.at("z")),
+                               relative_error(forward.log_det, golden.at("log_det")),
+                               relative_error(inverse.tensors[0], golden.at("x_rev")),
+                               relative_error(inverse.log_det, golden.at("log_det_rev"))};
+      std::printf("[parity] %-28s %s  rel err z %.1e  log-det %.1e  inverse x %.1e  log-det %.1e\n", c.name.c_str(),
+                  suffix, errors[0], errors[1], errors[2], errors[3]);
+      for (const double e : errors) CHECK(e <= tolerance);
+    }
+  }
+}
+
+TEST_CASE("FrEIA import lists every key that does not fit", "[freia][import]") {
+  const auto path =
+      (std::filesystem::path(VALIDFLOW_SOURCE_DIR) / "tests" / "golden" / "freia" / "freia_couplings_vectors_fp32.pt")
+          .string();
+  const auto golden = read_state_dict(path);
+  // A network with one block fewer: the file's last block is unexpected.
+  auto shorter = couplings_vectors();
+  FlowStack four;
+  for (size_t i = 0; i + 1 < shorter->size(); ++i) four->push_back((*shorter)[i]);
+  CHECK_THROWS_WITH(load_freia_sequence(*four, golden, "inn."),
+                    Catch::Contains("unexpected key(s) (inn.module_list.4."));
+  // Another width: every mismatch named with both shapes.
+  FlowStack wider;
+  wider->push_back(GLOWCouplingBlock<FcSubnet>(CouplingBlockOptions<FcSubnetOptions>(6).spatial_dims(0)));
+  CHECK_THROWS_WITH(load_freia_sequence(*wider, golden, "inn."), Catch::Contains("mismatch"));
+  // A wrong prefix finds nothing: every module key missing.
+  auto full = couplings_vectors();
+  CHECK_THROWS_WITH(load_freia_sequence(*full, golden, "flow."),
+                    Catch::Contains("missing key(s) (flow.module_list.0."));
+  // Without a prefix the file's other tensors (x, z, ...) are unexpected.
+  CHECK_THROWS_WITH(load_freia_sequence(*full, golden), Catch::Contains("unexpected key(s)"));
+}
+
+TEST_CASE("fresh AllInOneBlocks draw the permutation FrEIA and anomalib draw from the same seed", "[freia][parity]") {
+  const auto folder = std::filesystem::path(VALIDFLOW_SOURCE_DIR) / "tests" / "golden" / "freia";
+  // tools/freia_parity.py seeds numpy and torch with the case's index before building: the first block's
+  // permutation is FrEIA's np.random.permutation(C) / anomalib's torch.randperm(C) right after seeding.
+  const struct {
+    const char* file;
+    FreiaVariant variant;
+    uint32_t seed;
+  } cases[] = {{"freia_allinone_images_fp32.pt", FreiaVariant::freia, 2},
+               {"anomalib_allinone_images_fp32.pt", FreiaVariant::anomalib, 0}};
+  for (const auto& c : cases) {
+    INFO(c.file);
+    const auto golden = read_state_dict((folder / c.file).string());
+    ConvAllInOne block(
+        ConvAllInOne::Impl::Options(5, Conv2dSubnetOptions()).variant(c.variant).permutation_seed(c.seed));
+    CHECK(block->w_perm.equal(golden.at("inn.module_list.0.w_perm")));
+    CHECK(block->w_perm_inv.equal(golden.at("inn.module_list.0.w_perm_inv")));
+  }
+}
