@@ -337,7 +337,10 @@ TEST_CASE("state dicts: a tensor that views past its storage is refused", "[io][
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
   dict.insert("big", view);
   const auto bytes = torch::pickle_save(c10::IValue(dict));
-  CHECK_THROWS_WITH(parse_state_dict(bytes, "v.pt"), Catch::Contains("entry 'big'") && Catch::Contains("storage"));
+  // LibTorch 1.13: our check names the entry; 2.x's unpickler refuses the view first, with its own words.
+  CHECK_THROWS_WITH(parse_state_dict(bytes, "v.pt"),
+                    Catch::Contains("'v.pt'") && Catch::Contains("storage") &&
+                        (Catch::Contains("entry 'big'") || Catch::Contains("views past its storage")));
   // A legitimate view (an offset slice) is accepted.
   c10::impl::GenericDict ok(c10::StringType::get(), c10::TensorType::get());
   ok.insert("slice", torch::arange(10, torch::kFloat32).slice(0, 2, 8));

@@ -6,6 +6,7 @@
 #include <validflow/detect.hpp>
 #include <validflow/eval/metrics.hpp>
 #include <validflow/features.hpp>
+#include <validflow/freia.hpp>
 #include <validflow/io.hpp>
 #include <validflow/models.hpp>
 #include <validflow/runtime.hpp>

@@ -161,7 +161,12 @@ inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::str
   try {
     value = torch::pickle_load(bytes);
   } catch (const c10::Error& e) {
-    throw FileError(path, "cannot read '" + path + "': " + e.what_without_backtrace() + unpickle_hint);
+    // LibTorch 2.x's unpickler checks views against their storage itself (1.13 does not: check_tensor_in_storage).
+    const std::string what = e.what_without_backtrace();
+    const bool past_storage = what.find("require a storage") != std::string::npos;
+    throw FileError(
+        path, "cannot read '" + path + "': " + what +
+                  (past_storage ? " (a tensor views past its storage: a corrupt or crafted file)" : unpickle_hint));
   } catch (const std::exception& e) {
     throw FileError(path, "cannot read '" + path + "': " + e.what() + unpickle_hint);
   }
