@@ -9,6 +9,7 @@ initialised from data, then moved), and writes one `torch.save` file per case an
     x, c0                 input and condition (c0 absent for unconditional cases)
     z, log_det            inn(x, c=[c0])
     z_in, x_rev, log_det_rev   inn(z_in, c=[c0], rev=True)
+    step.K.out, step.K.log_det   block K alone on step.(K-1).out (x for K = 0), for per-block figures
 
 The C++ test builds the same networks from validflow's blocks (its table must match CASES below), imports the
 weights with load_freia_sequence and compares. Run by hand in a virtual environment (CI uses the committed files):
@@ -125,6 +126,20 @@ def randomize(inn, x, c):
                 p.normal_(0.0, 0.3)
 
 
+def block_steps(inn, x, c):
+    """Each block alone: step.K.out / step.K.log_det of module K on step.(K-1).out (x for K = 0), for the
+    per-block parity figures."""
+    steps, h = {}, (x,)
+    for k, module in enumerate(inn.module_list):
+        if inn.conditions[k] is None:
+            h, j = module(h, rev=False)
+        else:
+            h, j = module(h, c=[c[inn.conditions[k]]], rev=False)
+        steps["step.%d.out" % k] = h[0].clone()
+        steps["step.%d.log_det" % k] = (torch.zeros(x.shape[0], dtype=x.dtype) + j).clone()
+    return steps
+
+
 def write_case(name, shape, cond_shape, blocks, dtype, out_dir, seed):
     torch.manual_seed(seed)
     import numpy as np
@@ -142,11 +157,13 @@ def write_case(name, shape, cond_shape, blocks, dtype, out_dir, seed):
             z, log_det = inn(x, c=c)
             z_in = torch.randn_like(z)
             x_rev, log_det_rev = inn(z_in, c=c, rev=True)
+            steps = block_steps(inn, x, c)
     finally:
         torch.set_default_dtype(previous)
     record = {"inn." + key: value.detach().clone() for key, value in inn.state_dict().items()}
     record.update({"x": x, "z": z, "log_det": log_det.reshape(batch), "z_in": z_in, "x_rev": x_rev,
                    "log_det_rev": log_det_rev.reshape(batch)})
+    record.update(steps)
     if c:
         record["c0"] = c[0]
     suffix = "fp64" if dtype == torch.float64 else "fp32"
