@@ -2,12 +2,17 @@
 // it (FastFlow's 2-D flow on a 64-channel 64x64 map, CFlow-AD's conditional per-position flow on 4096 vectors of
 // 256 channels), inference: eval, NoGradGuard, forward, finite checks off.
 //
-//   bench_freia [--freia_times=FILE] [Google Benchmark flags]
+//   bench_freia [--freia_times=FILE] [--tuned_runtime] [Google Benchmark flags]
+//
+// --tuned_runtime applies validflow::configure_cpu_runtime() (runtime.hpp: heap instead of one mmap per large
+// tensor, LibTorch's AVX-512 kernels where the CPU has them), as the validflow program does; without it LibTorch
+// runs with its defaults, as FrEIA in Python does. scripts/bench_freia.sh measures both ways, FrEIA too.
 //
 // With --freia_times (the JSON of tools/bench_freia.py, which times FrEIA 0.2's same blocks at the same sizes), each
 // case gets counters freia_ms (FrEIA's median forward) and speedup (FrEIA's time / ours); scripts/bench_freia.sh
 // runs both in one go with the same thread count. Times are wall clock (UseRealTime: intra-op worker threads).
 #include <validflow/freia.hpp>
+#include <validflow/runtime.hpp>
 
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
@@ -103,6 +108,17 @@ void run_case(benchmark::State& state, const Case& c) {
   set_finite_checks(true);
 }
 
+/// Removes `flag` from argv (before Google Benchmark sees the flags); true if it was there.
+bool take_flag(int& argc, char** argv, const char* flag) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], flag) != 0) continue;
+    for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+    --argc;
+    return true;
+  }
+  return false;
+}
+
 /// Reads --freia_times=FILE (and removes it from argv before Google Benchmark sees the flags).
 bool read_freia_times(int& argc, char** argv) {
   const char* flag = "--freia_times=";
@@ -134,6 +150,13 @@ bool read_freia_times(int& argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (!read_freia_times(argc, argv)) return 2;
+  if (take_flag(argc, argv, "--tuned_runtime")) {
+    const auto report = configure_cpu_runtime();
+    std::printf("runtime: validflow::configure_cpu_runtime (malloc tuned %s, kernels %s)\n",
+                report.malloc_tuned ? "yes" : "no", report.cpu_capability.c_str());
+  } else {
+    std::printf("runtime: LibTorch's defaults\n");
+  }
   for (const auto& c : cases()) {
     benchmark::RegisterBenchmark(("freia/" + c.name).c_str(), [c](benchmark::State& state) { run_case(state, c); })
         ->UseRealTime()

@@ -207,6 +207,16 @@ TEST_CASE("a conditional stack composes like an unconditional one", "[freia][sta
     return AnyFlow(stack.ptr());
   };
   vft::check_flow("Stack_conditional", make, harness(vectors(6, {3}), vectors(6, {3}, 2)));
+  // The compile-time chain passes conditions the same way.
+  using Sequence = FlowSequence<FreiaActNorm, FcAllInOne, PermuteRandom>;
+  vft::check_flow(
+      "Sequence_conditional",
+      [](const auto& c) {
+        return Sequence(FreiaActNormOptions(c[0]).spatial_dims(0), fc_all_in_one(c[0], {2}),
+                        PermuteRandomOptions(c[0]).spatial_dims(0).seed(4))
+            .ptr();
+      },
+      harness(vectors(5, {2}), vectors(5, {2}, 2)));
   // Conditional layers of one stack must take the same conditions.
   FlowStack stack;
   stack->push_back(FcAllInOne(fc_all_in_one(6, {3})));
