@@ -72,7 +72,7 @@ struct AllInOneBlockOptions {
 };
 
 template <typename Subnet>
-class AllInOneBlockImpl : public FlowLayer<AllInOneBlockImpl<Subnet>> {
+class AllInOneBlockImpl : public ConditionalFlowLayer<AllInOneBlockImpl<Subnet>> {
   static_assert(is_tensor_subnet_v<Subnet>,
                 "AllInOneBlock<Subnet>: Subnet must be a module holder whose Impl has `using Options = ...` with "
                 "in_channels(int64_t) / out_channels(int64_t) setters, `torch::Tensor forward(const torch::Tensor&)` "
@@ -122,14 +122,6 @@ class AllInOneBlockImpl : public FlowLayer<AllInOneBlockImpl<Subnet>> {
            << (options.learned_householder_permutation() > 0 ? ", householder" : "")
            << (options.reverse_permutation() ? ", reverse_permutation" : "") << ")";
   }
-
-  using FlowModule::forward;
-  using FlowModule::inverse;
-
-  FlowResult forward(const TensorList& x) override { return conditional_forward(x, {}); }
-  FlowResult inverse(const TensorList& z) override { return conditional_inverse(z, {}); }
-
-  std::vector<int64_t> condition_channels() const override { return options.condition_channels(); }
 
   double forward_macs(const MapSizes& sizes) const override {
     const auto positions = freia_detail::positions(sizes, options.spatial_dims());

@@ -17,6 +17,21 @@ namespace validflow {
 /// AllInOneBlockOptions::variant; the computation is the same).
 enum class FreiaVariant { freia, anomalib };
 
+/// Base of the conditional blocks: forward(x) / inverse(z) are the conditional forms with no conditions, and the
+/// conditions' channels come from `Derived::options.condition_channels()`. Derived implements
+/// conditional_forward / conditional_inverse (validflow/core/flow.hpp).
+template <typename Derived>
+class ConditionalFlowLayer : public FlowLayer<Derived> {
+ public:
+  using FlowModule::forward;  // forward(x, conditions), inverse(z, conditions)
+  using FlowModule::inverse;
+  FlowResult forward(const TensorList& x) override { return this->conditional_forward(x, {}); }
+  FlowResult inverse(const TensorList& z) override { return this->conditional_inverse(z, {}); }
+  std::vector<int64_t> condition_channels() const override {
+    return static_cast<const Derived&>(*this).options.condition_channels();
+  }
+};
+
 namespace freia_detail {
 
 /// Checks a block's input (one tensor of rank 2 + spatial_dims with `channels` channels, on the parameters'

@@ -48,7 +48,7 @@ struct CouplingBlockOptions {
 enum class TwoSidedCoupling { glow, rnvp };
 
 template <typename Subnet, TwoSidedCoupling Kind>
-class TwoSidedCouplingImpl : public FlowLayer<TwoSidedCouplingImpl<Subnet, Kind>> {
+class TwoSidedCouplingImpl : public ConditionalFlowLayer<TwoSidedCouplingImpl<Subnet, Kind>> {
   static_assert(is_tensor_subnet_v<Subnet>,
                 "GLOWCouplingBlock / RNVPCouplingBlock<Subnet>: Subnet must be a module holder whose Impl has "
                 "`using Options = ...` with in_channels(int64_t) / out_channels(int64_t) setters, "
@@ -95,14 +95,6 @@ class TwoSidedCouplingImpl : public FlowLayer<TwoSidedCouplingImpl<Subnet, Kind>
     stream << "validflow::" << kName << "(channels=" << options.channels() << ", split=" << split1 << "+" << split2
            << ", clamp=" << options.clamp() << ")";
   }
-
-  using FlowModule::forward;
-  using FlowModule::inverse;
-
-  FlowResult forward(const TensorList& x) override { return conditional_forward(x, {}); }
-  FlowResult inverse(const TensorList& z) override { return conditional_inverse(z, {}); }
-
-  std::vector<int64_t> condition_channels() const override { return options.condition_channels(); }
 
   double forward_macs(const MapSizes& sizes) const override {
     const auto positions = freia_detail::positions(sizes, options.spatial_dims());
