@@ -56,21 +56,9 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
     stream << "validflow::FlowSequence(" << sizeof...(Layers) << " layers)";
   }
 
-  FlowResult forward(const TensorList& x) override {
-    FlowResult result{x, zero_log_det(x)};
-    check_finite(x, "FlowSequence");
-    NestedFlowCall nested;
-    std::apply([&](auto&... layer) { (chain(result, layer->forward(result.tensors)), ...); }, layers);
-    return result;
-  }
-
-  FlowResult inverse(const TensorList& z) override {
-    FlowResult result{z, zero_log_det(z)};
-    check_finite(z, "FlowSequence");
-    NestedFlowCall nested;
-    inverse_from<sizeof...(Layers)>(result);
-    return result;
-  }
+  /// Without conditions: the conditional form with none (conditional layers then refuse the call).
+  FlowResult forward(const TensorList& x) override { return conditional_forward(x, {}); }
+  FlowResult inverse(const TensorList& z) override { return conditional_inverse(z, {}); }
 
   double forward_macs(const MapSizes& sizes) const override {
     return std::apply([&](const auto&... layer) { return (0.0 + ... + layer->forward_macs(sizes)); }, layers);
@@ -123,7 +111,7 @@ class FlowSequenceImpl : public FlowLayer<FlowSequenceImpl<Layers...>> {
   }
 
   template <size_t N>
-  void inverse_from(FlowResult& result, const TensorList& conditions = {}) {
+  void inverse_from(FlowResult& result, const TensorList& conditions) {
     if constexpr (N > 0) {
       chain(result, detail::inverse_step(*std::get<N - 1>(layers), result.tensors, conditions));
       inverse_from<N - 1>(result, conditions);
@@ -190,27 +178,9 @@ class FlowStackImpl : public FlowLayer<FlowStackImpl> {
     return {};
   }
 
-  FlowResult forward(const TensorList& x) override {
-    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
-    FlowResult result{x, zero_log_det(x)};
-    check_finite(x, "FlowStack");
-    NestedFlowCall nested;
-    for (const auto& layer : layers) {
-      chain(result, layer->forward(result.tensors));
-    }
-    return result;
-  }
-
-  FlowResult inverse(const TensorList& z) override {
-    TORCH_CHECK(!layers.empty(), "FlowStack: the stack is empty");
-    FlowResult result{z, zero_log_det(z)};
-    check_finite(z, "FlowStack");
-    NestedFlowCall nested;
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-      chain(result, (*it)->inverse(result.tensors));
-    }
-    return result;
-  }
+  /// Without conditions: the conditional form with none (conditional layers then refuse the call).
+  FlowResult forward(const TensorList& x) override { return conditional_forward(x, {}); }
+  FlowResult inverse(const TensorList& z) override { return conditional_inverse(z, {}); }
 
   std::vector<AnyFlow> layers;
 

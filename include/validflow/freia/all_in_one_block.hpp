@@ -41,17 +41,11 @@ namespace validflow {
 enum class GlobalAffineType { softplus, sigmoid, exp };
 
 template <typename SubnetOptions>
-struct AllInOneBlockOptions {
+struct AllInOneBlockOptions : BlockOptions<AllInOneBlockOptions<SubnetOptions>, SubnetOptions> {
+  /// channels >= 2; odd counts split as FrEIA's: the passive half has C - C/2. The block sets the subnet's
+  /// in_channels (C - C/2 + conditions) and out_channels (2 * (C/2)).
   /* implicit */ AllInOneBlockOptions(int64_t channels, SubnetOptions subnet = {})
-      : channels_(channels), subnet_(std::move(subnet)) {}
-  /// Channels C of the input (>= 2; odd counts split as FrEIA: the passive half has C - C/2).
-  TORCH_ARG(int64_t, channels);
-  /// Options of the subnet; the block sets its in_channels (C - C/2 + conditions) and out_channels (2 * (C/2)).
-  TORCH_ARG(SubnetOptions, subnet);
-  /// Spatial dimensions of the input: 0 for vectors [batch, C], 2 for images [batch, C, H, W] (1 and 3 too).
-  TORCH_ARG(int64_t, spatial_dims) = 2;
-  /// Channels of each condition (FrEIA's dims_c), concatenated to the subnet's input; empty: unconditional.
-  TORCH_ARG(std::vector<int64_t>, condition_channels) = {};
+      : BlockOptions<AllInOneBlockOptions<SubnetOptions>, SubnetOptions>(channels, std::move(subnet)) {}
   /// alpha of the soft clamp s = alpha * tanh(.) (FrEIA's affine_clamping).
   TORCH_ARG(double, affine_clamping) = 2.0;
   /// GIN: volume-preserving coupling (s has zero mean), no global scale.
@@ -187,10 +181,7 @@ class AllInOneBlockImpl : public ConditionalFlowLayer<AllInOneBlockImpl<Subnet>>
     const auto x1 = x.narrow(1, 0, passive);
     const auto x2 = x.narrow(1, passive, active);
     const auto a = 0.1 * subnet->forward(freia_detail::with_conditions(x1, conditions));
-    if (a.dim() != x.dim() || a.size(1) != 2 * active || a.sizes().slice(2) != x.sizes().slice(2)) {
-      detail::throw_input_error("AllInOneBlock", "the subnet returned shape ", detail::shape_string(a), ", expected ",
-                                2 * active, " channels at the input's size ", detail::shape_string(x));
-    }
+    freia_detail::check_subnet_output("AllInOneBlock", a, 2 * active, x);
     auto s = options.affine_clamping() * torch::tanh(a.narrow(1, 0, active));
     if (options.gin_block()) {
       std::vector<int64_t> dims;

@@ -5,6 +5,7 @@
 // number of spatial dimensions it was built for (0 for vectors, 2 for images), as FrEIA's blocks do.
 #include <validflow/core/flow.hpp>
 #include <validflow/freia/subnets.hpp>
+#include <validflow/subnets/subnet_options.hpp>
 
 #include <torch/torch.h>
 
@@ -16,6 +17,23 @@ namespace validflow {
 /// Which copy of a FrEIA block to follow where the copies differ (only in how they are initialised: see
 /// AllInOneBlockOptions::variant; the computation is the same).
 enum class FreiaVariant { freia, anomalib };
+
+/// The options every block with a subnet shares, written once: a CRTP base (VALIDFLOW_SHARED_ARG, as in
+/// subnets/subnet_options.hpp), so a chain of setters keeps the block's own options type.
+template <typename Derived, typename SubnetOptions>
+struct BlockOptions {
+  /// Channels C of the input (>= 2).
+  VALIDFLOW_SHARED_ARG(int64_t, channels) = 0;
+  /// Options of the subnet(s); the block sets their in_channels and out_channels, the user the rest.
+  VALIDFLOW_SHARED_ARG(SubnetOptions, subnet) = {};
+  /// Spatial dimensions of the input: 0 for vectors [batch, C], 2 for images [batch, C, H, W] (1 and 3 too).
+  VALIDFLOW_SHARED_ARG(int64_t, spatial_dims) = 2;
+  /// Channels of each condition (FrEIA's dims_c), concatenated to every subnet's input; empty: unconditional.
+  VALIDFLOW_SHARED_ARG(std::vector<int64_t>, condition_channels) = {};
+
+ protected:
+  BlockOptions(int64_t channels, SubnetOptions subnet) : channels_(channels), subnet_(std::move(subnet)) {}
+};
 
 /// Base of the conditional blocks: forward(x) / inverse(z) are the conditional forms with no conditions, and the
 /// conditions' channels come from `Derived::options.condition_channels()`. Derived implements
@@ -50,6 +68,14 @@ inline void check_spatial_dims(int64_t spatial_dims, const char* module) {
 
 inline void check_condition_channels(const std::vector<int64_t>& channels, const char* module) {
   for (const auto c : channels) TORCH_CHECK(c > 0, module, ": every condition needs channels > 0, got ", c);
+}
+
+/// Checks that a subnet returned `channels` channels at the input x's rank and spatial size.
+inline void check_subnet_output(const char* module, const torch::Tensor& a, int64_t channels, const torch::Tensor& x) {
+  if (a.dim() != x.dim() || a.size(1) != channels || a.sizes().slice(2) != x.sizes().slice(2)) {
+    detail::throw_input_error(module, "a subnet returned shape ", detail::shape_string(a), ", expected ", channels,
+                              " channels at the input's size ", detail::shape_string(x));
+  }
 }
 
 inline int64_t total(const std::vector<int64_t>& channels) {

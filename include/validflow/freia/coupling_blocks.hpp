@@ -25,17 +25,9 @@ namespace validflow {
 enum class ClampActivation { atan, tanh, sigmoid };
 
 template <typename SubnetOptions>
-struct CouplingBlockOptions {
+struct CouplingBlockOptions : BlockOptions<CouplingBlockOptions<SubnetOptions>, SubnetOptions> {
   /* implicit */ CouplingBlockOptions(int64_t channels, SubnetOptions subnet = {})
-      : channels_(channels), subnet_(std::move(subnet)) {}
-  /// Channels C of the input (>= 2).
-  TORCH_ARG(int64_t, channels);
-  /// Options of every subnet; the block sets in_channels and out_channels.
-  TORCH_ARG(SubnetOptions, subnet);
-  /// Spatial dimensions of the input: 0 for vectors, 2 for images.
-  TORCH_ARG(int64_t, spatial_dims) = 2;
-  /// Channels of each condition, concatenated to every subnet's input; empty: unconditional.
-  TORCH_ARG(std::vector<int64_t>, condition_channels) = {};
+      : BlockOptions<CouplingBlockOptions<SubnetOptions>, SubnetOptions>(channels, std::move(subnet)) {}
   /// s = clamp * f(raw s): the amplification of each value is at most exp(+-clamp).
   TORCH_ARG(double, clamp) = 2.0;
   TORCH_ARG(ClampActivation, clamp_activation) = ClampActivation::atan;
@@ -144,10 +136,8 @@ class TwoSidedCouplingImpl : public ConditionalFlowLayer<TwoSidedCouplingImpl<Su
   }
 
   void check(const TensorList& x, const TensorList& conditions) const {
-    const auto& reference = Kind == TwoSidedCoupling::glow ? subnet1->parameters() : subnet_s1->parameters();
     freia_detail::check_block_input(x, options.channels(), options.spatial_dims(), kName,
-                                    reference.empty() ? torch::Tensor() : reference[0], conditions,
-                                    options.condition_channels());
+                                    detail::reference_tensor(*this), conditions, options.condition_channels());
   }
 
   /// Clamped s and t of `side` (1: from the first half, for the second; 2: the reverse) from its subnet input u.
@@ -166,10 +156,7 @@ class TwoSidedCouplingImpl : public ConditionalFlowLayer<TwoSidedCouplingImpl<Su
   }
 
   static torch::Tensor checked(const torch::Tensor& a, int64_t channels, const torch::Tensor& x) {
-    if (a.dim() != x.dim() || a.size(1) != channels || a.sizes().slice(2) != x.sizes().slice(2)) {
-      detail::throw_input_error(kName, "a subnet returned shape ", detail::shape_string(a), ", expected ", channels,
-                                " channels at the input's size ", detail::shape_string(x));
-    }
+    freia_detail::check_subnet_output(kName, a, channels, x);
     return a;
   }
 

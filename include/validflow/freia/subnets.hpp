@@ -40,6 +40,12 @@ inline torch::Tensor linear_on_channels(torch::nn::Linear layer, const torch::Te
   return layer(x.movedim(1, -1)).movedim(-1, 1);
 }
 
+/// The checks every subnet's widths share (in and out set by the block, hidden by the user).
+inline void check_subnet_widths(const char* subnet, int64_t in, int64_t out, int64_t hidden) {
+  TORCH_CHECK(in > 0 && out > 0, subnet, ": in_channels and out_channels must be positive, got ", in, " and ", out);
+  TORCH_CHECK(hidden >= 0, subnet, ": hidden_channels must be >= 0, got ", hidden);
+}
+
 }  // namespace detail
 
 /// A subnet of the single-tensor blocks (see the top of this file).
@@ -64,13 +70,9 @@ class FcSubnetImpl : public torch::nn::Cloneable<FcSubnetImpl> {
   explicit FcSubnetImpl(FcSubnetOptions options) : options(std::move(options)) { FcSubnetImpl::reset(); }
 
   void reset() override {
-    TORCH_CHECK(options.in_channels() > 0 && options.out_channels() > 0,
-                "FcSubnet: in_channels and out_channels must be positive, got ", options.in_channels(), " and ",
-                options.out_channels());
+    detail::check_subnet_widths("FcSubnet", options.in_channels(), options.out_channels(), options.hidden_channels());
     TORCH_CHECK(options.hidden_layers() >= 0 && options.hidden_layers() <= 16,
                 "FcSubnet: hidden_layers must be in [0, 16], got ", options.hidden_layers());
-    TORCH_CHECK(options.hidden_channels() >= 0, "FcSubnet: hidden_channels must be >= 0, got ",
-                options.hidden_channels());
     layers.clear();
     const int64_t hidden = options.hidden_channels() > 0 ? options.hidden_channels() : 2 * options.in_channels();
     int64_t in = options.in_channels();
@@ -125,13 +127,10 @@ class Conv2dSubnetImpl : public torch::nn::Cloneable<Conv2dSubnetImpl> {
   explicit Conv2dSubnetImpl(Conv2dSubnetOptions options) : options(std::move(options)) { Conv2dSubnetImpl::reset(); }
 
   void reset() override {
-    TORCH_CHECK(options.in_channels() > 0 && options.out_channels() > 0,
-                "Conv2dSubnet: in_channels and out_channels must be positive, got ", options.in_channels(), " and ",
-                options.out_channels());
+    detail::check_subnet_widths("Conv2dSubnet", options.in_channels(), options.out_channels(),
+                                options.hidden_channels());
     TORCH_CHECK(options.kernel_size() >= 1 && options.kernel_size() % 2 == 1 && options.kernel_size() <= 15,
                 "Conv2dSubnet: kernel_size must be odd and in [1, 15], got ", options.kernel_size());
-    TORCH_CHECK(options.hidden_channels() >= 0, "Conv2dSubnet: hidden_channels must be >= 0, got ",
-                options.hidden_channels());
     const int64_t hidden = options.hidden_channels() > 0 ? options.hidden_channels() : options.in_channels();
     const auto conv = [&](int64_t in, int64_t out) {
       return torch::nn::Conv2d(
