@@ -7,6 +7,7 @@ Needs torch, FrEIA==0.2 (a virtual environment; see tools/freia_parity.py).
 """
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -71,8 +72,9 @@ def main():
     for name, (make, shape, cond_shape) in CASES.items():
         cases[name] = time_case(make, shape, cond_shape, args.repetitions)
         print("bench_freia.py: %-36s %.3f ms" % (name, cases[name] * 1e3))
-    with open(args.out, "w") as f:
+    with open(args.out + ".tmp", "w") as f:  # then renamed: an interrupted run leaves no half-written file
         json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "cases": cases}, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
 
 
 if __name__ == "__main__":
