@@ -29,11 +29,15 @@ torch::Device parse_device(const std::string& name) {
 }
 
 /// A view of the caller's pixels (no copy: the detector only reads its inputs), uint8 [H, W, 3] or [H, W].
-torch::Tensor as_tensor(const ImageView& image, size_t i) {
+torch::Tensor as_tensor(const ImageView& image, size_t i, int64_t max_pixels) {
   const std::string who = "image " + std::to_string(i) + ": ";
   if (!image.data) throw ImageError(who + "no pixel data");
   if (image.height < 1 || image.width < 1)
     throw ImageError(who + "empty image (" + std::to_string(image.height) + " x " + std::to_string(image.width) + ")");
+  if (image.height > max_pixels / image.width)  // before any product that could overflow
+    throw ImageError(who + std::to_string(image.width) + " x " + std::to_string(image.height) +
+                     " pixels is above the limit of " + std::to_string(max_pixels) +
+                     " (DetectorOptions::max_image_pixels)");
   if (image.channels != 1 && image.channels != 3)
     throw ImageError(who + "expected 1 (gray) or 3 (RGB) channels, got " + std::to_string(image.channels));
   const int64_t packed = image.width * image.channels;
@@ -54,8 +58,11 @@ std::vector<float> to_floats(const torch::Tensor& t) {
 }  // namespace
 
 Detector::Detector(const std::string& model_file, const DetectorOptions& options)
-    : impl_(std::make_unique<TensorDetector>(
-          model_file, TensorDetectorOptions().device(parse_device(options.device())).precision(options.precision()))) {}
+    : impl_(std::make_unique<TensorDetector>(model_file, TensorDetectorOptions()
+                                                             .device(parse_device(options.device()))
+                                                             .precision(options.precision())
+                                                             .max_input_size(options.max_input_size())
+                                                             .max_image_pixels(options.max_image_pixels()))) {}
 
 Detector::~Detector() = default;
 Detector::Detector(Detector&&) noexcept = default;
@@ -65,7 +72,8 @@ std::vector<Prediction> Detector::predict(const std::vector<ImageView>& images, 
   if (images.empty()) throw ImageError("Detector::predict: no images");
   std::vector<torch::Tensor> tensors;
   tensors.reserve(images.size());
-  for (size_t i = 0; i < images.size(); ++i) tensors.push_back(as_tensor(images[i], i));
+  for (size_t i = 0; i < images.size(); ++i)
+    tensors.push_back(as_tensor(images[i], i, impl_->options().max_image_pixels()));
   const auto predicted = impl_->predict(tensors, options);
   std::vector<Prediction> out(predicted.size());
   for (size_t i = 0; i < predicted.size(); ++i) {
@@ -74,6 +82,7 @@ std::vector<Prediction> Detector::predict(const std::vector<ImageView>& images, 
     o.score = p.score;
     o.normalized_score = p.normalized_score;
     o.anomalous = p.anomalous;
+    o.valid = p.valid;
     if (!options.maps()) continue;
     o.height = images[i].height;
     o.width = images[i].width;

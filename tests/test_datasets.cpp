@@ -461,7 +461,7 @@ TEST_CASE("synthetic dataset: folder layout, deterministic per seed, visible def
   CHECK(d.test.size() == 6);
   CHECK(d.has_masks());
   for (const auto& e : fs::directory_iterator(t.path))
-    CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+    CHECK(e.path().filename().string().find(".validflow-tmp") == std::string::npos);
 
   // Byte-identical for the same seed, different for another.
   va::generate_synthetic_dataset((t.path / "b").string(), o);
@@ -589,7 +589,7 @@ TEST_CASE("report writers produce valid PNG, JSON, CSV and HTML files atomically
   CHECK(html.find("most anomalous") != std::string::npos);
 
   for (const auto& e : fs::recursive_directory_iterator(t.path))
-    CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);  // no temp files left
+    CHECK(e.path().filename().string().find(".validflow-tmp.") == std::string::npos);  // no temp files left
   // A path whose parent is a regular file cannot be written: the error names it.
   write_text(t.path / "afile", "x");
   CHECK_THROWS_WITH(validflow::io::write_file_atomic((t.path / "afile/out.json").string(), "{}"),

@@ -220,21 +220,40 @@ TEST_CASE("atomic writes never leave a half-written target, stale temp files of 
   // A child process that writes a temp file and dies by SIGKILL before renaming it.
   const pid_t child = fork();
   if (child == 0) {
-    std::ofstream(target + ".tmp." + std::to_string(::getpid()) + ".0") << "partial";
+    std::ofstream(target + ".validflow-tmp." + std::to_string(::getpid()) + ".0") << "partial";
     ::raise(SIGKILL);
   }
   int status = 0;
   REQUIRE(waitpid(child, &status, 0) == child);
   REQUIRE(WIFSIGNALED(status));
-  const auto ours = target + ".tmp." + std::to_string(::getpid()) + ".7";  // a live writer's file: kept
+  const std::string dead = ".validflow-tmp." + std::to_string(child) + ".0";
+  const auto ours = target + ".validflow-tmp." + std::to_string(::getpid()) + ".7";  // a live writer's file: kept
   std::ofstream(ours) << "in progress";
-  std::ofstream(dir.file("notes.tmp.txt")) << "not ours";  // not our naming pattern: kept
-  const auto removed = io::remove_stale_temp_files(dir.path.string());
+  std::ofstream(dir.file("notes.tmp.txt")) << "not ours";                  // not our naming pattern: kept
+  std::ofstream(dir.file("photo.png.tmp.99999999.1")) << "a user's file";  // the old scheme: a user's name now
+  std::ofstream(dir.file("other.bin" + dead)) << "another output's";       // not an output of this command: kept
+  fs::create_directories(dir.file("out.bin" + dead.substr(0, dead.size() - 1) + "5") + "/photos");  // no marker
+  const auto removed = io::remove_stale_temp_files(dir.path.string(), {"out.bin"});
   REQUIRE(removed.size() == 1);
-  CHECK(removed[0].find(".tmp." + std::to_string(child) + ".0") != std::string::npos);
+  CHECK(removed[0] == target + dead);
   CHECK(fs::exists(ours));
   CHECK(fs::exists(dir.file("notes.tmp.txt")));
-  CHECK(io::remove_stale_temp_files(dir.file("absent")).empty());
+  CHECK(fs::exists(dir.file("photo.png.tmp.99999999.1")));
+  CHECK(fs::exists(dir.file("other.bin" + dead)));
+  CHECK(fs::exists(dir.file("out.bin" + dead.substr(0, dead.size() - 1) + "5") + "/photos"));
+  CHECK(io::remove_stale_temp_files(dir.file("absent"), {"out.bin"}).empty());
+}
+
+TEST_CASE("same_file and is_within compare by file identity", "[io]") {
+  TempDir dir("identity");
+  fs::create_directories(dir.file("a/b"));
+  std::ofstream(dir.file("a/b/f")) << "x";
+  fs::create_directory_symlink(dir.file("a"), dir.file("link"));
+  CHECK(io::same_file(dir.file("link/b/f"), dir.file("a/b/f")));
+  CHECK_FALSE(io::same_file(dir.file("a/b/f"), dir.file("absent")));
+  CHECK(io::is_within(dir.file("link/b/f"), dir.file("a")));
+  CHECK(io::is_within(dir.file("a/b/new-file"), dir.file("link/b")));  // a path that does not exist yet
+  CHECK_FALSE(io::is_within(dir.file("a"), dir.file("a/b")));
 }
 
 TEST_CASE("state dicts: ordered, strict lookups, renaming and strict loading", "[io]") {
@@ -347,20 +366,22 @@ TEST_CASE("state dicts: a tensor that views past its storage is refused", "[io][
   CHECK(parse_state_dict(torch::pickle_save(c10::IValue(ok)), "ok.pt").at("slice").size(0) == 6);
 }
 
-TEST_CASE("stale staged folders are removed, the write hook runs before the rename", "[io]") {
+TEST_CASE("stale staged folders are removed only with validflow's marker, the write hook runs before the rename",
+          "[io]") {
   TempDir dir("staged");
   const pid_t child = fork();
   if (child == 0) {
-    fs::create_directories(dir.file("report.tmp." + std::to_string(::getpid()) + ".3") + "/heatmaps");
+    const auto staging = io::make_staging_directory(dir.file("report"));
+    fs::create_directories(staging + "/heatmaps");
     ::raise(SIGKILL);
   }
   int status = 0;
   REQUIRE(waitpid(child, &status, 0) == child);
-  const auto link = dir.file("linked.tmp." + std::to_string(child) + ".4");
+  const auto link = dir.file("report.validflow-tmp." + std::to_string(child) + ".4");
   fs::create_directory_symlink(dir.path, link);  // never followed, never removed
-  const auto removed = io::remove_stale_temp_files(dir.path.string());
+  const auto removed = io::remove_stale_temp_files(dir.path.string(), {"report"});
   REQUIRE(removed.size() == 1);
-  CHECK(removed[0].find("report.tmp.") != std::string::npos);
+  CHECK(removed[0].find("report.validflow-tmp.") != std::string::npos);
   CHECK(fs::is_symlink(link));
   fs::remove(link);
 
@@ -373,15 +394,14 @@ TEST_CASE("stale staged folders are removed, the write hook runs before the rena
   io::write_file_atomic(dir.file("hooked.txt"), "x");
   io::atomic_write_hook() = nullptr;
   CHECK(seen == std::vector<std::string>{dir.file("hooked.txt")});
-  CHECK(io::temp_path_for("a/b").rfind("a/b.tmp." + std::to_string(::getpid()) + ".", 0) == 0);
+  CHECK(io::temp_path_for("a/b").rfind("a/b.validflow-tmp." + std::to_string(::getpid()) + ".", 0) == 0);
 }
 
 TEST_CASE("replace_directory puts a staged folder in place whole, and a failure leaves the target as it was", "[io]") {
   TempDir dir("replace");
   const auto read = [](const std::string& p) { return io::read_file_bytes(p); };
   const auto stage = [&](const std::string& text) {
-    const auto staging = io::temp_path_for(dir.file("report"));
-    fs::create_directories(staging);
+    const auto staging = io::make_staging_directory(dir.file("report"));
     io::write_file_atomic(staging + "/index.html", text);
     return staging;
   };
@@ -398,7 +418,7 @@ TEST_CASE("replace_directory puts a staged folder in place whole, and a failure 
   CHECK_FALSE(fs::exists(dir.file("report/old-only.txt")));
   CHECK(entries() == std::vector<std::string>{"report"});  // neither staging nor the replaced folder is left
 
-  const auto missing = dir.file("report.tmp.missing");  // a staging folder that is not there
+  const auto missing = dir.file("report.validflow-tmp.missing");  // a staging folder that is not there
   try {
     io::replace_directory(missing, dir.file("report"));
     FAIL("a missing staging folder was accepted");

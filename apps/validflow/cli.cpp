@@ -13,6 +13,7 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <utility>
 
 #include <signal.h>
 #include <unistd.h>
@@ -61,6 +62,26 @@ CLI::Validator int_range(int64_t lo, int64_t hi) {
       },
       name);
 }
+
+/// A seed: a whole number in [0, 2^64 - 1]; "-1" is refused (std::stoull would wrap it to 2^64 - 1).
+CLI::Validator seed_range() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos)
+          return "'" + text + "' is not a whole number in [0, 2^64 - 1]";
+        try {
+          (void)std::stoull(text);
+        } catch (const std::exception&) {
+          return "value " + text + " is not in [0, 2^64 - 1]";
+        }
+        return "";
+      },
+      "[0, 2^64-1]");
+}
+
+/// A folder or file name that is not empty (an empty --out would write into the current folder unasked).
+const CLI::Validator kNonEmptyPath(
+    [](std::string& text) -> std::string { return text.empty() ? "must not be empty" : ""; }, "PATH");
 
 constexpr int64_t kMaxThreads = 1024;
 
@@ -151,7 +172,7 @@ void add_train_options(CLI::App& cmd, TrainOptions& t) {
   cmd.add_option("--max-grad-norm", t.max_grad_norm, "Gradient clipping (global norm)")
       ->check(finite_range(0, 1e6, true))
       ->capture_default_str();
-  cmd.add_option("--seed", t.seed, "Seed of initialisation and shuffling")->capture_default_str();
+  cmd.add_option("--seed", t.seed, "Seed of initialisation and shuffling")->check(seed_range())->capture_default_str();
   cmd.add_option("--checkpoint-every", t.checkpoint_every, "Write the checkpoint every N epochs")
       ->check(int_range(1, 100000))
       ->capture_default_str();
@@ -176,13 +197,17 @@ void add_extract_options(CLI::App& cmd, ExtractArgs& e) {
       ->capture_default_str();
   cmd.add_flag("--fp16", e.spec.fp16, "Store the features in float16");
   cmd.add_flag("--skip-bad-images", e.skip_bad_images, "Skip unreadable images (listed) instead of failing");
-  cmd.add_option("--split-seed", e.split_seed, "Seed of the MTD train/test split")->capture_default_str();
+  cmd.add_option("--split-seed", e.split_seed, "Seed of the MTD train/test split")
+      ->check(seed_range())
+      ->capture_default_str();
   cmd.add_option("--holdout", e.holdout_fraction,
                  "Share of the good training images kept out of training, for the threshold at a target "
                  "false-positive rate (0: every image trains, as the paper)")
       ->check(finite_range(0, 0.5))
       ->capture_default_str();
-  cmd.add_option("--holdout-seed", e.holdout_seed, "Seed of the held-out choice")->capture_default_str();
+  cmd.add_option("--holdout-seed", e.holdout_seed, "Seed of the held-out choice")
+      ->check(seed_range())
+      ->capture_default_str();
 }
 
 /// Turns the error of a run into one line on stderr and an exit code (docs/reliability.md), by the library's one
@@ -270,7 +295,9 @@ CLI::App* add_check_command(CLI::App& app, CheckArgs& a) {
 
 CLI::App* add_eval_command(CLI::App& app, std::string& out, EvalOptions& options, std::string& precision_name) {
   auto* evl = app.add_subcommand("eval", "Score the test set; writes OUT/report/ (metrics, plots, heatmaps)");
-  evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")->capture_default_str();
+  evl->add_option("--out", out, "Folder with features.pt and checkpoint.pt")
+      ->check(kNonEmptyPath)
+      ->capture_default_str();
   evl->add_option("--heatmaps", options.heatmaps_per_group, "Heatmaps of the most and of the least anomalous images")
       ->check(int_range(0, 1000))
       ->capture_default_str();
@@ -285,8 +312,10 @@ CLI::App* add_eval_command(CLI::App& app, std::string& out, EvalOptions& options
 
 CLI::App* add_export_command(CLI::App& app, std::string& out, ExportArgs& a) {
   auto* exp = app.add_subcommand("export", "Write a trained run (OUT) as one self-contained model file");
-  exp->add_option("--out", out, "The run folder (features.pt, checkpoint.pt)")->capture_default_str();
-  exp->add_option("--to", a.to, "The model file to write (e.g. model.vfm)")->required();
+  exp->add_option("--out", out, "The run folder (features.pt, checkpoint.pt)")
+      ->check(kNonEmptyPath)
+      ->capture_default_str();
+  exp->add_option("--to", a.to, "The model file to write (e.g. model.vfm)")->required()->check(kNonEmptyPath);
   exp->add_option("--threshold-from", a.threshold_from,
                   "auto: F1-optimal when the test set has defects, else a target false-positive rate; f1; fpr")
       ->check(CLI::IsMember({"auto", "f1", "fpr"}))
@@ -327,7 +356,10 @@ CLI::App* add_predict_command(CLI::App& app, PredictArgs& a) {
   auto* pred = app.add_subcommand("predict", "Score new images with a model file");
   pred->add_option("--model", a.model, "Model file (validflow export)")->required();
   pred->add_option("paths", a.paths, "Image files or folders of images (searched recursively)")->required();
-  pred->add_option("--out", a.out, "Folder for predictions.csv, predictions.json and heatmaps/");
+  pred->add_option("--out", a.out,
+                   "Folder for predictions.csv, predictions.json and heatmaps/ (new, or one predict wrote: it is "
+                   "replaced as a whole)")
+      ->check(kNonEmptyPath);
   pred->add_option("--threshold", a.threshold, "Image threshold (raw score); default: the model file's")
       ->check(finite_range(-1e30, 1e30));
   pred->add_option("--pixel-threshold", a.pixel_threshold, "Pixel threshold; default: the model file's")
@@ -338,12 +370,19 @@ CLI::App* add_predict_command(CLI::App& app, PredictArgs& a) {
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   pred->add_option("--device", a.device, "cpu or cuda (cuda:N)")->check(device_problem)->capture_default_str();
+  pred->add_option("--max-image-pixels", a.max_image_pixels,
+                   "Refuse images with more pixels (checked from the file's header, before decoding)")
+      ->check(int_range(1, int64_t{1} << 34))
+      ->capture_default_str();
+  pred->add_option("--max-input-size", a.max_input_size, "Refuse model files whose input size (px) is larger")
+      ->check(int_range(1, features::BackboneSpec::max_image_size))
+      ->capture_default_str();
   return pred;
 }
 
 CLI::App* add_demo_command(CLI::App& app, DemoArgs& a) {
   auto* demo = app.add_subcommand("demo", "Synthetic defects -> extract -> train -> eval -> export (no download)");
-  demo->add_option("--out", a.out, "Output folder")->capture_default_str();
+  demo->add_option("--out", a.out, "Output folder")->check(kNonEmptyPath)->capture_default_str();
   demo->add_option("--epochs", a.epochs, "Training epochs")->check(int_range(1, 100000))->capture_default_str();
   return demo;
 }
@@ -373,12 +412,14 @@ struct Commands {
 
     ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
     add_extract_options(*ext, extract);
-    ext->add_option("--out", out, "Output folder")->capture_default_str();
+    ext->add_option("--out", out, "Output folder")->check(kNonEmptyPath)->capture_default_str();
 
     trn = app.add_subcommand("train", "Train a flow on OUT/features.pt; writes OUT/checkpoint.pt");
     model_flags.emplace_back(trn, add_model_options(*trn, config));
     add_train_options(*trn, train);
-    trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")->capture_default_str();
+    trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")
+        ->check(kNonEmptyPath)
+        ->capture_default_str();
 
     evl = add_eval_command(app, out, eval_options, precision_name);
     exp = add_export_command(app, out, export_args);
@@ -388,7 +429,7 @@ struct Commands {
     add_extract_options(*run, extract);
     model_flags.emplace_back(run, add_model_options(*run, config));
     add_train_options(*run, train);
-    run->add_option("--out", out, "Output folder")->capture_default_str();
+    run->add_option("--out", out, "Output folder")->check(kNonEmptyPath)->capture_default_str();
 
     demo = add_demo_command(app, demo_args);
   }
@@ -448,6 +489,19 @@ int run_cli(int argc, char** argv) {
       ->check(int_range(1, kMaxThreads));
   app.add_flag("--debug", debug, "On an error, print LibTorch's full message (with its C++ trace)");
 
+  // CLI11 would answer an unknown first word with "A subcommand is required".
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const auto* sub : std::as_const(app).get_subcommands([](const CLI::App*) { return true; })) {
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+      found = found || sub->get_name() == argv[1];
+    }
+    if (!found) {
+      std::cerr << "error: unknown command '" << argv[1] << "' (commands: " << known << "; see --help)\n";
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
     commands.check_parsed();

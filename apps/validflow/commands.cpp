@@ -81,7 +81,7 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
             << "\n";
   const auto request = extraction_request(dataset, e.dataset, e.spec);
   const auto path = features_path(out);
-  io::remove_stale_temp_files(out);
+  io::remove_stale_temp_files(out, {fs::path(path).filename().string()});
   std::string reason;
   if (auto cached = load_matching_cache(path, request, reason)) {
     std::cerr << "features  up to date in " << path << " (reused)\n";
@@ -124,7 +124,7 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
 
 Checkpoint run_train(FlowConfig config, const TrainOptions& t, const FeatureCache& cache, const std::string& out) {
   fs::create_directories(out);
-  io::remove_stale_temp_files(out);  // of a run killed while writing its checkpoint
+  io::remove_stale_temp_files(out, {"checkpoint.pt", "training.json"});  // of a run killed while writing them
   config.channels = cache.channels();
   config.scales = cache.scales();
   torch::manual_seed(t.seed);
@@ -177,8 +177,8 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
   // The report is written to a staging folder and renamed into place when complete: a failed or killed eval
   // leaves the previous report as it was (and no half-written one).
   const auto final_dir = report_dir(out, options.precision);
-  io::remove_stale_temp_files(out);
-  const auto staging = io::temp_path_for(final_dir);
+  io::remove_stale_temp_files(out, {fs::path(final_dir).filename().string()});
+  const auto staging = io::make_staging_directory(final_dir);
   MetricsSummary m;
   try {
     m = evaluate(checkpoint.model, cache, staging, options, info);

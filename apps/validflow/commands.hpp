@@ -29,6 +29,7 @@ enum ExitCode : int {
   kExitBadInput = 3,  ///< bad data or files: a dataset, image, checkpoint, cache or model file that cannot be used
   kExitSkipped = 4,   ///< predict: finished, but some images could not be read (listed, skipped)
   kExitDiverged = 5,  ///< train: the loss became non-finite; the last good checkpoint was kept
+  kExitInvalid = 6,   ///< predict: some images got a score that is not finite (listed, reported anomalous)
 };
 
 struct ExtractArgs {
@@ -64,6 +65,8 @@ struct PredictArgs {
   int64_t batch_size = 8;
   std::string precision = "fp32";
   std::string device = "cpu";
+  int64_t max_image_pixels = kDefaultMaxImagePixels;  ///< per image, checked from the file's header
+  int64_t max_input_size = kDefaultMaxInputSize;      ///< of the model file
 };
 
 /// Paths of a run folder.
@@ -77,7 +80,7 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
                         const EvalOptions& options);
 /// Writes the model file; returns its path.
 std::string run_export(const std::string& out, const ExportArgs& e);
-/// Returns kExitOk or kExitSkipped.
+/// Returns kExitOk, kExitSkipped or kExitInvalid.
 int run_predict(const PredictArgs& p);
 int run_demo(const std::string& out, int64_t epochs);
 int run_info(const FlowConfig& config, int64_t map_size, const std::string& backbone, int64_t layer, int64_t image_size,

@@ -2,6 +2,7 @@
 
 #include "image_format.hpp"
 
+#include <validflow/io/files.hpp>
 #include <validflow/util/text.hpp>
 
 namespace validflow {
@@ -30,11 +31,11 @@ std::vector<fs::path> list_images(const fs::path& dir, const std::string& ext_fi
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code type_ec;
-    // A dangling symbolic link with an image name is listed: decoding it then names it (an error, or a
-    // skipped image with --skip-bad-images) instead of the image silently missing from the dataset.
-    const bool dangling = it->is_symlink(type_ec) && !fs::exists(it->path(), type_ec);
-    if (!dangling && !it->is_regular_file(type_ec)) continue;
+    // Everything with an image name is listed, files or not (a dangling link, a FIFO, a link to a device, a folder
+    // named x.png): reading it then names it (an error, or a skipped image with --skip-bad-images) instead of the
+    // image silently missing from the dataset.
     const fs::path& p = it->path();
+    if (p.filename().string().find(io::kTempMarker) != std::string::npos) continue;  // a writer's temporary file
     if (ext_filter.empty() ? is_image_file(p) : to_lower(p.extension().string()) == ext_filter) out.push_back(p);
   }
   if (ec) throw DatasetError("cannot list folder " + dir.string() + ": " + ec.message());
@@ -455,7 +456,8 @@ void hold_out(Dataset& d, double fraction, std::uint64_t seed) {
   d.train = std::move(train);
 }
 
-std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems) {
+std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems,
+                                             const std::string& exclude) {
   namespace fs = std::filesystem;
   std::vector<std::string> files;
   for (const auto& path : paths) {
@@ -478,11 +480,22 @@ std::vector<std::string> collect_image_files(const std::vector<std::string>& pat
     if (ec) problems.push_back({path, "cannot list folder: " + ec.message()});
     for (; !ec && it != end; it.increment(ec)) {
       std::error_code entry_ec;
-      if (it->is_symlink(entry_ec) && !fs::exists(it->path(), entry_ec)) {
-        problems.push_back({it->path().string(), "dangling symbolic link"});
+      const auto name = it->path().filename().string();
+      if (it->is_directory(entry_ec) && ((!exclude.empty() && io::same_file(it->path().string(), exclude)) ||
+                                         name.find(io::kTempMarker) != std::string::npos)) {
+        it.disable_recursion_pending();  // predict's own output (--out) and staging folders are never inputs
         continue;
       }
-      if (it->is_regular_file(entry_ec) && detail::is_image_file(it->path())) found.push_back(it->path().string());
+      const bool image_name = detail::is_image_file(it->path());
+      if (it->is_symlink(entry_ec) && !fs::exists(it->path(), entry_ec)) {
+        problems.push_back({it->path().string(), "dangling symbolic link"});
+      } else if (it->is_regular_file(entry_ec)) {
+        if (image_name) found.push_back(it->path().string());
+      } else if (image_name) {  // named like an image, but not a file one could decode: said, never dropped
+        problems.push_back({it->path().string(), it->is_directory(entry_ec)
+                                                     ? "a folder named like an image (its files are searched)"
+                                                     : "not a regular file (a FIFO, device or socket)"});
+      }
     }
     if (ec) problems.push_back({path, "cannot list folder: " + ec.message()});
     std::sort(found.begin(), found.end());

@@ -162,9 +162,11 @@ void check_dataset_images(Dataset& d, bool skip_bad_images,
                           const std::function<void(std::size_t, std::size_t)>& on_progress = {});
 
 /// The image files named by `paths` for prediction: files as given, folders searched recursively for image
-/// files (by extension), each folder's files sorted. Paths that do not exist, dangling links and unreadable
-/// folders go to `problems` (path and reason) instead.
-std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems);
+/// files (by extension), each folder's files sorted. Paths that do not exist, dangling links, unreadable
+/// folders and entries named like images that are not files (FIFOs, devices, folders) go to `problems` (path and
+/// reason) instead. The folder `exclude` (predict's --out) and validflow's staging folders are not searched.
+std::vector<std::string> collect_image_files(const std::vector<std::string>& paths, std::vector<BadImage>& problems,
+                                             const std::string& exclude = "");
 
 /// Parses "KIND:PATH" and reads the dataset (see the top of this file).
 Dataset load_dataset(const std::string& spec, const DatasetOptions& opt = {});

@@ -2,6 +2,7 @@
 // decisions, scores, maps). See commands.hpp and docs/usage.md.
 #include "commands.hpp"
 
+#include "image_format.hpp"
 #include "model_repository.hpp"  // backends/triton: the Triton repository writer (no LibTorch, no Triton)
 
 #include <validflow/detect.hpp>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -191,9 +193,26 @@ void check_staged_model(const std::string& staging, const FeatureCache& cache, c
 
 }  // namespace
 
+/// --to must be a new file or a model file (it is replaced), never one of the run's own files or a user's file.
+void check_export_target(const std::string& out, const std::string& to) {
+  std::error_code ec;
+  if (fs::is_directory(to, ec)) throw FileError(to, "--to " + to + " is a directory; give the model file's name");
+  for (const auto& input : {checkpoint_path(out), features_path(out)})
+    if (io::same_file(to, input))
+      throw FileError(to, "--to " + to + " is " + input + ", which export reads; give the model file another name");
+  if (!fs::exists(fs::symlink_status(to, ec))) return;
+  std::ifstream existing(to, std::ios::binary);
+  std::string head(8, '\0');
+  existing.read(head.data(), 8);
+  if (!fs::is_regular_file(fs::status(to, ec)) || !existing || !io::has_archive_magic(head))
+    throw FileError(to, "--to " + to +
+                            " exists and is not a validflow model file; export replaces only its own "
+                            "files: give a new name or remove it");
+}
+
 std::string run_export(const std::string& out, const ExportArgs& e) {
   std::error_code ec;
-  if (fs::is_directory(e.to, ec)) throw FileError(e.to, "--to " + e.to + " is a directory; give the model file's name");
+  check_export_target(out, e.to);
   const auto checkpoint = load_checkpoint(checkpoint_path(out));
   const auto cache = load_feature_cache(features_path(out));
   auto extractor = extractor_of(cache);
@@ -203,6 +222,7 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   ModelInfo info;
   info.backbone = features::backbone_spec_from_json(cache.meta.at("request").at("backbone"));
   info.flow = checkpoint.config;
+  for (const auto& hw : cache.map_sizes()) info.feature_map_sizes.push_back(hw[0]);  // what the flow was trained on
   const int64_t size = info.backbone.image_size;
   std::cerr << "export    " << out << ": " << checkpoint.config.model << " (" << checkpoint.epoch << " epochs), "
             << info.backbone.name << " at " << size << " px\n";
@@ -250,7 +270,8 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   // a failed export never replaces a good model file.
   const fs::path target(e.to);
   if (target.has_parent_path()) fs::create_directories(target.parent_path());
-  io::remove_stale_temp_files(target.has_parent_path() ? target.parent_path().string() : ".");
+  io::remove_stale_temp_files(target.has_parent_path() ? target.parent_path().string() : ".",
+                              {target.filename().string()});
   const std::string staging = io::temp_path_for(e.to);  // removed by a later run if this one is killed
   save_model_file(staging, info, *extractor, checkpoint.model);
   std::optional<triton::RepositoryEntry> entry;
@@ -307,113 +328,174 @@ std::string write_prediction_heatmap(const std::string& out, size_t index, const
 }
 
 /// predict's results as they come: rows of predictions.json and predictions.csv, and a line per image on stdout
-/// when there is no --out.
+/// when there is no --out. Names that are not valid UTF-8 are written escaped (util/text.hpp) and marked.
 struct PredictionTable {
   nlohmann::json rows = nlohmann::json::array();
-  std::ostringstream csv{"path,score,normalized_score,anomalous,heatmap\n", std::ios::ate};
+  std::ostringstream csv{"path,score,normalized_score,anomalous,valid,heatmap\n", std::ios::ate};
   size_t anomalous = 0, scored = 0;
+  std::vector<std::string> invalid;
 
   void add(const std::string& name, const TensorPrediction& r, const std::string& heatmap, bool to_stdout) {
     anomalous += r.anomalous ? 1 : 0;
     ++scored;
-    rows.push_back({{"path", name},
-                    {"score", r.score},
-                    {"normalized_score", r.normalized_score},
-                    {"anomalous", r.anomalous},
-                    {"heatmap", heatmap}});
+    if (!r.valid) invalid.push_back(name);
+    const auto path = escape_non_utf8(name);
+    nlohmann::json row = {{"path", path},
+                          {"score", r.valid ? nlohmann::json(r.score) : nlohmann::json()},  // never NaN in JSON
+                          {"normalized_score", r.normalized_score},
+                          {"anomalous", r.anomalous},
+                          {"valid", r.valid},
+                          {"heatmap", escape_non_utf8(heatmap)}};
+    if (path != name) row["path_escaped"] = true;
+    rows.push_back(row);
     std::ostringstream line;
-    line << std::setprecision(9) << csv_field(name) << "," << r.score << "," << r.normalized_score << ","
-         << (r.anomalous ? 1 : 0) << "," << csv_field(heatmap) << "\n";
+    line << std::setprecision(9) << csv_field(path) << "," << (r.valid ? std::to_string(r.score) : std::string()) << ","
+         << r.normalized_score << "," << (r.anomalous ? 1 : 0) << "," << (r.valid ? 1 : 0) << ","
+         << csv_field(escape_non_utf8(heatmap)) << "\n";
     csv << line.str();
-    if (to_stdout)
-      std::cout << (r.anomalous ? "ANOMALOUS " : "ok        ") << std::fixed << std::setprecision(4)
-                << r.normalized_score << "  " << name << "\n";
+    if (to_stdout) {
+      if (!r.valid)
+        std::cout << "INVALID   score not finite (reported anomalous)  " << name << "\n";
+      else
+        std::cout << (r.anomalous ? "ANOMALOUS " : "ok        ") << std::fixed << std::setprecision(4)
+                  << r.normalized_score << "  " << name << "\n";
+    }
   }
 };
 
 TensorDetector load_detector_for(const PredictArgs& p) {
   TensorDetectorOptions options;
-  options.device(torch::Device(p.device)).precision(parse_precision(p.precision));
+  options.device(torch::Device(p.device))
+      .precision(parse_precision(p.precision))
+      .max_input_size(p.max_input_size)
+      .max_image_pixels(p.max_image_pixels);
   if (options.device().is_cuda() && !torch::cuda::is_available())
     throw std::invalid_argument("--device cuda: this LibTorch has no CUDA, or no GPU is visible");
   return TensorDetector(p.model, options);
+}
+
+/// The names predict writes in --out.
+const std::vector<std::string>& predict_outputs() {
+  static const std::vector<std::string> names{"predictions.csv", "predictions.json", "heatmaps"};
+  return names;
+}
+
+/// --out is replaced as a whole, so it must be predict's own: new, empty, staged by validflow (its marker), or
+/// holding nothing but predict's outputs; and none of the command's inputs may lie inside it.
+void check_predict_out(const PredictArgs& p) {
+  std::error_code ec;
+  const auto status = fs::symlink_status(p.out, ec);
+  for (const auto& input : p.paths)
+    if (io::is_within(input, p.out))
+      throw FileError(p.out, "--out " + p.out + " holds the input " + input +
+                                 "; predict replaces --out as a whole, "
+                                 "so give a folder outside the images");
+  if (io::is_within(p.model, p.out))
+    throw FileError(p.out, "--out " + p.out + " holds the model file " + p.model + "; give another folder");
+  if (!fs::exists(status)) return;
+  if (!fs::is_directory(status))
+    throw FileError(p.out, "--out " + p.out + " exists and is not a folder; give a new or an empty folder");
+  if (io::is_owned_directory(p.out)) return;
+  for (fs::directory_iterator it(p.out, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    const auto& ours = predict_outputs();
+    if (std::find(ours.begin(), ours.end(), name) == ours.end())
+      throw FileError(p.out, "--out " + p.out + " holds files predict did not write ('" + name +
+                                 "'); predict replaces --out as a whole, so give a new or an empty folder");
+  }
+  if (ec) throw FileError(p.out, "cannot list --out " + p.out + ": " + ec.message());
 }
 
 }  // namespace
 
 int run_predict(const PredictArgs& p) {
   const auto start = std::chrono::steady_clock::now();
+  if (!p.out.empty()) check_predict_out(p);
   const TensorDetector detector = load_detector_for(p);
+  set_max_image_pixels(static_cast<std::uint64_t>(p.max_image_pixels));  // refused by header, before decoding
   const auto& decision = detector.info().decision;
   const double threshold = p.threshold ? *p.threshold : decision.threshold;
   std::cerr << "model     " << p.model << ": " << detector.info().flow.model << " on " << detector.info().backbone.name
             << " at " << detector.image_size() << " px, threshold " << threshold << (p.threshold ? " (given)" : "")
             << ", " << p.device << " " << p.precision << "\n";
+  std::string staging;  // --out is written here, then put in place as a whole (a failure leaves the old or none)
+  if (!p.out.empty()) {
+    const fs::path out = fs::absolute(p.out);
+    io::remove_stale_temp_files(out.parent_path().string(), {out.filename().string()});
+  }
   std::vector<BadImage> problems;
-  const auto files = collect_image_files(p.paths, problems);
+  const auto files = collect_image_files(p.paths, problems, p.out);
   if (files.empty() && problems.empty()) throw DatasetError("no image files found in the given paths");
-  if (!p.out.empty()) {
-    fs::create_directories(p.out);
-    io::remove_stale_temp_files(p.out);
-  }
-  PredictionTable table;
-  ProgressBar bar(files.size(), "predict", {"img"});
-  const auto predict_options =
-      PredictOptions().threshold(p.threshold).pixel_threshold(p.pixel_threshold).maps(p.heatmaps);
-  for (size_t first = 0; first < files.size(); first += static_cast<size_t>(p.batch_size)) {
-    const size_t end = std::min(files.size(), first + static_cast<size_t>(p.batch_size));
-    std::vector<torch::Tensor> images;
-    std::vector<cv::Mat> decoded;
-    std::vector<std::string> names;
-    for (size_t i = first; i < end; ++i) {
-      try {
-        decoded.push_back(decode_image(files[i]));
-        images.push_back(image_tensor(decoded.back()));
-        names.push_back(files[i]);
-      } catch (const DatasetError& err) {
-        problems.push_back({files[i], err.what()});
+  if (!p.out.empty()) staging = io::make_staging_directory(fs::absolute(p.out).string());
+  try {
+    PredictionTable table;
+    ProgressBar bar(files.size(), "predict", {"img"});
+    const auto predict_options =
+        PredictOptions().threshold(p.threshold).pixel_threshold(p.pixel_threshold).maps(p.heatmaps);
+    for (size_t first = 0; first < files.size(); first += static_cast<size_t>(p.batch_size)) {
+      const size_t end = std::min(files.size(), first + static_cast<size_t>(p.batch_size));
+      std::vector<torch::Tensor> images;
+      std::vector<cv::Mat> decoded;
+      std::vector<std::string> names;
+      for (size_t i = first; i < end; ++i) {
+        try {
+          decoded.push_back(decode_image(files[i]));
+          images.push_back(image_tensor(decoded.back()));
+          names.push_back(files[i]);
+        } catch (const DatasetError& err) {
+          problems.push_back({files[i], err.what()});
+        }
       }
+      const auto predictions =
+          images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
+      for (size_t i = 0; i < predictions.size(); ++i) {
+        const auto heatmap = p.heatmaps && !staging.empty()
+                                 ? write_prediction_heatmap(staging, table.scored, names[i], decoded[i], predictions[i],
+                                                            detector, p.pixel_threshold)
+                                 : std::string();
+        table.add(names[i], predictions[i], heatmap, /*to_stdout=*/p.out.empty());
+      }
+      bar.update(end);
     }
-    const auto predictions =
-        images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
-    for (size_t i = 0; i < predictions.size(); ++i) {
-      const auto heatmap = p.heatmaps && !p.out.empty()
-                               ? write_prediction_heatmap(p.out, table.scored, names[i], decoded[i], predictions[i],
-                                                          detector, p.pixel_threshold)
-                               : std::string();
-      table.add(names[i], predictions[i], heatmap, /*to_stdout=*/p.out.empty());
+    bar.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    nlohmann::json skipped = nlohmann::json::array();
+    for (const auto& b : problems) {
+      std::cerr << "skipped   " << b.path << ": " << b.reason << "\n";
+      skipped.push_back({{"path", escape_non_utf8(b.path)}, {"reason", escape_non_utf8(b.reason)}});
     }
-    bar.update(end);
+    for (const auto& name : table.invalid)
+      std::cerr << "INVALID   " << name << ": the score is not finite; reported anomalous (never a pass)\n";
+    const double rate = static_cast<double>(table.scored) / seconds;
+    if (!staging.empty()) {
+      const nlohmann::json report = {
+          {"model", escape_non_utf8(p.model)},
+          {"threshold", threshold},
+          {"pixel_threshold", p.pixel_threshold ? *p.pixel_threshold : decision.pixel_threshold},
+          {"images", table.rows},
+          {"skipped", skipped},
+          {"anomalous", table.anomalous},
+          {"invalid", table.invalid.size()},
+          {"seconds", seconds},
+          {"images_per_second", rate},
+          {"device", p.device},
+          {"precision", p.precision}};
+      io::write_file_atomic((fs::path(staging) / "predictions.csv").string(), table.csv.str());
+      io::write_file_atomic((fs::path(staging) / "predictions.json").string(), report.dump(2) + "\n");
+      io::replace_directory(staging, fs::absolute(p.out).string());
+    }
+    std::cout << "images      " << table.scored << " scored, " << table.anomalous << " anomalous ("
+              << table.invalid.size() << " of them invalid), " << problems.size() << " skipped\n";
+    std::cout << "speed       " << std::fixed << std::setprecision(2) << rate
+              << " images/s end to end (decoding, preprocessing, features, flow, maps)\n";
+    if (!p.out.empty()) std::cout << "results     " << (fs::path(p.out) / "predictions.csv").string() << "\n";
+    if (!table.invalid.empty()) return kExitInvalid;
+    return problems.empty() ? kExitOk : kExitSkipped;
+  } catch (...) {
+    std::error_code ec;
+    if (!staging.empty()) fs::remove_all(staging, ec);
+    throw;
   }
-  bar.finish();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  nlohmann::json skipped = nlohmann::json::array();
-  for (const auto& b : problems) {
-    std::cerr << "skipped   " << b.path << ": " << b.reason << "\n";
-    skipped.push_back({{"path", b.path}, {"reason", b.reason}});
-  }
-  const double rate = static_cast<double>(table.scored) / seconds;
-  if (!p.out.empty()) {
-    const nlohmann::json report = {
-        {"model", p.model},
-        {"threshold", threshold},
-        {"pixel_threshold", p.pixel_threshold ? *p.pixel_threshold : decision.pixel_threshold},
-        {"images", table.rows},
-        {"skipped", skipped},
-        {"anomalous", table.anomalous},
-        {"seconds", seconds},
-        {"images_per_second", rate},
-        {"device", p.device},
-        {"precision", p.precision}};
-    io::write_file_atomic((fs::path(p.out) / "predictions.csv").string(), table.csv.str());
-    io::write_file_atomic((fs::path(p.out) / "predictions.json").string(), report.dump(2) + "\n");
-  }
-  std::cout << "images      " << table.scored << " scored, " << table.anomalous << " anomalous, " << problems.size()
-            << " skipped\n";
-  std::cout << "speed       " << std::fixed << std::setprecision(2) << rate
-            << " images/s end to end (decoding, preprocessing, features, flow, maps)\n";
-  if (!p.out.empty()) std::cout << "results     " << (fs::path(p.out) / "predictions.csv").string() << "\n";
-  return problems.empty() ? kExitOk : kExitSkipped;
 }
 
 }  // namespace validflow::app

@@ -318,9 +318,8 @@ SyntheticResult generate_synthetic_dataset(const std::string& out_dir, const Syn
 
   // Staged under a temporary name that a later run removes if this one is killed (io/files.hpp).
   if (root.has_parent_path() && fs::is_directory(root.parent_path(), ec))
-    io::remove_stale_temp_files(root.parent_path().string());
-  const fs::path tmp = io::temp_path_for(root.string());
-  fs::remove_all(tmp, ec);
+    io::remove_stale_temp_files(root.parent_path().string(), {root.filename().string()});
+  const fs::path tmp = io::make_staging_directory(root.string());
   try {
     detail::write_synthetic_files(tmp, o, res.test_counts, manifest);
     if (root.has_parent_path()) fs::create_directories(root.parent_path());

@@ -424,8 +424,22 @@ void send(TRITONBACKEND_Response* response, TRITONSERVER_Error* error, const std
   }
 }
 
+/// A request with an image whose score or map is not finite fails as a whole: such a part is never passed, and
+/// a response never carries NaN (detector.hpp, Prediction::valid).
+void fail_untrusted(Pending& p) {
+  if (p.failure) return;
+  for (size_t i = 0; i < p.results.size(); ++i)
+    if (!p.results[i].valid) {
+      p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, "image " + std::to_string(i) +
+                                                           " of the request got a score that is not finite; the model "
+                                                           "cannot judge it (an error, never a pass)"};
+      return;
+    }
+}
+
 /// Creates the request's response and fills its outputs; a failure to do so becomes the request's failure.
 TRITONBACKEND_Response* prepare_response(Pending& p, const std::string& model) {
+  fail_untrusted(p);
   TRITONBACKEND_Response* response = nullptr;
   if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, p.request)) {
     VF_LOG(ERROR, "validflow model '" + model + "': creating a response failed: " + TRITONSERVER_ErrorMessage(e));
@@ -565,7 +579,10 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
     const auto options =
         validflow::DetectorOptions()
             .device(kind == TRITONSERVER_INSTANCEGROUPKIND_GPU ? "cuda:" + std::to_string(device) : "cpu")
-            .precision(validflow::parse_precision(state->model->settings.precision));
+            .precision(validflow::parse_precision(state->model->settings.precision))
+            .max_input_size(state->model->settings.max_input_size)
+            .max_image_pixels(state->model->settings.max_image_side * state->model->settings.max_image_side);
+    static_assert(vt::kDefaultMaxInputSize == validflow::kDefaultMaxInputSize);
     state->detector = std::make_unique<validflow::Detector>(state->model->model_file.string(), options);
     VF_LOG(INFO, context + ": " + state->detector->device() + ", image size " +
                      std::to_string(state->detector->image_size()) + ", file threshold " +

@@ -55,15 +55,20 @@ class ConfigError : public ErrorOf<std::invalid_argument, ErrorKind::config> {
 };
 
 /// What the backend needs from a model's configuration.
+/// validflow::kDefaultMaxInputSize (detect/predict_options.hpp; this header needs no validflow library headers,
+/// backend.cpp asserts they agree).
+constexpr int64_t kDefaultMaxInputSize = 1536;
+
 struct ModelSettings {
   std::string name;
   int64_t max_batch_size = 0;
-  std::string model_file;            // parameter model_file; empty: the only file in the version directory
-  std::optional<double> threshold;   // parameter threshold: overrides the model file's image threshold
-  std::string precision = "fp32";    // parameter precision: fp32 | bf16
-  int64_t max_image_side = 4096;     // parameter max_image_side: larger IMAGE heights/widths are refused
-  bool threshold_input = false;      // the config declares the optional THRESHOLD input
-  std::vector<std::string> outputs;  // the configured outputs, config order
+  std::string model_file;                         // parameter model_file; empty: the only file in the version directory
+  std::optional<double> threshold;                // parameter threshold: overrides the model file's image threshold
+  std::string precision = "fp32";                 // parameter precision: fp32 | bf16
+  int64_t max_image_side = 4096;                  // parameter max_image_side: larger IMAGE heights/widths are refused
+  int64_t max_input_size = kDefaultMaxInputSize;  // parameter max_input_size: larger model input sizes are refused
+  bool threshold_input = false;                   // the config declares the optional THRESHOLD input
+  std::vector<std::string> outputs;               // the configured outputs, config order
 };
 
 namespace detail {
@@ -210,12 +215,15 @@ inline ModelSettings parse_model_config(const nlohmann::json& config) {
   }
   if (auto v = detail::string_parameter(config, "max_image_side"))
     settings.max_image_side = detail::parse_positive_int(*v, "config parameter max_image_side");
+  if (auto v = detail::string_parameter(config, "max_input_size"))
+    settings.max_input_size = detail::parse_positive_int(*v, "config parameter max_input_size");
   if (config.contains("parameters") && config["parameters"].is_object())
     for (const auto& item : config["parameters"].items())
       if (item.key() != "model_file" && item.key() != "threshold" && item.key() != "precision" &&
-          item.key() != "max_image_side")
+          item.key() != "max_image_side" && item.key() != "max_input_size")
         throw ConfigError("config parameter '" + item.key() +
-                          "' is unknown (parameters: model_file, threshold, precision, max_image_side)");
+                          "' is unknown (parameters: model_file, threshold, precision, max_image_side, "
+                          "max_input_size)");
   return settings;
 }
 

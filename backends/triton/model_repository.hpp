@@ -188,10 +188,10 @@ inline void check_repository_target(const std::filesystem::path& repository, con
 /// Writes REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.EXT (EXT: the model file's extension, or
 /// options.model_file_name). Refuses (check_repository_target) to replace an existing entry unless
 /// options.overwrite, and never replaces another backend's entry. The entry is staged first in a folder
-/// REPO/NAME/.export.tmp.PID.N (not a version number: Triton ignores it), the version directory then replaces the
-/// old one in one rename (Linux: an atomic exchange, io::replace_directory) and config.pbtxt in another, so a server
-/// never sees a partly written model file, and a failure before the renames leaves the old entry as it was. Other
-/// version directories are kept; staging folders of killed exports (dead pid) are removed.
+/// REPO/NAME/.export.validflow-tmp.PID.N (not a version number: Triton ignores it), the version directory then replaces
+/// the old one in one rename (Linux: an atomic exchange, io::replace_directory) and config.pbtxt in another, so a
+/// server never sees a partly written model file, and a failure before the renames leaves the old entry as it was.
+/// Other version directories are kept; staging folders of killed exports (dead pid) are removed.
 inline RepositoryEntry write_model_repository(const std::filesystem::path& model_file,
                                               const std::filesystem::path& repository,
                                               const RepositoryOptions& options) {
@@ -212,18 +212,24 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     throw RepositoryError(std::string("model file: ") + e.what());
   }
 
-  // The staging folder's name (io::temp_path_for: `.export.tmp.PID.N`) starts with a dot, so Triton never takes it
-  // for a version directory; io::remove_stale_temp_files removes those of killed exports.
-  if (fs::is_directory(model_dir, ec)) io::remove_stale_temp_files(model_dir.string());
-  const fs::path staging = io::temp_path_for((model_dir / ".export").string());
-  const fs::path staged_version = staging / "version";
-  const fs::path staged_config = staging / "config.pbtxt";
+  // The staging folder's name (io::make_staging_directory: `.export.validflow-tmp.PID.N`) starts with a dot, so Triton
+  // never takes it for a version directory; io::remove_stale_temp_files removes those of killed exports.
+  if (fs::is_directory(model_dir, ec)) io::remove_stale_temp_files(model_dir.string(), {".export"});
+  fs::path staged_version, staged_config;
   fs::path created;  // the outermost folder this call creates (removed again when the write fails)
   for (fs::path p = model_dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
     created = p;
     if (p == p.parent_path()) break;
   }
+  fs::path staging;
   try {
+    try {
+      staging = io::make_staging_directory((model_dir / ".export").string());
+    } catch (const FileError& e) {
+      throw RepositoryError(e.what());
+    }
+    staged_version = staging / "version";
+    staged_config = staging / "config.pbtxt";
     fs::create_directories(staged_version, ec);
     if (ec) throw RepositoryError("cannot create " + staged_version.string() + ": " + ec.message());
     detail::write_atomic(staged_version / file_name, bytes);
@@ -238,7 +244,7 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
       throw RepositoryError("cannot rename " + staged_config.string() + " to " + entry.config.string() + ": " +
                             ec.message());
   } catch (...) {
-    fs::remove_all(created.empty() ? staging : created, ec);
+    if (!created.empty() || !staging.empty()) fs::remove_all(created.empty() ? staging : created, ec);
     throw;
   }
   fs::remove_all(staging, ec);  // the replaced version directory, if any

@@ -9,7 +9,8 @@
 //   if (p.anomalous) ...;          // p.score, p.normalized_score, p.anomaly_map / p.defect_mask (height x width)
 //
 // Errors carry validflow::Error (util/error.hpp): FileError for the file, UnsupportedPrecision for a precision
-// the device lacks, ImageError for an image it cannot use, ThresholdError for a non-finite override, and a
+// the device lacks, ImageError for an image it cannot use (a layout it cannot read, float values outside [0, 1], more
+// pixels than DetectorOptions::max_image_pixels), ThresholdError for a non-finite override, and a
 // DeviceError for a device that does not exist; error_kind() classifies any of them.
 // Thread safety: predict() is const and may run on several threads at once.
 #include <validflow/detect/predict_options.hpp>
@@ -63,18 +64,34 @@ struct DetectorOptions {
     return *this;
   }
   Precision precision() const { return precision_; }
+  /// The largest model input size loaded (px per side) and the most pixels of an image given to predict().
+  DetectorOptions& max_input_size(int64_t value) {
+    max_input_size_ = value;
+    return *this;
+  }
+  int64_t max_input_size() const { return max_input_size_; }
+  DetectorOptions& max_image_pixels(int64_t value) {
+    max_image_pixels_ = value;
+    return *this;
+  }
+  int64_t max_image_pixels() const { return max_image_pixels_; }
 
  private:
   std::string device_ = "cpu";
   Precision precision_ = Precision::Float32;
+  int64_t max_input_size_ = kDefaultMaxInputSize;
+  int64_t max_image_pixels_ = kDefaultMaxImagePixels;
 };
 
 /// What the detector says about one image.
 struct Prediction {
   double score = 0;             ///< raw score: mean z^2 / 2 (CS-Flow's definition)
   double normalized_score = 0;  ///< in [0, 1], 0.5 at the threshold
-  bool anomalous = false;       ///< score >= threshold
-  int64_t height = 0;           ///< the image's size: the maps' size (0 without maps)
+  bool anomalous = false;       ///< score >= threshold, or not valid
+  /// false: the score or the map is not finite, so it cannot be trusted; anomalous is then true (never a pass) and
+  /// normalized_score 1. Report such a part as an error, not as a score (docs/reliability.md).
+  bool valid = true;
+  int64_t height = 0;  ///< the image's size: the maps' size (0 without maps)
   int64_t width = 0;
   std::vector<float> anomaly_map;    ///< height * width, row-major, at the image's resolution (empty without maps)
   std::vector<uint8_t> defect_mask;  ///< height * width: 1 where anomaly_map >= the pixel threshold

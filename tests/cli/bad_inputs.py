@@ -48,7 +48,7 @@ def snapshot(*roots):
 def temp_files(root):
     found = []
     for d, dirs, files in os.walk(root):
-        found += [os.path.join(d, n) for n in files + dirs if ".tmp." in n]
+        found += [os.path.join(d, n) for n in files + dirs if ".validflow-tmp." in n]
     return found
 
 

@@ -68,7 +68,7 @@ refused_target() {  # refused_target "expected line" args...
   [ "$(grep -c '^error: ' "$work/out.txt")" -eq 1 ] && grep -qxF -- "$expected" "$work/out.txt" ||
     fail "export $*: not the one line '$expected' in: $(cat "$work/out.txt")"
   [ ! -e "$work/third.vfm" ] || fail "export $* wrote $work/third.vfm"
-  ! find "$work" -name '*.tmp.*' -o -name '.export.*' | grep -q . || fail "export $* left temporary files"
+  ! find "$work" -name '*.validflow-tmp.*' -o -name '.export.*' | grep -q . || fail "export $* left temporary files"
   echo "refused: export $* -> $expected"
 }
 touch "$work/not-a-folder"

@@ -293,13 +293,18 @@ TEST_CASE("repository: an entry is replaced whole, and only a validflow one") {
                                                 "bottles/config.pbtxt=" + vt::model_config_text(o, "model.vfm")});
   }
   SECTION("staging folders of killed exports are removed, a running one's are kept") {
-    const fs::path dead = repo / "bottles" / ".export.tmp.999999999.0";  // beyond pid_max: no such process
-    const fs::path alive = repo / "bottles" / (".export.tmp.1.0");       // pid 1 exists
-    fs::create_directories(dead / "version");
-    fs::create_directories(alive);
+    const fs::path dead = repo / "bottles" / ".export.validflow-tmp.999999999.0";  // beyond pid_max: no such process
+    const fs::path alive = repo / "bottles" / ".export.validflow-tmp.1.0";         // pid 1 exists
+    const fs::path unmarked = repo / "bottles" / ".export.validflow-tmp.999999999.1";  // not staged by us: kept
+    for (const auto& d : {dead, alive}) {
+      fs::create_directories(d / "version");
+      std::ofstream(d / validflow::io::kOwnedFolderMarker) << "staged";
+    }
+    fs::create_directories(unmarked);
     vt::write_model_repository(model, repo, o);
     CHECK_FALSE(fs::exists(dead));
     CHECK(fs::exists(alive));
+    CHECK(fs::exists(unmarked));
   }
   SECTION("a refused write leaves the entry as it was") {
     const auto before = listing();

@@ -3,6 +3,7 @@
 // Volume preserving (log-det 0). Permutations are buffers, so they travel with checkpoints and devices.
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
+#include <validflow/core/state_invariants.hpp>
 
 #include <string>
 #include <vector>
@@ -19,7 +20,7 @@ struct ChannelShuffleOptions {
   TORCH_ARG(std::vector<std::vector<int64_t>>, permutations) = {};
 };
 
-class ChannelShuffleImpl : public FlowLayer<ChannelShuffleImpl> {
+class ChannelShuffleImpl : public FlowLayer<ChannelShuffleImpl>, public StateInvariants {
  public:
   using Options = ChannelShuffleOptions;
 
@@ -50,6 +51,12 @@ class ChannelShuffleImpl : public FlowLayer<ChannelShuffleImpl> {
   void pretty_print(std::ostream& stream) const override {
     stream << "validflow::ChannelShuffle(channels=" << torch::IntArrayRef(options.channels())
            << ", seed=" << options.seed() << ")";
+  }
+
+  void check_state_invariants() const override {
+    for (size_t s = 0; s < permutations.size(); ++s)
+      check_permutation_pair(permutations[s], inverse_permutations[s], options.channels()[s],
+                             "ChannelShuffle buffer perm_" + std::to_string(s));
   }
 
   FlowResult forward(const TensorList& x) override { return apply(x, permutations); }

@@ -7,6 +7,10 @@
 //  * Normalised score (anomalib's convention): (score - threshold) / (score_max - score_min) + 0.5, clipped
 //    to [0, 1], so the threshold sits at 0.5 whatever the model; score_min / score_max are the range of the
 //    scores the threshold was chosen on. An overridden threshold moves the 0.5 point with it.
+//  * Fail-safe: a score that is not finite (NaN or Inf: a model or an input the flow cannot handle) is never a
+//    pass. decide() makes such an image anomalous *and* invalid, with normalised score 1; so do the detectors
+//    for a map that is not finite. Callers report invalid images as errors (predict: exit 6; Triton: an error
+//    response), never as a score (docs/reliability.md, "Fail-safe decisions").
 //  * Pixel threshold: a pixel of the anomaly map (models/maps.hpp, smoothed with map_sigma) is defective when
 //    its value >= pixel_threshold; chosen the same way on pixels. Maps are normalised like the scores.
 #include <nlohmann/json.hpp>
@@ -19,6 +23,13 @@
 #include <vector>
 
 namespace validflow {
+
+/// The decision on one image (DecisionRule::decide).
+struct ImageDecision {
+  bool anomalous = true;
+  bool valid = false;  ///< false: the score is not finite; the image is anomalous whatever the threshold
+  double normalized_score = 1;
+};
 
 struct DecisionRule {
   double threshold = 0;
@@ -49,6 +60,11 @@ struct DecisionRule {
   }
   double normalized_score(double score, double active_threshold) const {
     return normalized(score, active_threshold, score_min, score_max);
+  }
+  /// The one decision step: anomalous when score >= threshold; a non-finite score is anomalous and invalid.
+  ImageDecision decide(double score, double active_threshold) const {
+    if (!std::isfinite(score)) return {};
+    return {score >= active_threshold, true, normalized_score(score, active_threshold)};
   }
 };
 

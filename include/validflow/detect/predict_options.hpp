@@ -3,10 +3,19 @@
 // validflow::TensorDetector (detect/tensor_detector.hpp). No LibTorch needed.
 #include <validflow/util/error.hpp>
 
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 
 namespace validflow {
+
+/// The most pixels (height x width) of an image a detector accepts unless its options allow more: 64 Mpx
+/// (8192 x 8192). An image's maps are as large as the image, so the limit bounds a call's memory (~1.5 GB).
+constexpr int64_t kDefaultMaxImagePixels = int64_t{1} << 26;
+
+/// The largest model input size (px per side) a detector loads unless its options allow more: twice the paper's
+/// 768. The extractor needs memory and time in proportion to the input's pixels (4096 px: ~5 GB per image).
+constexpr int64_t kDefaultMaxInputSize = 1536;
 
 /// A threshold override that is not a finite number.
 class ThresholdError : public ErrorOf<std::invalid_argument, ErrorKind::input> {

@@ -37,13 +37,18 @@ struct TensorDetectorOptions {
   TORCH_ARG(torch::Device, device) = torch::kCPU;
   /// fp32, or bf16 (autocast of the extractor and the flow; scores and maps are computed in fp32).
   TORCH_ARG(Precision, precision) = Precision::Float32;
+  /// The largest model input size loaded (px per side; detect/model_file.hpp).
+  TORCH_ARG(int64_t, max_input_size) = kDefaultMaxInputSize;
+  /// The most pixels an image given to predict() may have (its maps are as large; kDefaultMaxImagePixels).
+  TORCH_ARG(int64_t, max_image_pixels) = kDefaultMaxImagePixels;
 };
 
 /// What the detector says about one image.
 struct TensorPrediction {
   double score = 0;             ///< raw score: mean z^2 / 2 (CS-Flow's definition)
   double normalized_score = 0;  ///< in [0, 1], 0.5 at the threshold (detect/decision.hpp)
-  bool anomalous = false;       ///< score >= threshold
+  bool anomalous = false;       ///< score >= threshold, or not valid
+  bool valid = true;            ///< false: the score or the map is not finite (never a pass: anomalous is true)
   torch::Tensor anomaly_map;    ///< float32 [H, W] at the image's own resolution (undefined without maps)
   torch::Tensor defect_mask;    ///< bool [H, W]: anomaly_map >= pixel threshold (undefined without maps)
 };
@@ -53,9 +58,14 @@ class TensorDetector {
   /// Loads and verifies a model file. Throws FileError (the file), UnsupportedPrecision (the precision on
   /// this device).
   explicit TensorDetector(const std::string& model_file, TensorDetectorOptions options = {})
-      : TensorDetector(load_model_file(model_file), options) {}
+      : TensorDetector(load_model_file(model_file, ModelFileLimits{checked_limits(options).max_input_size()}),
+                       options) {}
 
-  TensorDetector(LoadedModel model, TensorDetectorOptions options) : model_(std::move(model)), options_(options) {
+  TensorDetector(LoadedModel model, TensorDetectorOptions options)
+      : model_(std::move(model)), options_(checked_limits(options)) {
+    if (model_.info.backbone.image_size > options_.max_input_size())
+      throw FileError("", "the model's input size " + std::to_string(model_.info.backbone.image_size) +
+                              " px is above the limit of " + std::to_string(options_.max_input_size()) + " px");
     check_precision_fast(options_.precision(), options_.device());
     model_.extractor->to(options_.device());
     model_.flow.module().to(options_.device());
@@ -79,8 +89,10 @@ class TensorDetector {
     for (size_t i = 0; i < images.size(); ++i) {
       auto& p = out[i];
       p.score = scores[static_cast<int64_t>(i)].item<double>();
-      p.normalized_score = info().decision.normalized_score(p.score, threshold);
-      p.anomalous = p.score >= threshold;
+      const auto decision = info().decision.decide(p.score, threshold);
+      p.normalized_score = decision.normalized_score;
+      p.anomalous = decision.anomalous;
+      p.valid = decision.valid;
       if (!options.maps()) continue;
       const auto [height, width] = image_height_width(images[i]);
       p.anomaly_map = resize_maps(maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1), height, width)
@@ -88,6 +100,11 @@ class TensorDetector {
                           .to(torch::kCPU)
                           .contiguous();
       p.defect_mask = p.anomaly_map >= pixel_threshold;
+      if (!torch::isfinite(p.anomaly_map).all().item<bool>()) {  // a map that cannot be trusted fails the part too
+        p.valid = false;
+        p.anomalous = true;
+        p.normalized_score = 1;
+      }
     }
     return out;
   }
@@ -103,8 +120,16 @@ class TensorDetector {
     if (images.empty()) throw features::FeatureError("Detector::predict: no images");
     std::vector<torch::Tensor> on_device;
     on_device.reserve(images.size());
-    for (const auto& image : images) {
+    for (size_t i = 0; i < images.size(); ++i) {
+      const auto& image = images[i];
       if (!image.defined()) throw features::FeatureError("Detector::predict: an image tensor is undefined");
+      if (image.dim() >= 2 && image.numel() > 0) {  // prepare_images names a wrong layout
+        const auto [height, width] = image_height_width(image);
+        if (height * width > options_.max_image_pixels())
+          throw features::FeatureError("image " + std::to_string(i) + ": " + std::to_string(width) + " x " +
+                                       std::to_string(height) + " pixels is above the limit of " +
+                                       std::to_string(options_.max_image_pixels()) + " (max_image_pixels)");
+      }
       on_device.push_back(image.to(options_.device()));
     }
     return features::prepare_images(on_device, image_size(), image_size());
@@ -148,11 +173,20 @@ class TensorDetector {
     return *override;
   }
 
-  /// Height and width of a decoded image (uint8 [H, W, C] / [H, W], float [C, H, W]); prepare_image has
-  /// already checked the layout.
+  /// Height and width of a decoded image (uint8 [H, W, C] / [H, W], float [C, H, W]; rank >= 2).
   static std::pair<int64_t, int64_t> image_height_width(const torch::Tensor& image) {
-    if (image.scalar_type() == torch::kByte) return {image.size(0), image.size(1)};
+    if (image.scalar_type() == torch::kByte || image.dim() == 2) return {image.size(0), image.size(1)};
     return {image.size(1), image.size(2)};
+  }
+
+  static TensorDetectorOptions checked_limits(TensorDetectorOptions options) {
+    if (options.max_input_size() < 1)
+      throw std::invalid_argument("TensorDetectorOptions: max_input_size must be >= 1, got " +
+                                  std::to_string(options.max_input_size()));
+    if (options.max_image_pixels() < 1)
+      throw std::invalid_argument("TensorDetectorOptions: max_image_pixels must be >= 1, got " +
+                                  std::to_string(options.max_image_pixels()));
+    return options;
   }
 
   LoadedModel model_;

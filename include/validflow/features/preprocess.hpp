@@ -71,6 +71,9 @@ inline torch::Tensor resize_images(const torch::Tensor& x, int64_t height, int64
   return detail::bilinear_antialiased(x, height, width);
 }
 
+/// How far outside [0, 1] a floating-point image's values may be (rounding of a resampled or converted image).
+constexpr double kFloatImageSlack = 1e-3;
+
 /// One decoded image (see the top of this file) -> float [3, height, width] in [0, 1], resized with the one
 /// resize. 8-bit input is resized in two passes rounded to 8-bit values like PIL; float input is not rounded.
 inline torch::Tensor prepare_image(const torch::Tensor& image, int64_t height, int64_t width) {
@@ -106,6 +109,13 @@ inline torch::Tensor prepare_image(const torch::Tensor& image, int64_t height, i
   auto x = chw.unsqueeze(0).to(torch::kFloat);
   if (!eight_bit) {
     if (!torch::isfinite(x).all().item<bool>()) throw FeatureError(who + ": the image contains NaN or Inf values");
+    // [0, 1] within rounding: 0..255 not divided (or another scale) would otherwise be scored without a word.
+    const auto [lo, hi] = torch::aminmax(x);
+    const double low = lo.item<double>(), high = hi.item<double>();
+    if (low < -kFloatImageSlack || high > 1 + kFloatImageSlack)
+      throw FeatureError(who + ": a floating-point image must hold values in [0, 1], got " + std::to_string(low) +
+                         " .. " + std::to_string(high) +
+                         (high > 1.5 && high <= 255.5 ? " (8-bit values: divide by 255)" : ""));
     return detail::bilinear_antialiased(x.contiguous(), height, width).squeeze(0);
   }
   // 8-bit: as PIL, a horizontal pass then a vertical pass, each rounded to the 8-bit grid; then [0, 1].

@@ -26,6 +26,7 @@
 // householder works in float64 (FrEIA multiplies by a float32 identity and fails).
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
+#include <validflow/core/state_invariants.hpp>
 #include <validflow/freia/common.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -66,7 +67,7 @@ struct AllInOneBlockOptions : BlockOptions<AllInOneBlockOptions<SubnetOptions>, 
 };
 
 template <typename Subnet>
-class AllInOneBlockImpl : public ConditionalFlowLayer<AllInOneBlockImpl<Subnet>> {
+class AllInOneBlockImpl : public ConditionalFlowLayer<AllInOneBlockImpl<Subnet>>, public StateInvariants {
   static_assert(is_tensor_subnet_v<Subnet>,
                 "AllInOneBlock<Subnet>: Subnet must be a module holder whose Impl has `using Options = ...` with "
                 "in_channels(int64_t) / out_channels(int64_t) setters, `torch::Tensor forward(const torch::Tensor&)` "
@@ -108,6 +109,27 @@ class AllInOneBlockImpl : public ConditionalFlowLayer<AllInOneBlockImpl<Subnet>>
                                    Subnet(SubnetOptions(options.subnet())
                                               .in_channels(passive + freia_detail::total(options.condition_channels()))
                                               .out_channels(2 * active)));
+  }
+
+  /// A fixed (not learned) w_perm must be a permutation matrix (permute_soft: a rotation, orthogonal within fp32
+  /// rounding; the log-det assumes |det W| = 1) and w_perm_inv its transpose.
+  void check_state_invariants() const override {
+    if (options.learned_householder_permutation() > 0) return;
+    const int64_t c = options.channels();
+    const auto w = w_perm.to(torch::kCPU, torch::kFloat64).reshape({c, c});
+    if (!w_perm_inv.to(torch::kCPU, torch::kFloat64).reshape({c, c}).allclose(w.t(), 0, 1e-6))
+      throw std::invalid_argument("AllInOneBlock buffer w_perm_inv is not the transpose of w_perm");
+    if (options.permute_soft()) {
+      const double error = (w.mm(w.t()) - torch::eye(c, torch::kFloat64)).abs().max().item<double>();
+      if (!(error <= 1e-4))
+        throw std::invalid_argument(
+            "AllInOneBlock buffer w_perm is not orthogonal (|W W^T - I| = " + std::to_string(error) + ")");
+      return;
+    }
+    const auto index = w.argmax(1);
+    const auto exact = torch::zeros({c, c}, torch::kFloat64).scatter_(1, index.unsqueeze(1), 1.0);
+    if (!w.equal(exact) || !std::get<0>(index.sort()).equal(torch::arange(c, torch::kLong)))
+      throw std::invalid_argument("AllInOneBlock buffer w_perm is not a permutation matrix");
   }
 
   void pretty_print(std::ostream& stream) const override {

@@ -10,6 +10,7 @@
 //    channel is an error instead of an infinite scale.
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
+#include <validflow/core/state_invariants.hpp>
 #include <validflow/freia/common.hpp>
 
 #include <random>
@@ -27,7 +28,7 @@ struct PermuteRandomOptions {
   TORCH_ARG(uint32_t, seed) = 0;
 };
 
-class PermuteRandomImpl : public FlowLayer<PermuteRandomImpl> {
+class PermuteRandomImpl : public FlowLayer<PermuteRandomImpl>, public StateInvariants {
  public:
   using Options = PermuteRandomOptions;
 
@@ -44,6 +45,10 @@ class PermuteRandomImpl : public FlowLayer<PermuteRandomImpl> {
 
   void pretty_print(std::ostream& stream) const override {
     stream << "validflow::PermuteRandom(channels=" << options.channels() << ", seed=" << options.seed() << ")";
+  }
+
+  void check_state_invariants() const override {
+    check_permutation_pair(perm, perm_inv, options.channels(), "PermuteRandom buffer perm");
   }
 
   FlowResult forward(const TensorList& x) override { return permuted(x, perm); }

@@ -1,16 +1,20 @@
 #pragma once
 // The one file-system helper of validflow: reading a file, atomic writes, replacing a folder as a whole, the one
 // temporary naming scheme and the one cleaner.
-// - Atomic file writes: the bytes go to a temporary file next to the target (`<target>.tmp.<pid>.<n>`), are
-//   flushed to disk, then renamed over the target. A crash, a kill -9 or a full disk therefore never leaves a
+// - Atomic file writes: the bytes go to a temporary file next to the target (`<target>.validflow-tmp.<pid>.<n>`),
+//   are flushed to disk, then renamed over the target. A crash, a kill -9 or a full disk therefore never leaves a
 //   half-written file under the target's name, and a failed write never replaces a good file.
-// - Folders (reports, synthetic datasets, Triton version directories) are staged complete under a temporary
-//   name of the same scheme and put in place by replace_directory.
-// - Temporary files and staged folders a killed process left behind are recognised by the scheme and their dead
-//   pid, and removed by remove_stale_temp_files; nothing else is ever removed.
+// - Folders (reports, predictions, synthetic datasets, Triton version directories) are staged complete under a
+//   temporary name of the same scheme, made by make_staging_directory (which puts the marker file
+//   `.validflow-owned` inside), and put in place by replace_directory; the marker stays, so a later run knows the
+//   folder is its own to replace.
+// - Only what validflow wrote is ever removed: remove_stale_temp_files(folder, outputs) removes the temporary
+//   files `<output>.validflow-tmp.<pid>.<n>` of the given outputs whose process is gone (regular files only) and
+//   staged folders of that name that hold the marker; nothing else, no symbolic link, no other name.
 // No LibTorch needed (the programs' torch-free parts use it too).
 #include <validflow/io/errors.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -30,31 +34,41 @@
 
 namespace validflow::io {
 
+/// The marker of validflow's temporary names: `<name>.validflow-tmp.<pid>.<n>`.
+constexpr const char* kTempMarker = ".validflow-tmp.";
+/// The file inside every folder validflow stages (and so in every folder it put in place as a whole).
+constexpr const char* kOwnedFolderMarker = ".validflow-owned";
+
 namespace detail {
 inline std::string errno_text(int error) { return std::strerror(error); }
 
-/// The pid of a temporary file of ours (`<name>.tmp.<pid>.<n>`), or -1.
-inline long temp_file_pid(const std::string& filename) {
-  const auto at = filename.rfind(".tmp.");
-  if (at == std::string::npos) return -1;
-  const auto rest = filename.substr(at + 5);
+/// The pid of a temporary name of ours (`<base>.validflow-tmp.<pid>.<n>`) with `base` set, or -1.
+inline long temp_file_pid(const std::string& filename, std::string* base = nullptr) {
+  const std::string marker = kTempMarker;
+  const auto at = filename.rfind(marker);
+  if (at == std::string::npos || at == 0) return -1;
+  const auto rest = filename.substr(at + marker.size());
   const auto dot = rest.find('.');
-  if (dot == std::string::npos || dot == 0 || dot + 1 == rest.size()) return -1;
+  if (dot == std::string::npos || dot == 0 || dot + 1 == rest.size() || dot > 10) return -1;
   for (size_t i = 0; i < rest.size(); ++i)
     if (i != dot && !std::isdigit(static_cast<unsigned char>(rest[i]))) return -1;
-  try {
-    return std::stol(rest.substr(0, dot));
-  } catch (const std::exception&) {
-    return -1;
-  }
+  if (base) *base = filename.substr(0, at);
+  return std::stol(rest.substr(0, dot));  // at most 10 digits: fits a long
 }
 }  // namespace detail
 
-/// A fresh temporary name next to `path`: `<path>.tmp.<pid>.<n>`, which remove_stale_temp_files recognises
-/// once this process is gone (for files, and for folders staged and renamed into place as a whole).
+/// A fresh temporary name next to `path`: `<path>.validflow-tmp.<pid>.<n>`, which remove_stale_temp_files
+/// recognises once this process is gone (for files, and for folders made by make_staging_directory).
 inline std::string temp_path_for(const std::string& path) {
   static std::atomic<unsigned> counter{0};
-  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  return path + kTempMarker + std::to_string(::getpid()) + "." + std::to_string(counter++);
+}
+
+/// Whether `folder` holds validflow's marker (it was staged by make_staging_directory).
+inline bool is_owned_directory(const std::string& folder) {
+  std::error_code ec;
+  const auto marker = std::filesystem::symlink_status(std::filesystem::path(folder) / kOwnedFolderMarker, ec);
+  return std::filesystem::is_regular_file(marker);
 }
 
 /// A hook called by write_file_atomic after a temporary file's bytes are written and flushed, just before the
@@ -123,18 +137,37 @@ inline void write_file_atomic(const std::string& path, std::string_view bytes) {
   }
 }
 
-/// Removes the temporary files and staged folders (`*.tmp.<pid>.<n>`) in `folder` whose writing process no
-/// longer exists (a run killed while writing). Those of running processes are kept. Symbolic links are never
-/// followed or removed. Returns the removed paths; never throws.
-inline std::vector<std::string> remove_stale_temp_files(const std::string& folder) {
+/// Creates a fresh staging folder for `target` (temp_path_for, parent folders included) with validflow's marker
+/// file inside; returns its path. Throws FileError naming `target`.
+inline std::string make_staging_directory(const std::string& target) {
+  namespace fs = std::filesystem;
+  const std::string staging = temp_path_for(target);
+  std::error_code ec;
+  fs::create_directories(staging, ec);
+  if (ec) throw FileError(target, "cannot create " + staging + ": " + ec.message());
+  std::ofstream marker(fs::path(staging) / kOwnedFolderMarker);
+  marker << "written by validflow: this folder is replaced as a whole by the command that wrote it\n";
+  if (!marker) throw FileError(target, "cannot write in " + staging);
+  return staging;
+}
+
+/// Removes from `folder` what a killed run of ours left of the `outputs` (file or folder names in `folder`):
+/// regular files `<output>.validflow-tmp.<pid>.<n>` and folders of that name holding validflow's marker, whose
+/// process no longer exists. Anything else (another name, a live process's file, a link, a folder without the
+/// marker) is kept. Returns the removed paths; never throws.
+inline std::vector<std::string> remove_stale_temp_files(const std::string& folder,
+                                                        const std::vector<std::string>& outputs) {
   namespace fs = std::filesystem;
   std::vector<std::string> removed, stale;
   std::error_code ec;
   for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string base;
+    const long pid = detail::temp_file_pid(it->path().filename().string(), &base);
+    if (pid <= 0 || std::find(outputs.begin(), outputs.end(), base) == outputs.end()) continue;
     std::error_code type_ec;
-    if (it->is_symlink(type_ec) || (!it->is_regular_file(type_ec) && !it->is_directory(type_ec))) continue;
-    const long pid = detail::temp_file_pid(it->path().filename().string());
-    if (pid <= 0) continue;
+    const auto status = it->symlink_status(type_ec);
+    const bool ours = fs::is_regular_file(status) || (fs::is_directory(status) && is_owned_directory(it->path()));
+    if (!ours) continue;
     if (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
     stale.push_back(it->path().string());
   }
@@ -143,6 +176,24 @@ inline std::vector<std::string> remove_stale_temp_files(const std::string& folde
     if (fs::remove_all(path, rm_ec) > 0 && !rm_ec) removed.push_back(path);
   }
   return removed;
+}
+
+/// Whether `a` and `b` are the same file or folder (by device and inode; false when either does not exist).
+inline bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  const bool same = std::filesystem::equivalent(a, b, ec);
+  return !ec && same;
+}
+
+/// Whether `path` is `folder` or lies inside it (by file identity of `path`'s existing ancestors).
+inline bool is_within(const std::string& path, const std::string& folder) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (fs::path p = fs::absolute(path, ec); !ec && !p.empty(); p = p.parent_path()) {
+    if (same_file(p.string(), folder)) return true;
+    if (p == p.parent_path()) break;
+  }
+  return false;
 }
 
 /// Puts the complete folder `staging` in the place of `target`. When `target` exists, the two are exchanged in

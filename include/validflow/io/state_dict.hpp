@@ -10,6 +10,7 @@
 //    shape, no unknown key unless declared ignorable. A `rename` function maps the module's keys to the file's
 //    (how foreign layouts, torchvision's or the official CS-Flow's, are imported). Every problem is listed by
 //    key (missing, unexpected, shape mismatches with both shapes) in one StateDictError.
+#include <validflow/core/state_invariants.hpp>
 #include <validflow/io/errors.hpp>
 #include <validflow/io/files.hpp>
 #include <validflow/io/named_tensors.hpp>
@@ -29,6 +30,7 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -146,7 +148,7 @@ inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::str
                               "convert it once with: python3 tools/export_backbone.py convert '" +
                               path + "' OUT.pt");
   if (bytes.size() < 4 || bytes[0] != 'P' || bytes[1] != 'K') {
-    if (io::detail::has_archive_magic(std::string_view(bytes.data(), bytes.size())))
+    if (io::has_archive_magic(std::string_view(bytes.data(), bytes.size())))
       throw FileError(path,
                       "'" + path + "' is a validflow file (model, checkpoint or features), not a torch.save file");
     throw FileError(path, "'" + path + "' is not a torch.save zip archive");
@@ -272,8 +274,28 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& st
     list("mismatch(es)", mismatched);
     throw StateDictError(state.source, m.str());
   }
+  // Buffers first: the layers' invariants (core/state_invariants.hpp) are over buffers, so a state that breaks one is
+  // refused with the module's buffers restored and no parameter touched.
   torch::NoGradGuard no_grad;
+  std::set<const void*> buffers;
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) buffers.insert(b.value().unsafeGetTensorImpl());
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> previous;  // buffer, its value before the load
   for (auto& [target, source] : copies) {
+    if (!buffers.count(target.unsafeGetTensorImpl())) continue;
+    previous.emplace_back(target, target.clone());
+    auto t = target;
+    t.copy_(*source);
+  }
+  try {
+    check_state_invariants(module);
+  } catch (const std::invalid_argument& e) {
+    for (auto& [buffer, value] : previous) buffer.copy_(value);
+    throw StateDictError(state.source, std::string("the tensors") +
+                                           (state.source.empty() ? "" : " of '" + state.source + "'") +
+                                           " break an invariant of " + module.name() + ": " + e.what());
+  }
+  for (auto& [target, source] : copies) {
+    if (buffers.count(target.unsafeGetTensorImpl())) continue;
     auto t = target;
     t.copy_(*source);
   }

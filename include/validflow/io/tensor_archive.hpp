@@ -64,11 +64,6 @@ inline const unsigned char* archive_magic() {
   return magic;
 }
 
-/// Whether `bytes` start like a validflow archive (model file, checkpoint, feature cache).
-inline bool has_archive_magic(std::string_view bytes) {
-  return bytes.size() >= 8 && std::memcmp(bytes.data(), archive_magic(), 8) == 0;
-}
-
 inline uint64_t align64(uint64_t v) { return (v + 63) / 64 * 64; }
 
 struct DtypeName {
@@ -101,6 +96,11 @@ T get(std::string_view bytes, size_t at) {
 }
 
 }  // namespace detail
+
+/// Whether `bytes` start like a validflow archive (model file, checkpoint, feature cache).
+inline bool has_archive_magic(std::string_view bytes) {
+  return bytes.size() >= 8 && std::memcmp(bytes.data(), detail::archive_magic(), 8) == 0;
+}
 
 /// The bytes of an archive (see the top of this file). Tensors may live on any device; they are copied to the
 /// CPU. Throws std::invalid_argument for duplicate or empty names and unsupported dtypes.

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <exception>
+#include <filesystem>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -57,9 +58,12 @@ class ErrorOf : public StdBase, public Error {
 
 /// The one classification of an exception: a validflow::Error says its kind; LibTorch's checks (TORCH_CHECK in a
 /// module's reset(), a bad value that reached an operator) are config; the standard library's argument errors
-/// are input; out of memory is unsupported (too large for this machine); everything else is internal.
+/// are input; a file-system error (a path that is a file where a folder is needed, under /proc, a symbolic-link
+/// loop, permission denied) is file: it names the user's path; out of memory is unsupported (too large for this
+/// machine); everything else is internal.
 inline ErrorKind error_kind(const std::exception& e) noexcept {
   if (const auto* ours = dynamic_cast<const Error*>(&e)) return ours->kind();
+  if (dynamic_cast<const std::filesystem::filesystem_error*>(&e)) return ErrorKind::file;
   if (dynamic_cast<const c10::Error*>(&e)) return ErrorKind::config;
   if (dynamic_cast<const std::bad_alloc*>(&e)) return ErrorKind::unsupported;
   if (dynamic_cast<const std::invalid_argument*>(&e) || dynamic_cast<const std::out_of_range*>(&e) ||
