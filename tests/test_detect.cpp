@@ -402,6 +402,99 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
         }).find("CUDA only") != std::string::npos);
 }
 
+TEST_CASE("fail-safe: untrusted scores are never a pass, loads check meaning and limits", "[detect][errors]") {
+  TempDir dir("detect_failsafe");
+  const TinyModel m;
+  const auto good = dir.file("good.vfm");
+  m.save(good);
+  const auto archive = io::read_archive(good);
+  auto refused = [&](const io::TensorArchive& a, const TensorDetectorOptions& o = {}) {
+    const auto path = dir.file("bad.vfm");
+    io::write_archive(path, a);
+    return error_of([&] { TensorDetector d(path, o); });
+  };
+  const auto first_key = [&](const std::string& part) {
+    for (const auto& [name, t] : archive.tensors)
+      if (name.find(part) != std::string::npos) return name;
+    FAIL("no tensor named like " << part);
+    return std::string();
+  };
+  SECTION("a finite weight that overflows the flow is refused at load (a probe image)") {
+    auto a = archive;
+    std::string key;
+    for (const auto& [name, t] : archive.tensors)
+      if (key.empty() && name.rfind("flow.", 0) == 0 && t.dim() == 4 && t.is_floating_point()) key = name;
+    auto w = a.tensors.at(key).clone();
+    w.view(-1)[0] = 3e38f;
+    a.tensors.set(key, w);
+    const auto e = refused(a);
+    INFO(e);
+    CHECK(e.find("not finite on a probe image") != std::string::npos);
+  }
+  SECTION("a permutation that is not one is refused with its buffer named") {
+    auto a = archive;
+    const auto key = first_key("perm_0");
+    auto p = a.tensors.at(key).clone();
+    p[0] = p[1].item<int64_t>();  // a channel twice, another never
+    a.tensors.set(key, p);
+    const auto e = refused(a);
+    INFO(e);
+    CHECK(e.find("ChannelShuffle buffer perm_0 is not a permutation") != std::string::npos);
+    CHECK(e.find("bad.vfm") != std::string::npos);
+  }
+  SECTION("input size: above the caller's limit, or inconsistent with the maps the flow was trained on") {
+    CHECK(refused(archive, TensorDetectorOptions().max_input_size(32)).find("above the limit of 32 px") !=
+          std::string::npos);
+    CHECK(refused(archive) == "<accepted>");
+    auto a = archive;
+    a.meta["backbone"]["image_size"] = 128;  // the same flow would see 16 px maps, it was trained on 8
+    const auto e = refused(a);
+    INFO(e);
+    CHECK(e.find("trained on feature maps of [8,4,2]") != std::string::npos);
+  }
+  SECTION("a non-finite score or map is anomalous and invalid, whatever the threshold") {
+    auto loaded = load_model_file(good);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : loaded.flow.module().parameters()) p.fill_(3e38f);  // after the load-time probe
+    }
+    const TensorDetector detector(std::move(loaded), TensorDetectorOptions());
+    for (const auto& options : {PredictOptions(), PredictOptions().threshold(1e30), PredictOptions().maps(false)}) {
+      const auto p = detector.predict(test_images().at(0), options);
+      CHECK_FALSE(p.valid);
+      CHECK(p.anomalous);
+      CHECK(p.normalized_score == 1.0);
+    }
+    const auto decision = m.info.decision.decide(std::nan(""), -1e300);
+    CHECK((decision.anomalous && !decision.valid && decision.normalized_score == 1.0));
+    CHECK(m.info.decision.decide(0.5, 1.0).valid);
+    CHECK_FALSE(m.info.decision.decide(0.5, 1.0).anomalous);
+  }
+  SECTION("images: float values outside [0, 1] and images above the pixel limit are refused") {
+    const TensorDetector detector(good, TensorDetectorOptions().max_image_pixels(64 * 64));
+    CHECK(error_of([&] {
+            detector.predict(torch::rand({3, 20, 20}) * 255);
+          }).find("divide by 255") != std::string::npos);
+    CHECK(error_of([&] { detector.predict(torch::rand({3, 20, 20}) - 1000); }).find("in [0, 1]") != std::string::npos);
+    CHECK(error_of([&] {
+            detector.predict(torch::zeros({65, 64, 3}, torch::kByte));
+          }).find("above the limit of 4096") != std::string::npos);
+    CHECK(detector.predict(torch::zeros({64, 64, 3}, torch::kByte)).valid);
+    const Detector facade(good, DetectorOptions().max_image_pixels(64 * 64));
+    std::vector<uint8_t> pixels(64 * 64 * 3, 100);
+    CHECK(facade.predict(ImageView{pixels.data(), 64, 64}).valid);
+    // A view claiming 100000 x 100000 pixels is refused before anything is read or allocated.
+    CHECK(error_of([&] {
+            facade.predict(ImageView{pixels.data(), 100000, 100000});
+          }).find("above the limit of 4096") != std::string::npos);
+    CHECK(error_of([&] {
+            facade.predict(ImageView{pixels.data(), int64_t{1} << 62, int64_t{1} << 62});
+          }).find("above the limit") != std::string::npos);
+    CHECK(error_of([&] { Detector d(good, DetectorOptions().max_input_size(32)); }).find("above the limit of 32 px") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("maps: smoothing keeps the mean and smooths, resizing is bilinear", "[detect][maps]") {
   torch::manual_seed(1);
   const auto maps = torch::rand({2, 16, 16});

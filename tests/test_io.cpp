@@ -233,9 +233,12 @@ TEST_CASE("atomic writes never leave a half-written target, stale temp files of 
   std::ofstream(dir.file("photo.png.tmp.99999999.1")) << "a user's file";  // the old scheme: a user's name now
   std::ofstream(dir.file("other.bin" + dead)) << "another output's";       // not an output of this command: kept
   fs::create_directories(dir.file("out.bin" + dead.substr(0, dead.size() - 1) + "5") + "/photos");  // no marker
-  const auto removed = io::remove_stale_temp_files(dir.path.string(), {"out.bin"});
-  REQUIRE(removed.size() == 1);
+  std::ofstream(target + dead + dead.substr(0, dead.size() - 1) + "1") << "a staged file's own atomic write";
+  auto removed = io::remove_stale_temp_files(dir.path.string(), {"out.bin"});
+  std::sort(removed.begin(), removed.end());
+  REQUIRE(removed.size() == 2);
   CHECK(removed[0] == target + dead);
+  CHECK(removed[1] == target + dead + dead.substr(0, dead.size() - 1) + "1");
   CHECK(fs::exists(ours));
   CHECK(fs::exists(dir.file("notes.tmp.txt")));
   CHECK(fs::exists(dir.file("photo.png.tmp.99999999.1")));
@@ -377,7 +380,7 @@ TEST_CASE("stale staged folders are removed only with validflow's marker, the wr
   }
   int status = 0;
   REQUIRE(waitpid(child, &status, 0) == child);
-  const auto link = dir.file("report.validflow-tmp." + std::to_string(child) + ".4");
+  const auto link = dir.file("report.validflow-tmp." + std::to_string(child) + ".999999");
   fs::create_directory_symlink(dir.path, link);  // never followed, never removed
   const auto removed = io::remove_stale_temp_files(dir.path.string(), {"report"});
   REQUIRE(removed.size() == 1);

@@ -6,6 +6,8 @@
 #include <set>
 #include <string>
 
+#include <sys/stat.h>
+
 namespace validflow::app {
 
 std::string file_fingerprint(const std::string& path) {
@@ -25,6 +27,31 @@ std::string file_fingerprint(const std::string& path) {
   return s.str();
 }
 
+/// FNV-1a over every image's and mask's path, size, modification time (ns) and inode: a file that changed under
+/// the same name (rewritten, replaced, touched) changes it, without reading the images again.
+std::string files_state_fingerprint(const Dataset& dataset) {
+  uint64_t hash = 1469598103934665603ull;
+  const auto mix = [&](const std::string& text) {
+    for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ull;
+    hash = (hash ^ 0xFF) * 1099511628211ull;  // a separator
+  };
+  const auto add = [&](const std::string& path) {
+    struct stat st {};
+    mix(path);
+    if (path.empty() || ::stat(path.c_str(), &st) != 0) return mix("missing");
+    mix(std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+        std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino));
+  };
+  for (const auto* split : {&dataset.train, &dataset.test, &dataset.holdout})
+    for (const auto& sample : *split) {
+      add(sample.path);
+      if (!sample.mask_path.empty()) add(sample.mask_path);
+    }
+  std::ostringstream s;
+  s << std::hex << hash;
+  return s.str();
+}
+
 nlohmann::json extraction_request(const Dataset& dataset, const std::string& dataset_spec, const ExtractionSpec& e) {
   auto paths = [](const std::vector<Sample>& samples) {
     nlohmann::json files = nlohmann::json::array();
@@ -35,6 +62,7 @@ nlohmann::json extraction_request(const Dataset& dataset, const std::string& dat
           {"train_files", paths(dataset.train)},
           {"test_files", paths(dataset.test)},
           {"holdout_files", paths(dataset.holdout)},
+          {"files_state", files_state_fingerprint(dataset)},
           {"backbone", features::to_json(e.backbone.resolved())},
           {"weights", e.weights},
           {"weights_fingerprint", file_fingerprint(e.weights)},
@@ -146,7 +174,15 @@ std::optional<FeatureCache> load_matching_cache(const std::string& path, const n
   try {
     auto cached = load_feature_cache(path);
     if (cached.meta.at("request") == request) return cached;
-    reason = "stale: extracted for another dataset, backbone, weights, image size or storage type";
+    const auto& old = cached.meta.at("request");
+    const auto field = [](const nlohmann::json& j, const char* key) {
+      return j.is_object() && j.contains(key) ? j.at(key) : nlohmann::json();
+    };
+    const bool same_files = field(old, "train_files") == field(request, "train_files") &&
+                            field(old, "test_files") == field(request, "test_files");
+    reason = same_files && field(old, "files_state") != field(request, "files_state")
+                 ? "stale: images changed since extraction (size, time or file under the same name)"
+                 : "stale: extracted for another dataset, backbone, weights, image size or storage type";
   } catch (const std::exception& e) {
     reason = std::string("unreadable: ") + e.what();
   }

@@ -506,13 +506,65 @@ class CommitResult(unittest.TestCase):
 
     def test_a_file_that_is_not_a_result_is_named(self):
         self.write_result("validflow-n3-seed0", 0.98)
-        for text, why in (('{"run": "x"', "not a readable result file"), ('{"run": "x"}', "not a result file of tools/reproduce_paper.py run (no table, label")):
+        good = result("table3", "ValidFlow n = 3", 1, 0.97)
+
+        def edited(path, value):
+            r = json.loads(json.dumps(good))
+            parent = r
+            for key in path[:-1]:
+                parent = parent[key]
+            if value is KeyError:
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            return json.dumps(r, allow_nan=True)
+        cases = [('{"run": "x"', "not a readable result file"),
+                 ('{"run": "x"}', "result has no field 'table'"),
+                 ("[" * 100000 + "]" * 100000, "nested too deeply"),
+                 (edited(["metrics"], {}), "result.metrics has no field 'image_auroc'"),
+                 (edited(["metrics"], None), "result.metrics must be an object, not NoneType"),
+                 (edited(["seed"], "1"), "result.seed must be a whole number, not '1'"),
+                 (edited(["seed"], True), "result.seed must be a whole number, not True"),
+                 (edited(["metrics", "image_auroc"], "0.9"), "result.metrics.image_auroc must be a number, not str"),
+                 (edited(["metrics", "image_auroc"], float("nan")), "result.metrics.image_auroc must be finite"),
+                 (edited(["metrics", "image_auroc"], 2.0), "result.metrics.image_auroc must be in [0, 1], not 2.0"),
+                 (edited(["metrics", "image_auroc_per_type", "crack"], -0.1), "image_auroc_per_type.crack must be in"),
+                 (edited(["parameters"], KeyError), "result has no field 'parameters'")]
+        for text, why in cases:
             with open(os.path.join(config.RESULTS, "broken.json"), "w") as f:
                 f.write(text)
             with self.assertRaises(SystemExit) as refused:
                 tables.cmd_tables(argparse.Namespace(check=False))
-            self.assertIn("broken.json: %s" % why, str(refused.exception.code))
+            self.assertIn("broken.json: ", str(refused.exception.code))
+            self.assertIn(why, str(refused.exception.code))
+            self.assertNotIn("\n", str(refused.exception.code))
             self.assertIn("stale tables", read(config.DOC))
+        os.remove(os.path.join(config.RESULTS, "broken.json"))
+        os.makedirs(os.path.join(config.RESULTS, "folder.json"))  # a directory where a file is expected
+        with self.assertRaises(SystemExit) as refused:
+            tables.cmd_tables(argparse.Namespace(check=False))
+        self.assertIn("folder.json: not a readable result file", str(refused.exception.code))
+        os.rmdir(os.path.join(config.RESULTS, "folder.json"))
+        with open(config.SPEED, "w") as f:
+            f.write('{"runs": {"validflow-n3-seed0": {"median": 3')  # a speed file cut short
+        with self.assertRaises(SystemExit) as refused:
+            tables.cmd_tables(argparse.Namespace(check=False))
+        self.assertIn("speed.json: not a readable speed file", str(refused.exception.code))
+        os.remove(config.SPEED)
+        for name in os.listdir(config.RESULTS):  # an empty results folder: refused, the tables kept
+            os.remove(os.path.join(config.RESULTS, name))
+        with self.assertRaises(SystemExit) as refused:
+            tables.cmd_tables(argparse.Namespace(check=False))
+        self.assertIn("holds no result files", str(refused.exception.code))
+        self.assertIn("stale tables", read(config.DOC))
+
+    def test_the_loader_survives_fuzzing(self):
+        """fuzz/results_loader.py for a fixed number of inputs: acceptance or one refusal line, nothing else."""
+        fuzzer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fuzz", "results_loader.py")
+        p = subprocess.run([sys.executable, fuzzer, "--runs", "3000", "--seed", "1", "--findings", self.tmp],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("0 findings", p.stdout)
 
     def test_nothing_is_committed_when_the_tables_fail(self):
         with open(os.path.join(self.tmp, "tools", "reproduce_paper.py"), "a") as f:

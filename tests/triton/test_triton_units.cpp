@@ -148,7 +148,8 @@ TEST_CASE("config: every refusal names the field and the problem") {
         "'../other/model.vfm'");
   c = config(), c["parameters"]["treshold"] = {{"string_value", "3"}};
   CHECK(error_of(c) ==
-        "config parameter 'treshold' is unknown (parameters: model_file, threshold, precision, max_image_side)");
+        "config parameter 'treshold' is unknown (parameters: model_file, threshold, precision, max_image_side, "
+        "max_input_size)");
   c = config(), c["parameters"]["threshold"] = {{"int_value", 3}};
   CHECK(error_of(c) == "config parameter threshold has no string_value");
 }

@@ -18,7 +18,7 @@ def read_json(path):
 
 
 def write_json_atomic(path, value):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
+    tmp = "%s.validflow-tmp.%d.0" % (path, os.getpid())  # the C++ writers' scheme (include/validflow/io/files.hpp)
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write("\n")

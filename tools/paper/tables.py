@@ -7,6 +7,7 @@ import sys
 from . import config
 from .config import (CSFLOW4, CSFLOW4_LONGER, CSFLOW6, CSFLOW6_LONGER, LONGER_EPOCHS, PROTOCOL, STAGE_EPOCHS,
                      VALIDFLOW, VALIDFLOW_LONGER)
+from . import schema
 from .files import read_json
 from .statistics import ALPHA, compare, mean_std, pooled_seed_spread, t_critical, verdict
 
@@ -15,7 +16,7 @@ PAPER_TABLE6 = {1: 99.53, 2: 99.57, 3: 99.63, 4: 99.63, 5: 99.49}
 # MVTec AD means: CBAM and branches 99.21, branches only 99.01, CBAM only 98.97, neither 98.80.
 PAPER_TABLE7 = {"ValidFlow n = 3": 99.21, "FB without CBAM": 99.01, "FB without the 1<->3 branches": 98.97,
                 "FB without both": 98.80}
-TYPES = ["blowhole", "break", "crack", "fray", "uneven"]
+TYPES = list(schema.TYPES)
 
 # The paper's relative claims: (claim, configuration A, configuration B, the paper's A and B, expected sign of
 # A - B: +1 "A is better", 0 "A and B are equal").
@@ -54,31 +55,36 @@ def fmt_mean_std(values):
     return "%.2f ± %.2f" % (100 * m, 100 * s) if s is not None else "%.2f" % (100 * m)
 
 
-RESULT_FIELDS = ("run", "table", "label", "seed", "config", "metrics", "features")
+def read_checked(path, check, what):
+    """A JSON file checked by `check` (schema.py); anything wrong stops the tables with one line naming the file."""
+    try:
+        value = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        sys.exit("%s: not a readable %s (%s)" % (path, what, "nested too deeply" if isinstance(e, RecursionError) else e))
+    try:
+        check(value)
+    except schema.Invalid as e:
+        sys.exit("%s: not a valid %s: %s" % (path, what, e))
+    return value
 
 
 def load_results():
-    """Every result file of config.RESULTS; a file that is not one (corrupt, cut short, another kind of JSON) stops the
-    tables with one line naming it, rather than a traceback or tables that silently leave it out."""
+    """Every result file of config.RESULTS, each checked field by field (schema.py); a file that is not one (corrupt,
+    cut short, another kind of JSON, an AUROC of NaN or 2.0) stops the tables with one line naming it and the field,
+    rather than a traceback or tables that silently leave it out or print it."""
     results = []
     if os.path.isdir(config.RESULTS):
         for name in sorted(os.listdir(config.RESULTS)):
             if name.endswith(".json"):
-                path = os.path.join(config.RESULTS, name)
-                try:
-                    value = read_json(path)
-                except (OSError, UnicodeDecodeError, ValueError) as e:
-                    sys.exit("%s: not a readable result file (%s)" % (path, e))
-                missing = [field for field in RESULT_FIELDS if not isinstance(value, dict) or field not in value]
-                if missing:
-                    sys.exit("%s: not a result file of tools/reproduce_paper.py run (no %s)"
-                             % (path, ", ".join(missing)))
-                results.append(value)
+                results.append(read_checked(os.path.join(config.RESULTS, name), schema.check_result,
+                                            "result file of tools/reproduce_paper.py run"))
     return results
 
 
 def load_speed():
-    return read_json(config.SPEED) if config.SPEED and os.path.exists(config.SPEED) else None
+    if not config.SPEED or not os.path.exists(config.SPEED):
+        return None
+    return read_checked(config.SPEED, schema.check_speed, "speed file of tools/reproduce_paper.py speed")
 
 
 def timed_rounds(runs, speed):
@@ -396,17 +402,20 @@ def cmd_tables(a):
         sys.exit("%s has no generated section (%s ... %s)" % (config.DOC, BEGIN, END))
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    generated = tables_markdown(load_results())
+    results = load_results()
+    if not results:  # a mistyped or emptied folder must not replace the tables with none
+        sys.exit("%s holds no result files (*.json): refusing to generate tables from nothing" % config.RESULTS)
+    generated = tables_markdown(results)
     new_text = head + BEGIN + "\n" + generated + END + tail
     if getattr(a, "check", False):
         if new_text != text:
             sys.exit("%s: the generated tables differ from what %s/*.json give: run "
                      "`tools/reproduce_paper.py tables` (never edit them by hand)"
                      % (os.path.relpath(config.DOC, config.ROOT), os.path.relpath(config.RESULTS, config.ROOT)))
-        print("tables of %s match the %d result files" % (os.path.relpath(config.DOC, config.ROOT), len(load_results())))
+        print("tables of %s match the %d result files" % (os.path.relpath(config.DOC, config.ROOT), len(results)))
         return
-    tmp = config.DOC + ".tmp"
+    tmp = config.DOC + ".validflow-tmp.%d.0" % os.getpid()
     with open(tmp, "w") as f:
         f.write(new_text)
     os.replace(tmp, config.DOC)
-    print("tables of %s regenerated from %d result files" % (os.path.relpath(config.DOC, config.ROOT), len(load_results())))
+    print("tables of %s regenerated from %d result files" % (os.path.relpath(config.DOC, config.ROOT), len(results)))

@@ -42,18 +42,29 @@ constexpr const char* kOwnedFolderMarker = ".validflow-owned";
 namespace detail {
 inline std::string errno_text(int error) { return std::strerror(error); }
 
-/// The pid of a temporary name of ours (`<base>.validflow-tmp.<pid>.<n>`) with `base` set, or -1.
-inline long temp_file_pid(const std::string& filename, std::string* base = nullptr) {
+/// The pid of one temporary suffix (`<base>.validflow-tmp.<pid>.<n>`) with `base` set, or -1.
+inline long strip_temp_suffix(const std::string& filename, std::string& base) {
   const std::string marker = kTempMarker;
   const auto at = filename.rfind(marker);
   if (at == std::string::npos || at == 0) return -1;
   const auto rest = filename.substr(at + marker.size());
   const auto dot = rest.find('.');
-  if (dot == std::string::npos || dot == 0 || dot + 1 == rest.size() || dot > 10) return -1;
+  if (dot == std::string::npos || dot == 0 || dot + 1 == rest.size() || dot > 10 || rest.size() - dot > 11) return -1;
   for (size_t i = 0; i < rest.size(); ++i)
     if (i != dot && !std::isdigit(static_cast<unsigned char>(rest[i]))) return -1;
-  if (base) *base = filename.substr(0, at);
+  base = filename.substr(0, at);
   return std::stol(rest.substr(0, dot));  // at most 10 digits: fits a long
+}
+
+/// The pid of a temporary name of ours, or -1, with `base` the output it belongs to. The suffix may repeat: the
+/// atomic write of a staged file (`model.vfm.validflow-tmp.P.0`) is `model.vfm.validflow-tmp.P.0.validflow-tmp.P.1`.
+inline long temp_file_pid(const std::string& filename, std::string* base = nullptr) {
+  std::string name = filename, shorter;
+  long pid = strip_temp_suffix(name, shorter);
+  if (pid < 0) return -1;
+  while (strip_temp_suffix(shorter, name) >= 0) std::swap(shorter, name);
+  if (base) *base = shorter;
+  return pid;
 }
 }  // namespace detail
 
@@ -84,7 +95,10 @@ inline std::function<void(const std::string&, const std::string&)>& atomic_write
 inline std::string read_file_bytes(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw FileError(path, "'" + path + "' not found");
+  const auto status = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)  // a symbolic-link loop, a folder we may not enter, ...
+    throw FileError(path, "cannot read '" + path + "': " + ec.message());
+  if (!fs::exists(status)) throw FileError(path, "'" + path + "' not found");
   if (fs::is_directory(path, ec)) throw FileError(path, "'" + path + "' is a directory, not a file");
   if (!fs::is_regular_file(path, ec)) throw FileError(path, "'" + path + "' is not a regular file");
   std::ifstream in(path, std::ios::binary);

@@ -156,8 +156,9 @@ inline StateDict parse_state_dict(const std::vector<char>& bytes, const std::str
   const std::string_view view(bytes.data(), bytes.size());
   check_torch_save_layout(io::check_zip(view, path), view, path);
   static const char* const unpickle_hint =
-      " (truncated or corrupt? LibTorch reads flat dicts of tensors; a file Python saved with a one-entry dict "
-      "such as {'state_dict': ...} uses a pickle opcode LibTorch 1.13 lacks: re-save it with "
+      " (its bytes are intact: every zip entry passed its CRC check, so it holds what LibTorch cannot unpickle; "
+      "LibTorch reads flat dicts of tensors, and a file Python saved with other objects or a nested dict such as "
+      "{'state_dict': ...} may use a pickle opcode LibTorch 1.13 lacks: if it holds tensors, re-save it with "
       "python3 tools/export_backbone.py convert IN OUT)";
   c10::IValue value;
   try {

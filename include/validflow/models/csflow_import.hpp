@@ -12,6 +12,8 @@
 #include <validflow/io/state_dict.hpp>
 #include <validflow/models/csflow.hpp>
 
+#include <algorithm>
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
@@ -62,6 +64,24 @@ inline CSFlowOptions infer_csflow_options(const StateDict& dict, const std::stri
       detail::official_csflow_key(prefix, 0, "s1", "conv_scale" + std::to_string(scales) + "_0.weight"))) {
     ++scales;
   }
+  // Every scale's first conv has the same shape; name the one that differs from the others, not those that differ
+  // from scale 0 (a bad conv_scale0_0 would otherwise be reported as conv_scale1_0 and conv_scale2_0).
+  for (int64_t k = 0; k < blocks; ++k)
+    for (const char* half : {"s1", "s2"}) {
+      std::map<std::vector<int64_t>, std::vector<std::string>> by_shape;
+      for (int64_t s = 0; s < scales; ++s) {
+        const auto key = detail::official_csflow_key(prefix, k, half, "conv_scale" + std::to_string(s) + "_0.weight");
+        if (dict.contains(key)) by_shape[dict.at(key).sizes().vec()].push_back(key);
+      }
+      if (by_shape.size() < 2) continue;
+      const auto common = std::max_element(by_shape.begin(), by_shape.end(), [](const auto& a, const auto& b) {
+        return a.second.size() < b.second.size();
+      });
+      for (const auto& [shape, keys] : by_shape)
+        if (&keys != &common->second)
+          throw refuse(keys.front() + " has shape " + detail::shape_string(shape) + ", the other scales' " +
+                       detail::shape_string(common->first));
+    }
   options.kernel_sizes(kernels).scales(scales);
   options.use_gamma(dict.contains(detail::official_csflow_key(prefix, 0, "s1", "gamma0")));
   return options;
