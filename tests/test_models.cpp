@@ -241,6 +241,15 @@ TEST_CASE("official CS-Flow import rejects bad state dicts", "[models][csflow][i
   wrong_shape.set("param.module_list.4.s1.down_conv12.weight", torch::zeros({16, 32, 5, 5}));
   CHECK_THROWS_WITH(import_official_csflow(wrong_shape, "param."), Catch::Contains("down_conv12.weight"));
 
+  // A bad conv_scale0_0 is named itself, not the other scales' convs that differ from it.
+  auto bad_first = golden;
+  const auto& first = golden.at("param.module_list.4.s1.conv_scale0_0.weight");
+  bad_first.set("param.module_list.4.s1.conv_scale0_0.weight",
+                torch::zeros({first.size(0), first.size(1) + 2, first.size(2), first.size(3)}));
+  CHECK_THROWS_WITH(
+      import_official_csflow(bad_first, "param."),
+      Catch::Contains("module_list.4.s1.conv_scale0_0.weight has shape") && !Catch::Contains("conv_scale1_0"));
+
   auto extra = golden;
   extra.set("param.module_list.4.s1.extra_conv.weight", torch::zeros({1}));
   CHECK_THROWS_WITH(import_official_csflow(extra, "param."), Catch::Contains("unexpected key"));

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -374,6 +375,26 @@ TensorDetector load_detector_for(const PredictArgs& p) {
   return TensorDetector(p.model, options);
 }
 
+/// Fault injection for the fail-safe rows of tests/cli/bad_inputs.py, never set in normal use:
+/// VALIDFLOW_FAULT_NAN_SCORE=TEXT gives every image whose path contains TEXT a NaN score and map, as a model that
+/// overflows on that image would (the load-time probe refuses models that overflow everywhere), and decides it again
+/// with the library's one decision step.
+void inject_score_fault(std::vector<TensorPrediction>& predictions, const std::vector<std::string>& names,
+                        const DecisionRule& rule, double threshold) {
+  const char* text = std::getenv("VALIDFLOW_FAULT_NAN_SCORE");
+  if (!text || !*text) return;
+  for (size_t i = 0; i < predictions.size(); ++i) {
+    if (names[i].find(text) == std::string::npos) continue;
+    auto& p = predictions[i];
+    p.score = std::nan("");
+    if (p.anomaly_map.defined()) p.anomaly_map.fill_(std::nan(""));
+    const auto decision = rule.decide(p.score, threshold);
+    p.anomalous = decision.anomalous;
+    p.valid = decision.valid;
+    p.normalized_score = decision.normalized_score;
+  }
+}
+
 /// The names predict writes in --out.
 const std::vector<std::string>& predict_outputs() {
   static const std::vector<std::string> names{"predictions.csv", "predictions.json", "heatmaps"};
@@ -446,8 +467,8 @@ int run_predict(const PredictArgs& p) {
           problems.push_back({files[i], err.what()});
         }
       }
-      const auto predictions =
-          images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
+      auto predictions = images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
+      inject_score_fault(predictions, names, detector.info().decision, threshold);
       for (size_t i = 0; i < predictions.size(); ++i) {
         const auto heatmap = p.heatmaps && !staging.empty()
                                  ? write_prediction_heatmap(staging, table.scored, names[i], decoded[i], predictions[i],

@@ -13,6 +13,9 @@ import hashlib, json, os, shutil, signal, struct, subprocess, sys, time, zipfile
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from vfm_files import edited, extreme_first_value, flow_weight, not_a_permutation, read_archive, tensor_named  # noqa: E402
+
 VALIDFLOW, WORK = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 ENV = dict(os.environ, OMP_NUM_THREADS="2")
 ENV.pop("VALIDFLOW_FAULT_KILL", None)
@@ -58,6 +61,14 @@ def png(path, array):
     Image.fromarray(array).save(path)
 
 
+def header_only_png(path, width, height):
+    """A small, well-formed 8-bit gray PNG whose header claims width x height pixels (its data is far too short)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                           + chunk(b"IEND", b""))
+
+
 def make_dataset(root, rng):
     """folder layout, 64x64: 8 train, 4 good + 2 scratch + 2 spot test images, masks for the defects."""
     shutil.rmtree(root, ignore_errors=True)
@@ -73,36 +84,6 @@ def make_dataset(root, rng):
             im[mask > 0] = 250
             png(f"{root}/test/{t}/{i:03d}.png", im)
             png(f"{root}/ground_truth/{t}/{i:03d}_mask.png", mask)
-
-
-def read_archive(path):
-    b = open(path, "rb").read()
-    header_len = struct.unpack_from("<Q", b, 16)[0]
-    header = json.loads(b[24:24 + header_len])
-    payload = b[(24 + header_len + 63) // 64 * 64:]
-    return b[:12], header, payload
-
-
-def write_archive(path, prefix, header, payload):
-    """Rewrites a validflow file with consistent checksums (a well-formed file that lies)."""
-    for table in ("tensors", "blobs"):
-        for e in header[table]:
-            e["crc32"] = zlib.crc32(payload[e["offset"]:e["offset"] + e["size"]]) & 0xFFFFFFFF
-    text = json.dumps(header).encode()
-    out = prefix[:12] + struct.pack("<IQ", zlib.crc32(text) & 0xFFFFFFFF, len(text)) + text
-    out += b"\0" * ((len(out) + 63) // 64 * 64 - len(out))
-    open(path, "wb").write(out + payload)
-
-
-def edited(src, dst, edit_header=None, tensor=None, edit_bytes=None):
-    prefix, header, payload = read_archive(src)
-    if edit_header:
-        edit_header(header)
-    if tensor:
-        e = next(e for e in header["tensors"] if e["name"] == tensor)
-        payload = payload[:e["offset"]] + edit_bytes(payload[e["offset"]:e["offset"] + e["size"]]) + \
-            payload[e["offset"] + e["size"]:]
-    write_archive(dst, prefix, header, payload)
 
 
 def flip(path, dst, where=0.6):
@@ -364,10 +345,7 @@ def main():
 
     def huge_header(root):
         p = f"{root}/test/good/huge.png"
-        ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
-        chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-        open(p, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-                            + chunk(b"IEND", b""))
+        header_only_png(p, 100000, 100000)
         return p
 
     for name, make, culprit in [("truncated JPEG", truncated_jpeg, lambda p: [p, "truncated JPEG"]),
@@ -431,6 +409,171 @@ def main():
     os.remove(f"{root}/Test/Label/Labels.txt")
     expect("labels", "DAGM: Labels.txt missing", ["extract", "--dataset", "dagm:" + root, "--out", f"{root}-run"] +
            EXTRACT, 3, "Labels.txt", W + [root])
+
+    # ---- decisions: a score that cannot be trusted never passes a part ----
+    target = f"{bad}/extreme-weight.vfm"
+    edited(model, target, tensor=flow_weight(model), edit_bytes=extreme_first_value)
+    expect("decisions", "predict: a model file whose one extreme weight makes the flow overflow",
+           ["predict", "--model", target, data], 3, [target, "not finite on a probe image"], W)
+    nan_out = f"{bad}/nan-predictions"
+    p = expect("decisions", "predict: a non-finite score is listed as INVALID, anomalous, exit 6",
+               ["predict", "--model", model, "--out", nan_out, "--heatmaps", f"{data}/test/good"], 6,
+               ["INVALID", "001.png", "never a pass"], W, env={"VALIDFLOW_FAULT_NAN_SCORE": "001.png"})
+    if p is not None:
+        problems = []
+        try:
+            report = json.loads(open(f"{nan_out}/predictions.json").read())  # strict: NaN tokens would fail here
+            row = next(r for r in report["images"] if r["path"].endswith("001.png"))
+            if not (row["anomalous"] and row["valid"] is False and row["score"] is None and report["invalid"] == 1):
+                problems.append(f"row {row}")
+            if "NaN" in open(f"{nan_out}/predictions.json").read():
+                problems.append("NaN in predictions.json")
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            problems.append(repr(e))
+        check("decisions", "predict: the invalid image in predictions.json: anomalous, valid false, score null",
+              not problems, "; ".join(problems))
+    expect("decisions", "predict without --out: the invalid image on stdout",
+           ["predict", "--model", model, f"{data}/test/good/001.png"], 6, ["INVALID", "001.png"], W,
+           env={"VALIDFLOW_FAULT_NAN_SCORE": "001.png"}, stdout_has="INVALID")
+
+    # ---- ownership: only what validflow wrote is touched; an output is never an input ----
+    for what in ("checkpoint.pt", "features.pt"):
+        expect("ownership", f"export --to the run's own {what}", ["export", "--out", run_dir, "--to",
+                                                                  f"{run_dir}/{what}"], 3, ["--to", "export reads"], W)
+    photo = f"{bad}/owned/photo.png"
+    png(photo, np.zeros((8, 8, 3), np.uint8))
+    expect("ownership", "export --to a user's file (not a model file)",
+           ["export", "--out", run_dir, "--to", photo], 3, [photo, "not a validflow model file"], W)
+    user = f"{bad}/owned/run"
+    shutil.copytree(run_dir, user)
+    users_things = [f"{user}/photos.tmp.999999999.1/a.png", f"{user}/model.vfm.validflow-tmp.999999999.0/b.png",
+                    f"{user}/notes.validflow-tmp.999999999.0"]
+    for t in users_things:
+        os.makedirs(os.path.dirname(t), exist_ok=True)
+        open(t, "w").write("a user's data")
+    p = run(["export", "--out", user, "--to", f"{user}/model.vfm"])
+    p2 = run(["eval", "--out", user])
+    kept = [t for t in users_things if os.path.exists(t)]
+    check("ownership", "export and eval sweep no user's file or folder that merely looks like a temporary name",
+          p.returncode == 0 and p2.returncode == 0 and kept == users_things,
+          f"exit {p.returncode}/{p2.returncode}, kept {kept}: {p.stderr[-300:]} {p2.stderr[-300:]}")
+    for t in users_things:
+        shutil.rmtree(os.path.dirname(t)) if "/photos" in t or "/model.vfm.validflow" in t else os.remove(t)
+    inputs = f"{bad}/owned/images"
+    shutil.copytree(f"{data}/test", inputs)
+    counts = []
+    for _ in range(2):
+        p = run(["predict", "--model", model, "--out", f"{inputs}/predictions", "--heatmaps", inputs])
+        counts.append(p.stdout.split(" scored")[0].split()[-1] if " scored" in p.stdout else p.stderr[-200:])
+    check("ownership", "predict --out inside the input folder never scores its own heatmaps",
+          counts[0] == counts[1] == "8", f"scored {counts}")
+    shutil.rmtree(f"{inputs}/predictions")
+    users_out = f"{bad}/owned/users-folder"
+    png(f"{users_out}/holiday.png", np.zeros((8, 8, 3), np.uint8))
+    expect("ownership", "predict --out a folder of a user's files (it would be replaced)",
+           ["predict", "--model", model, "--out", users_out, data], 3, [users_out, "did not write", "holiday.png"], W + [users_out])
+    expect("ownership", "predict --out a folder holding an input",
+           ["predict", "--model", model, "--out", f"{data}/test", f"{data}/test/good"], 3, ["holds the input"], W)
+    again = f"{bad}/owned/again"
+    run(["predict", "--model", model, "--out", again, "--heatmaps", data])
+    run(["predict", "--model", model, "--out", again, "--heatmaps", f"{data}/test/good"])
+    left = sorted(os.listdir(f"{again}/heatmaps"))
+    check("ownership", "a second predict --out replaces the first one's results whole (no stale heatmaps)",
+          len(left) == 4, f"heatmaps {left}")
+
+    # ---- resources: limits derived before allocating ----
+    target = f"{bad}/claims-4096.vfm"
+    edited(model, target, edit_header=lambda h: h["meta"]["backbone"].update(image_size=4096))
+    expect("resources", "predict: a small model file claiming a 4096-px input",
+           ["predict", "--model", target, data], 3, [target, "above the limit of 1536 px"], W)
+    target = f"{bad}/map-sizes.vfm"
+    edited(model, target, edit_header=lambda h: h["meta"].update(feature_map_sizes=[64, 32, 16]))
+    expect("resources", "predict: feature-map sizes that are not what the flow was trained on",
+           ["predict", "--model", target, data], 3, [target, "trained on feature maps of [64,32,16]"], W)
+    big = f"{bad}/big-image"
+    os.makedirs(big)
+    shutil.copy(f"{data}/test/good/000.png", big)
+    header_only_png(f"{big}/huge.png", 16384, 16384)
+    expect("resources", "predict: a small PNG of 16384 x 16384 (268 Mpx) is skipped before decoding",
+           ["predict", "--model", model, big], 4, ["huge.png", "larger than the limit of 67108864"], W + [big],
+           stdout_has="1 scored")
+    for value in ("0", "-5", "1e20"):
+        expect("resources", f"predict --max-image-pixels {value}",
+               ["predict", "--model", model, data, "--max-image-pixels", value], 2, "--max-image-pixels", W)
+
+    # ---- meaning: loaders check what the numbers mean ----
+    perm = tensor_named(model, "perm_0")
+    target = f"{bad}/not-a-permutation.vfm"
+    edited(model, target, tensor=perm, edit_bytes=not_a_permutation)
+    expect("meaning", "predict: a model file whose permutation is not one", ["predict", "--model", target, data], 3,
+           [target, "is not a permutation"], W)
+    d = case_dir("perm", [features])
+    ckpt_perm = tensor_named(ckpt, "perm_0")
+    edited(ckpt, f"{d}/checkpoint.pt", tensor=ckpt_perm, edit_bytes=not_a_permutation)
+    expect("meaning", "eval: a checkpoint whose permutation is not one", ["eval", "--out", d], 3,
+           ["checkpoint.pt", "is not a permutation"], W)
+    stale = f"{bad}/stale-cache"
+    shutil.copytree(data, f"{stale}/data")
+    run(["extract", "--dataset", f"folder:{stale}/data", "--out", f"{stale}/run"] + EXTRACT)
+    time.sleep(0.01)
+    png(f"{stale}/data/test/good/000.png", np.full((64, 64, 3), 7, np.uint8))  # new content, same name
+    p = run(["extract", "--dataset", f"folder:{stale}/data", "--out", f"{stale}/run"] + EXTRACT)
+    check("meaning", "extract: a cache is not reused when an image changed under the same name",
+          p.returncode == 0 and "images changed since extraction" in p.stderr, p.stderr[-400:])
+
+    # ---- user errors: one line, the documented exit code, the path named ----
+    blocker = f"{bad}/a-file"
+    open(blocker, "w").write("x")
+    expect("user errors", "eval --out that is a file", ["eval", "--out", blocker], 3, blocker, W)
+    expect("user errors", "extract --out under /proc",
+           ["extract", "--dataset", "folder:" + data, "--out", "/proc/validflow-test"] + EXTRACT, 3, "/proc", W)
+    expect("user errors", "predict --out that is a file", ["predict", "--model", model, "--out", blocker, data], 3,
+           [blocker, "not a folder"], W)
+    expect("user errors", "export --to under a file", ["export", "--out", run_dir, "--to", f"{blocker}/m.vfm"], 3,
+           blocker, W)
+    for cmd in (["eval", "--out", ""], ["predict", "--model", model, "--out", "", data]):
+        expect("user errors", f"{cmd[0]} --out ''", cmd, 2, ["--out", "must not be empty"], W)
+    loop = case_dir("loop", [features])
+    os.symlink(f"{loop}/checkpoint.pt", f"{loop}/checkpoint.pt.other")
+    os.remove(f"{loop}/features.pt")
+    os.symlink(f"{loop}/checkpoint.pt.other", f"{loop}/checkpoint.pt")
+    shutil.copy(features, f"{loop}/features.pt")
+    expect("user errors", "eval: a checkpoint that is a symbolic-link loop", ["eval", "--out", loop], 3,
+           ["checkpoint.pt", "symbolic links"], W)
+    expect("user errors", "an unknown command", ["frobnicate", "--out", run_dir], 2,
+           ["unknown command 'frobnicate'", "predict"], W)
+    for value in ("-1", "18446744073709551616", "1.5"):
+        expect("user errors", f"train --seed {value}", ["train", "--out", run_dir, "--seed", value], 2, "--seed", W)
+    odd = f"{bad}/odd-names"
+    os.makedirs(odd)
+    shutil.copy(f"{data}/test/good/000.png", odd.encode() + b"/caf\xe9-\\x.png")  # Latin-1, not UTF-8
+    os.mkfifo(f"{odd}/fifo.png")
+    os.symlink("/dev/zero", f"{odd}/zero.png")
+    os.makedirs(f"{odd}/folder.png")
+    p = expect("user errors", "predict: a non-UTF-8 name is scored, a FIFO, a /dev/zero link and a folder named .png "
+               "are listed", ["predict", "--model", model, "--out", f"{bad}/odd-out", odd], 4,
+               ["fifo.png", "zero.png", "folder.png", "not a regular file"], W, stdout_has="1 scored")
+    if p is not None:
+        problems = []
+        try:
+            rows_ = json.loads(open(f"{bad}/odd-out/predictions.json", encoding="utf-8").read())["images"]
+            if not (len(rows_) == 1 and rows_[0]["path"].endswith("caf\\xE9-\\\\x.png") and rows_[0].get("path_escaped")):
+                problems.append(f"rows {rows_}")
+            if "caf\\xE9-\\\\x.png" not in open(f"{bad}/odd-out/predictions.csv", encoding="utf-8").read():
+                problems.append("predictions.csv lacks the escaped name")
+        except Exception as e:  # noqa: BLE001
+            problems.append(repr(e))
+        check("user errors", "predict: the non-UTF-8 name written escaped and marked in JSON and CSV", not problems,
+              "; ".join(problems))
+    fifo_data = f"{bad}/fifo-dataset"
+    shutil.copytree(data, fifo_data)
+    os.mkfifo(f"{fifo_data}/train/good/fifo.png")
+    expect("user errors", "extract: a FIFO named like an image is named, not dropped",
+           ["extract", "--dataset", "folder:" + fifo_data, "--out", f"{fifo_data}-run"] + EXTRACT, 3,
+           ["fifo.png", "not a regular file"], W)
+    expect("user errors", "extract --skip-bad-images: the FIFO is listed as skipped",
+           ["extract", "--dataset", "folder:" + fifo_data, "--out", f"{fifo_data}-run", "--skip-bad-images"] + EXTRACT,
+           0, ["skipped", "fifo.png"], W)
 
     # ---- interrupts: kill -9 at several points; good files intact; the next run cleans up and succeeds ----
     def interrupt(name, args, kill_at, rerun, intact, temp_expected=True, after=None):

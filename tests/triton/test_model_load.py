@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from triton_harness import common_arguments  # noqa: E402
+from vfm_files import edited, extreme_first_value, flow_weight, not_a_permutation, tensor_named  # noqa: E402
 from triton_harness import (TritonServer, check, check_result, config_variant, infer_one, load_expected,  # noqa: E402
                             load_image, main_wrapper, make_client, results_of)
 
@@ -84,6 +86,15 @@ def broken_models(args, expected):
             f.write(b"\x00garbage\xff" * 64)
             f.truncate(size // 2 + 300)
 
+    def model_file_edit(**edit):
+        """The model file rewritten with consistent checksums (a well-formed file that lies)."""
+        def apply(version_dir):
+            (model_file,) = os.listdir(version_dir)
+            path = os.path.join(version_dir, model_file)
+            resolved = {k: (v(path) if callable(v) and k == "tensor" else v) for k, v in edit.items()}
+            edited(path, path, **resolved)
+        return apply
+
     def param(key, value):
         return lambda t: t.replace("parameters [\n", f'parameters [\n  {{ key: "{key}" value: {{ string_value: '
                                                      f'"{value}" }} }},\n', 1)
@@ -105,6 +116,13 @@ def broken_models(args, expected):
         (variant("missing_file", files=lambda d: [os.remove(os.path.join(d, f)) for f in os.listdir(d)]),
          "does not exist"),
         (variant("corrupt_file", files=corrupt), "corrupt_file/1/model.vfm"),
+        (variant("extreme_weight", files=model_file_edit(tensor=flow_weight, edit_bytes=extreme_first_value)),
+         "not finite on a probe image"),
+        (variant("not_a_permutation", files=model_file_edit(tensor=lambda p: tensor_named(p, "perm_0"),
+                                                            edit_bytes=not_a_permutation)), "is not a permutation"),
+        (variant("claims_4096_px", files=model_file_edit(edit_header=lambda h: h["meta"]["backbone"].update(
+            image_size=4096))), "above the limit of 1536 px"),
+        (variant("bad_input_size", param("max_input_size", "0")), "config parameter max_input_size must be a positive"),
     ]
     server = TritonServer(repo, args.backend_dir, os.path.join(args.work, "broken-server.log"),
                           extra_args=["--model-control-mode=explicit", f"--load-model={args.model}"])
