@@ -21,6 +21,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -315,6 +317,19 @@ void parse_request(Pending& p, const ModelState& model) {
   for (const auto& name : p.outputs) p.wants_map = p.wants_map || name == vt::kAnomalyMap;
 }
 
+/// Fault injection for the fail-safe test of tests/triton/test_model_load.py, never set in normal use: with
+/// VALIDFLOW_FAULT_NAN_SCORE set, an image whose first four bytes are FA 17 FA 17 gets a NaN score, as a model that
+/// overflows on that image would (the load-time probe refuses models that overflow everywhere).
+void inject_score_fault(const validflow::ImageView& view, validflow::Prediction& result) {
+  static const bool enabled = std::getenv("VALIDFLOW_FAULT_NAN_SCORE") != nullptr;
+  static const uint8_t magic[4] = {0xFA, 0x17, 0xFA, 0x17};
+  if (!enabled || view.height * view.width * 3 < 4 || std::memcmp(view.data, magic, 4) != 0) return;
+  result.score = std::nan("");
+  result.valid = false;
+  result.anomalous = true;
+  result.normalized_score = 1;
+}
+
 /// Runs the detector on the images of the usable requests: one call per distinct (threshold, maps) pair, so that
 /// a dynamic batch of requests without a threshold override is a single batched Detector call. If a call fails
 /// for several requests, each request is retried alone so that one bad request cannot fail the others.
@@ -339,6 +354,7 @@ void compute(std::vector<Pending>& pending, const validflow::Detector& detector)
     const std::optional<double> threshold =
         std::get<0>(key) ? std::optional<double>(std::get<1>(key)) : std::optional<double>();
     auto results = detector.predict(views, validflow::PredictOptions().threshold(threshold).maps(std::get<2>(key)));
+    for (size_t k = 0; k < items.size(); ++k) inject_score_fault(views[k], results[k]);
     for (size_t k = 0; k < items.size(); ++k) pending[items[k].first].results[items[k].second] = std::move(results[k]);
   };
   const auto failure_of = [](const std::exception& e) -> Failure {

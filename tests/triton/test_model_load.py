@@ -125,7 +125,8 @@ def broken_models(args, expected):
         (variant("bad_input_size", param("max_input_size", "0")), "config parameter max_input_size must be a positive"),
     ]
     server = TritonServer(repo, args.backend_dir, os.path.join(args.work, "broken-server.log"),
-                          extra_args=["--model-control-mode=explicit", f"--load-model={args.model}"])
+                          extra_args=["--model-control-mode=explicit", f"--load-model={args.model}"],
+                          env={"VALIDFLOW_FAULT_NAN_SCORE": "1"})  # the backend's fail-safe fault (backend.cpp)
     paths = sorted(expected)[:1]
     image = load_image(paths[0])
     with server:
@@ -141,6 +142,24 @@ def broken_models(args, expected):
             got = results_of(infer_one(client, "http", args.model, image, ["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"]), 1)
             check_result(got[0], expected[paths[0]], 1e-5, f"the good model after {name}")
             print(f"  {name}: refused: {message[:200]}")
+        # An image the model cannot judge (a NaN score, injected): an error response, never ANOMALOUS false or NaN.
+        untrusted = image.copy()
+        untrusted.reshape(-1)[:4] = [0xFA, 0x17, 0xFA, 0x17]
+        body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1] + list(untrusted.shape), "datatype": "UINT8",
+                                       "data": untrusted.reshape(-1).tolist()}]}).encode()
+        request = urllib.request.Request(f"http://{server.http_url}/v2/models/{args.model}/infer", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        check(status == 500 and "not finite" in text and "never a pass" in text,
+              f"an untrusted score: HTTP {status}, {text[:300]}")
+        check("NaN" not in text and "ANOMALOUS" not in text, f"an untrusted score's response carries a result: {text[:300]}")
+        got = results_of(infer_one(client, "http", args.model, image, ["SCORE", "NORMALIZED_SCORE", "ANOMALOUS"]), 1)
+        check_result(got[0], expected[paths[0]], 1e-5, "the good model after an untrusted score")
+        print(f"  untrusted score: HTTP {status}: {text[:200]}")
         client.close()
         code = server.stop()
     check(code == 0, f"tritonserver exited with {code}")
