@@ -147,13 +147,19 @@ struct DetectorCase {
 };
 constexpr DetectorCase kDetectorCases[] = {{kModels[1], 128}, {kModels[2], 128}, {kModels[0], 1024}};
 
-/// A TensorDetector over a model file with random weights (ActNorm initialised on random features), one per
-/// (backbone, flow) and process.
-const validflow::TensorDetector& detector_for(const DetectorCase& c, const std::string& flow) {
-  static std::map<std::string, std::unique_ptr<validflow::TensorDetector>> cache;
+/// A model file with random weights (ActNorm initialised on random features), one per (backbone, flow) and process,
+/// in the temporary folder (removed at exit).
+const std::string& model_file_for(const DetectorCase& c, const std::string& flow) {
+  struct Files {
+    std::map<std::string, std::string> paths;
+    ~Files() {
+      for (const auto& [key, path] : paths) std::filesystem::remove(path);
+    }
+  };
+  static Files files;
   const std::string key = std::string(c.backbone.key) + "/" + flow;
-  auto& slot = cache[key];
-  if (slot) return *slot;
+  auto& slot = files.paths[key];
+  if (!slot.empty()) return slot;
   validflow::ModelInfo info;
   info.backbone.name = c.backbone.name;
   info.backbone.image_size = c.backbone.size;
@@ -180,9 +186,35 @@ const validflow::TensorDetector& detector_for(const DetectorCase& c, const std::
                      ("validflow_bench_" + std::string(c.backbone.key) + "_" + flow + ".vfm"))
                         .string();
   validflow::save_model_file(path, info, *extractor, model);
-  slot = std::make_unique<validflow::TensorDetector>(path);
-  std::filesystem::remove(path);
+  slot = path;
+  return slot;
+}
+
+/// A TensorDetector over model_file_for(c, flow), one per (backbone, flow) and process.
+const validflow::TensorDetector& detector_for(const DetectorCase& c, const std::string& flow) {
+  static std::map<std::string, std::unique_ptr<validflow::TensorDetector>> cache;
+  auto& slot = cache[std::string(c.backbone.key) + "/" + flow];
+  if (!slot) slot = std::make_unique<validflow::TensorDetector>(model_file_for(c, flow));
   return *slot;
+}
+
+/// Loading a model file (read, checksums, checks, build, the probe image of detect/model_file.hpp); the counter
+/// probe_share is the probe's part of it (the probe alone, timed on the loaded model in the same run).
+void BM_ModelLoad(benchmark::State& state, DetectorCase c, std::string flow) {
+  const auto& path = model_file_for(c, flow);
+  double load_seconds = 0, probe_seconds = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto model = validflow::load_model_file(path);
+    load_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.PauseTiming();
+    t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(validflow::detail::non_finite_on_probe(model));
+    probe_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.ResumeTiming();
+  }
+  state.counters["probe_share"] = probe_seconds / load_seconds;
+  state.counters["file_MiB"] = static_cast<double>(std::filesystem::file_size(path)) / (1 << 20);
 }
 
 void BM_Detector(benchmark::State& state, DetectorCase c, std::string flow, std::string part, int64_t batch) {
@@ -253,6 +285,13 @@ void register_all() {
                                        BM_Detector, c, std::string(flow), std::string(part), batch)
               ->UseRealTime()
               ->Unit(benchmark::kMillisecond);
+  for (const auto& c : kDetectorCases)
+    for (const char* flow : {"validflow", "csflow6"})
+      benchmark::RegisterBenchmark((std::string("BM_ModelLoad/") + c.backbone.key + "/" + flow).c_str(), BM_ModelLoad,
+                                   c, std::string(flow))
+          ->Iterations(3)
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("BM_CSFlowB5", BM_CSFlowB5)
       ->ArgName("size")
       ->Arg(768)

@@ -413,6 +413,11 @@ void check_dataset_images(Dataset& d, bool skip_bad_images,
     kept.reserve(v.size());
     for (auto& s : v) {
       try {
+        // The feature cache and the reports keep paths as JSON text (UTF-8): a name that is not would fail when the
+        // cache is written, after all the work. Said before any work instead (predict escapes such names).
+        for (const auto* path : {&s.path, &s.mask_path})
+          if (!is_valid_utf8(*path))
+            throw DatasetError("file name is not valid UTF-8 (rename it, e.g. with convmv): " + escape_non_utf8(*path));
         const cv::Mat image = decode_image(s.path);
         if (!s.mask_path.empty()) {
           // A mask of another size than its image does not describe its pixels: an error, never resized.

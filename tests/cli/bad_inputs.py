@@ -565,6 +565,14 @@ def main():
             problems.append(repr(e))
         check("user errors", "predict: the non-UTF-8 name written escaped and marked in JSON and CSV", not problems,
               "; ".join(problems))
+    latin = f"{bad}/latin1-dataset"
+    shutil.copytree(data, latin)
+    shutil.copy(f"{data}/train/good/000.png", latin.encode() + b"/train/good/caf\xe9.png")
+    expect("user errors", "extract: a file name that is not UTF-8 is named before any work",
+           ["extract", "--dataset", "folder:" + latin, "--out", f"{latin}-run"] + EXTRACT, 3,
+           ["caf\\xE9.png", "not valid UTF-8"], W)
+    if os.path.exists(f"{latin}-run"):
+        check("user errors", "extract: no output folder left by the refused run", False, f"{latin}-run exists")
     fifo_data = f"{bad}/fifo-dataset"
     shutil.copytree(data, fifo_data)
     os.mkfifo(f"{fifo_data}/train/good/fifo.png")
