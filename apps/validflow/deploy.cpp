@@ -505,8 +505,9 @@ int run_predict(const PredictArgs& p) {
       io::write_file_atomic((fs::path(staging) / "predictions.json").string(), report.dump(2) + "\n");
       io::replace_directory(staging, fs::absolute(p.out).string());
     }
-    std::cout << "images      " << table.scored << " scored, " << table.anomalous << " anomalous ("
-              << table.invalid.size() << " of them invalid), " << problems.size() << " skipped\n";
+    std::cout << "images      " << table.scored << " scored, " << table.anomalous << " anomalous";
+    if (!table.invalid.empty()) std::cout << " (" << table.invalid.size() << " of them INVALID: score not finite)";
+    std::cout << ", " << problems.size() << " skipped\n";
     std::cout << "speed       " << std::fixed << std::setprecision(2) << rate
               << " images/s end to end (decoding, preprocessing, features, flow, maps)\n";
     if (!p.out.empty()) std::cout << "results     " << (fs::path(p.out) / "predictions.csv").string() << "\n";

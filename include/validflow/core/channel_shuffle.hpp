@@ -3,7 +3,7 @@
 // Volume preserving (log-det 0). Permutations are buffers, so they travel with checkpoints and devices.
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
-#include <validflow/core/state_invariants.hpp>
+#include <validflow/util/state_invariants.hpp>
 
 #include <string>
 #include <vector>

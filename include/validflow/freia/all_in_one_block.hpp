@@ -26,8 +26,8 @@
 // householder works in float64 (FrEIA multiplies by a float32 identity and fails).
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
-#include <validflow/core/state_invariants.hpp>
 #include <validflow/freia/common.hpp>
+#include <validflow/util/state_invariants.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 

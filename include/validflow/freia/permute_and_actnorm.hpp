@@ -10,8 +10,8 @@
 //    channel is an error instead of an infinite scale.
 #include <validflow/core/flow.hpp>
 #include <validflow/core/numpy_permutation.hpp>
-#include <validflow/core/state_invariants.hpp>
 #include <validflow/freia/common.hpp>
+#include <validflow/util/state_invariants.hpp>
 
 #include <random>
 #include <string>

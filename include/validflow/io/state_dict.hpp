@@ -10,7 +10,6 @@
 //    shape, no unknown key unless declared ignorable. A `rename` function maps the module's keys to the file's
 //    (how foreign layouts, torchvision's or the official CS-Flow's, are imported). Every problem is listed by
 //    key (missing, unexpected, shape mismatches with both shapes) in one StateDictError.
-#include <validflow/core/state_invariants.hpp>
 #include <validflow/io/errors.hpp>
 #include <validflow/io/files.hpp>
 #include <validflow/io/named_tensors.hpp>
@@ -18,6 +17,7 @@
 #include <validflow/io/tensor_archive.hpp>
 #include <validflow/io/zip_check.hpp>
 #include <validflow/util/modules.hpp>
+#include <validflow/util/state_invariants.hpp>
 
 #include <caffe2/serialize/versions.h>
 #include <torch/torch.h>
@@ -275,7 +275,7 @@ inline LoadReport load_state_dict(torch::nn::Module& module, const StateDict& st
     list("mismatch(es)", mismatched);
     throw StateDictError(state.source, m.str());
   }
-  // Buffers first: the layers' invariants (core/state_invariants.hpp) are over buffers, so a state that breaks one is
+  // Buffers first: the layers' invariants (util/state_invariants.hpp) are over buffers, so a state that breaks one is
   // refused with the module's buffers restored and no parameter touched.
   torch::NoGradGuard no_grad;
   std::set<const void*> buffers;
