@@ -83,13 +83,17 @@ class TensorDetector {
     torch::NoGradGuard no_grad;
     const auto scored = score(features(preprocess(images)));
     const auto scores = scored.scores.to(torch::kCPU, torch::kFloat64);
+    // A map that is not finite fails the part too; checked once on the small finest-scale maps (resizing and
+    // smoothing finite values stays finite), not on every full-resolution map.
+    const auto maps_finite = torch::isfinite(scored.maps).flatten(1).all(1).to(torch::kCPU);
     torch::Tensor maps;
     if (options.maps()) maps = maps_at_input_size(scored.maps, image_size(), info().decision.map_sigma);
     std::vector<TensorPrediction> out(images.size());
     for (size_t i = 0; i < images.size(); ++i) {
       auto& p = out[i];
       p.score = scores[static_cast<int64_t>(i)].item<double>();
-      const auto decision = info().decision.decide(p.score, threshold);
+      const bool map_finite = maps_finite[static_cast<int64_t>(i)].item<bool>();
+      const auto decision = info().decision.decide(map_finite ? p.score : std::nan(""), threshold);
       p.normalized_score = decision.normalized_score;
       p.anomalous = decision.anomalous;
       p.valid = decision.valid;
@@ -100,11 +104,6 @@ class TensorDetector {
                           .to(torch::kCPU)
                           .contiguous();
       p.defect_mask = p.anomaly_map >= pixel_threshold;
-      if (!torch::isfinite(p.anomaly_map).all().item<bool>()) {  // a map that cannot be trusted fails the part too
-        p.valid = false;
-        p.anomalous = true;
-        p.normalized_score = 1;
-      }
     }
     return out;
   }

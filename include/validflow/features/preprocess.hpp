@@ -108,10 +108,11 @@ inline torch::Tensor prepare_image(const torch::Tensor& image, int64_t height, i
   if (chw.size(0) == 1) chw = chw.expand({3, -1, -1});
   auto x = chw.unsqueeze(0).to(torch::kFloat);
   if (!eight_bit) {
-    if (!torch::isfinite(x).all().item<bool>()) throw FeatureError(who + ": the image contains NaN or Inf values");
-    // [0, 1] within rounding: 0..255 not divided (or another scale) would otherwise be scored without a word.
+    // One pass: finite and in [0, 1] within rounding (min and max propagate NaN). 0..255 not divided (or another
+    // scale) would otherwise be scored without a word.
     const auto [lo, hi] = torch::aminmax(x);
     const double low = lo.item<double>(), high = hi.item<double>();
+    if (!std::isfinite(low) || !std::isfinite(high)) throw FeatureError(who + ": the image contains NaN or Inf values");
     if (low < -kFloatImageSlack || high > 1 + kFloatImageSlack)
       throw FeatureError(who + ": a floating-point image must hold values in [0, 1], got " + std::to_string(low) +
                          " .. " + std::to_string(high) +
