@@ -110,6 +110,10 @@ std::vector<float> Detector::normalized_map(const std::vector<float>& anomaly_ma
   return to_floats(impl_->normalized_map(map, pixel_threshold));
 }
 
+HeatmapScale Detector::heatmap_scale(std::optional<double> pixel_threshold) const {
+  return impl_->heatmap_scale(pixel_threshold);
+}
+
 const TensorDetector& Detector::tensor_detector() const { return *impl_; }
 
 void Detector::set_intra_op_threads(int threads) { torch::set_num_threads(std::max(1, threads)); }

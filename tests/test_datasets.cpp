@@ -441,6 +441,100 @@ TEST_CASE("DAGM labels: exactly five columns, names inside the dataset folder", 
   CHECK(error("").find("no rows") != std::string::npos);
 }
 
+TEST_CASE("csv labels: header or positional columns, labels, probabilities with a cut-off, strict rows",
+          "[datasets][errors]") {
+  auto rows = va::parse_label_csv("path,label,type,mask,split\na.png,good,,,\nb.png,1,crack,m/b.png,test\n"
+                                  "\"c,1.png\",0.9,,,\nd.png,ok,,,train\n",
+                                  "l.csv");
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0].label == 0);
+  CHECK(rows[0].type == "good");
+  CHECK(rows[1].label == 1);
+  CHECK(rows[1].type == "crack");
+  CHECK(rows[1].mask == "m/b.png");
+  CHECK(rows[1].split == "test");
+  CHECK(rows[2].image == "c,1.png");  // quoted
+  CHECK(rows[2].label == 1);
+  CHECK(rows[2].type == "defect");
+  CHECK(rows[3].split == "train");
+  // ELPV's layout: no header, whitespace-separated path, probability, type.
+  rows = va::parse_label_csv("images/cell0001.png  1.0  mono\nimages/cell0002.png  0.3333333333333333  poly\n"
+                             "images/cell0003.png  0.0  mono\n",
+                             "labels.csv", 0.3);
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].label == 1);
+  CHECK(rows[0].type == "mono");
+  CHECK(rows[1].label == 1);  // 0.33 >= the cut-off 0.3
+  CHECK(rows[2].label == 0);
+  CHECK(va::parse_label_csv("a.png;0\nb.png;1\n", "l.csv").size() == 2);
+  CHECK(va::parse_label_csv("\xEF\xBB\xBFpath\tlabel\r\na.png\t0\r\n", "l.csv").size() == 1);  // BOM, CRLF
+  auto error = [&](const std::string& text) {
+    try {
+      va::parse_label_csv(text, "l.csv");
+    } catch (const va::DatasetError& e) {
+      return std::string(e.what());
+    }
+    return std::string("<accepted>");
+  };
+  CHECK(error("path,label\na.png,maybe\n").find("l.csv line 2: label 'maybe'") != std::string::npos);
+  CHECK(error("path,label\na.png,1.5\n").find("probability in [0, 1]") != std::string::npos);
+  CHECK(error("path,label\na.png,nan\n").find("label 'nan'") != std::string::npos);
+  CHECK(error("path,label\na.png,0,extra\n").find("line 2: 3 columns, expected 2") != std::string::npos);
+  CHECK(error("path,label,colour\na.png,0,red\n").find("unknown column 'colour'") != std::string::npos);
+  CHECK(error("path,type\na.png,x\n").find("no 'label' column") != std::string::npos);
+  CHECK(error("path,path,label\n").find("appears twice") != std::string::npos);
+  CHECK(error("path,label\na.png,0\na.png,1\n").find("line 3: the image a.png is listed twice") != std::string::npos);
+  CHECK(error("path,label\n,0\n").find("empty path") != std::string::npos);
+  CHECK(error("path,label,mask\na.png,0,m.png\n").find("a good image names a mask") != std::string::npos);
+  CHECK(error("path,label,split\na.png,1,train\n").find("a defective image cannot train") != std::string::npos);
+  CHECK(error("path,label,split\na.png,0,validate\n").find("is not train or test") != std::string::npos);
+  CHECK(error("path,label,type\na.png,1,good\n").find("type 'good'") != std::string::npos);
+  CHECK(error("path,label\n\"a.png,0\n").find("unterminated quote") != std::string::npos);
+  CHECK(error("a.png\n").find("without a header a row is: path, label") != std::string::npos);
+  CHECK(error("\n\n").find("no rows") != std::string::npos);
+  CHECK(error("path,label\n").find("no rows") != std::string::npos);
+  CHECK_THROWS_WITH(va::parse_label_csv("a.png,0\n", "l.csv", 0.0), Catch::Contains("cut-off"));
+}
+
+TEST_CASE("csv dataset: paths relative to the file, a seeded split of the good images, files checked",
+          "[datasets]") {
+  TempDir t;
+  std::string text = "path,label,type,mask\n";
+  for (int i = 0; i < 10; ++i) {
+    write_image(t.path / "img" / ("g" + std::to_string(i) + ".png"));
+    text += "img/g" + std::to_string(i) + ".png,0,,\n";
+  }
+  write_image(t.path / "img/d0.png");
+  write_mask(t.path / "masks/d0.png");
+  write_image(t.path / "other/d1.png");
+  text += "img/d0.png,1,scratch,masks/d0.png\n" + (t.path / "other/d1.png").string() + ",1,,\n";
+  write_text(t.path / "labels.csv", text);
+  const auto d = va::load_dataset("csv:" + (t.path / "labels.csv").string());
+  CHECK(d.kind == "csv");
+  CHECK(d.train.size() == 8);
+  CHECK(d.test.size() == 4);  // 2 good (1/5 of 10) and both defective
+  CHECK(d.n_defective() == 2);
+  CHECK(contains_sample(d.test, "other/d1.png"));
+  CHECK_FALSE(d.has_masks());  // d1 has none
+  CHECK(d.defect_types() == std::vector<std::string>{"defect", "scratch"});
+  va::DatasetOptions other_seed;
+  other_seed.seed = 7;
+  const auto d2 = va::load_dataset("csv:" + (t.path / "labels.csv").string(), other_seed);
+  CHECK(d2.train.size() == 8);
+  bool differs = false;
+  for (size_t i = 0; i < d.train.size(); ++i) differs = differs || d.train[i].path != d2.train[i].path;
+  CHECK(differs);
+  CHECK(va::load_dataset("csv:" + (t.path / "labels.csv").string()).train[0].path == d.train[0].path);  // seeded
+  write_text(t.path / "missing.csv", "path,label\nimg/g0.png,0\nimg/nope.png,1\n");
+  CHECK_THROWS_WITH(va::load_dataset("csv:" + (t.path / "missing.csv").string()),
+                    Catch::Contains("image not found") && Catch::Contains("nope.png") && Catch::Contains("line 3"));
+  write_text(t.path / "no-good.csv", "path,label\nimg/d0.png,1\n");
+  CHECK_THROWS_WITH(va::load_dataset("csv:" + (t.path / "no-good.csv").string()),
+                    Catch::Contains("empty training set"));
+  CHECK_THROWS_WITH(va::load_dataset("csv:" + (t.path / "absent.csv").string()),
+                    Catch::Contains("labels file not found"));
+}
+
 // ---- synthetic generator ---------------------------------------------------------------------------
 
 TEST_CASE("synthetic dataset: folder layout, deterministic per seed, visible defects", "[synthetic]") {
@@ -531,22 +625,31 @@ TEST_CASE("report writers produce valid PNG, JSON, CSV and HTML files atomically
   CHECK(h.cols == 760);
 
   cv::Mat image(40, 60, CV_32FC3, cv::Scalar(0.5, 0.5, 0.5));
-  cv::Mat amap = cv::Mat::zeros(5, 5, CV_32F);
-  amap.at<float>(2, 4) = 3.0f;
+  cv::Mat amap(5, 5, CV_32F, cv::Scalar(0.1f));  // a normalised map: 0.5 is the pixel threshold
+  amap.at<float>(2, 4) = 1.0f;
   cv::Mat mask = cv::Mat::zeros(40, 60, CV_8UC1);
   mask(cv::Rect(40, 15, 10, 10)).setTo(1);
   va::OverlayOptions oo;
-  oo.colormap = cv::COLORMAP_VIRIDIS;
   va::write_heatmap_png((t.path / "heatmaps/000.png").string(), image, amap, mask, oo);
   const cv::Mat hm = cv::imread((t.path / "heatmaps/000.png").string());
   REQUIRE_FALSE(hm.empty());
   CHECK(hm.size() == cv::Size(60, 40));
   const cv::Mat ov = va::render_heatmap_overlay(image, amap, {}, {});
-  // JET: the hot right-centre is red-ish, the cold left edge blue-ish (BGR).
-  CHECK(ov.at<cv::Vec3b>(20, 55)[2] > ov.at<cv::Vec3b>(20, 55)[0]);
-  CHECK(ov.at<cv::Vec3b>(20, 2)[0] > ov.at<cv::Vec3b>(20, 2)[2]);
+  // Above the threshold red-ish and strong, far below it blue-ish and faint (BGR; the image is mid-grey 128).
+  const auto hot = ov.at<cv::Vec3b>(20, 55), cold = ov.at<cv::Vec3b>(20, 2);
+  CHECK(hot[2] > hot[0] + 60);
+  CHECK(cold[0] > cold[2]);
+  CHECK(std::abs(cold[1] - 128) < 60);  // faint: the part shows through
   oo.side_by_side = true;
   CHECK(va::render_heatmap_overlay(image, amap, mask, oo).cols == 120);
+  oo.legend = validflow::HeatmapScale{0.5, 9.5, 40};
+  const cv::Mat with_legend = va::render_heatmap_overlay(image, amap, mask, oo);
+  CHECK(with_legend.cols == 120);
+  CHECK(with_legend.rows > 40);  // the colour bar below, its middle at the threshold's colour (yellow)
+  const auto mid = with_legend.at<cv::Vec3b>(45, 61);
+  CHECK(mid[2] > 200);
+  CHECK(mid[1] > 150);
+  CHECK(mid[0] < 80);
 
   va::MetricsSummary m;
   m.image_auroc = auc;

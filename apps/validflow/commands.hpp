@@ -39,6 +39,8 @@ struct ExtractArgs {
   int64_t batch_size = 8;
   bool skip_bad_images = false;
   uint64_t split_seed = 0;
+  double test_fraction = 0.2;  ///< mtd, csv: share of the good images tested
+  double label_cutoff = 0.5;   ///< csv: a defect probability >= this is defective
   double holdout_fraction = 0;
   uint64_t holdout_seed = 0;
 };
@@ -68,6 +70,11 @@ struct PredictArgs {
   int64_t max_image_pixels = kDefaultMaxImagePixels;  ///< per image, checked from the file's header
   int64_t max_input_size = kDefaultMaxInputSize;      ///< of the model file
 };
+
+/// `--backbone auto`: the first of auto_backbone_order() whose converted pretrained file is installed (the best Lite
+/// first: ImageNet accuracy at a fraction of B5's cost, so the default trains in minutes); "" when none is.
+const std::vector<std::string>& auto_backbone_order();
+std::string auto_backbone();
 
 /// Paths of a run folder.
 std::string features_path(const std::string& out);

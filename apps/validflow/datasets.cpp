@@ -178,6 +178,202 @@ std::vector<DagmLabel> parse_dagm_labels(const std::string& text, const std::str
 
 namespace detail {
 
+/// Fields of one line split at `sep` (' ': runs of spaces and tabs), with RFC 4180 quotes ("a,b", "say ""hi""").
+/// Returns false for an unterminated quote.
+bool split_fields(const std::string& line, char sep, std::vector<std::string>& fields) {
+  fields.clear();
+  std::string field;
+  bool quoted = false, was_quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        field += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        field += c;
+      }
+    } else if (c == '"' && field.empty()) {
+      quoted = was_quoted = true;
+    } else if (sep == ' ' ? (c == ' ' || c == '\t') : c == sep) {
+      if (sep == ' ' && field.empty() && !was_quoted) continue;  // a run of spaces is one separator
+      fields.push_back(field);
+      field.clear();
+      was_quoted = false;
+    } else {
+      field += c;
+    }
+  }
+  if (quoted) return false;
+  if (sep != ' ' || !field.empty() || was_quoted) fields.push_back(field);
+  return true;
+}
+
+std::string trim(const std::string& s) {
+  const auto a = s.find_first_not_of(" \t");
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(" \t") - a + 1);
+}
+
+}  // namespace detail
+
+std::vector<LabelRow> parse_label_csv(const std::string& text, const std::string& file, double cutoff) {
+  if (!(cutoff > 0 && cutoff <= 1)) throw DatasetError("csv dataset: the label cut-off must be in (0, 1]");
+  std::vector<std::string> lines;
+  {
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      lines.push_back(line);
+    }
+  }
+  if (!lines.empty() && lines[0].rfind("\xEF\xBB\xBF", 0) == 0) lines[0] = lines[0].substr(3);  // a UTF-8 BOM
+  size_t first = 0;
+  while (first < lines.size() && detail::trim(lines[first]).empty()) ++first;
+  if (first == lines.size()) throw DatasetError("csv dataset: no rows in labels file " + file);
+  char sep = ' ';
+  for (char c : {',', ';', '\t'})
+    if (lines[first].find(c) != std::string::npos) {
+      sep = c;
+      break;
+    }
+  auto bad = [&](size_t line_no, const std::string& why) {
+    return DatasetError("csv dataset: " + file + " line " + std::to_string(line_no) + ": " + why);
+  };
+  std::vector<std::string> fields;
+  if (!detail::split_fields(lines[first], sep, fields)) throw bad(first + 1, "unterminated quote");
+  // Column positions: path, label, type, mask, split (-1: absent).
+  int col_path = 0, col_label = 1, col_type = -1, col_mask = -1, col_split = -1;
+  size_t columns = 0;
+  bool header = false;
+  for (const auto& f : fields) header = header || to_lower(detail::trim(f)) == "path";
+  if (header) {
+    col_path = col_label = -1;
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const auto name = to_lower(detail::trim(fields[i]));
+      int* slot = name == "path"    ? &col_path
+                  : name == "label" ? &col_label
+                  : name == "type"  ? &col_type
+                  : name == "mask"  ? &col_mask
+                  : name == "split" ? &col_split
+                                    : nullptr;
+      if (!slot)
+        throw bad(first + 1, "unknown column '" + fields[i] + "' (known: path, label, mask, type, split)");
+      if (*slot >= 0) throw bad(first + 1, "column '" + name + "' appears twice");
+      *slot = static_cast<int>(i);
+    }
+    if (col_label < 0) throw bad(first + 1, "the header has no 'label' column");
+    columns = fields.size();
+  } else {
+    if (fields.size() < 2 || fields.size() > 3)
+      throw bad(first + 1, std::to_string(fields.size()) +
+                               " columns; without a header a row is: path, label[, type] (or give a header naming "
+                               "path, label, mask, type, split)");
+    if (fields.size() == 3) col_type = 2;
+    columns = fields.size();
+  }
+  std::vector<LabelRow> rows;
+  std::set<std::string> seen;
+  for (size_t i = header ? first + 1 : first; i < lines.size(); ++i) {
+    const size_t line_no = i + 1;
+    if (detail::trim(lines[i]).empty()) continue;
+    if (!detail::split_fields(lines[i], sep, fields)) throw bad(line_no, "unterminated quote");
+    if (fields.size() != columns)
+      throw bad(line_no, std::to_string(fields.size()) + " columns, expected " + std::to_string(columns));
+    const auto at = [&](int col) { return col < 0 ? std::string() : detail::trim(fields[static_cast<size_t>(col)]); };
+    LabelRow r;
+    r.line = line_no;
+    r.image = at(col_path);
+    if (r.image.empty()) throw bad(line_no, "empty path");
+    const auto label = to_lower(at(col_label));
+    if (label == "good" || label == "ok" || label == "normal") {
+      r.label = 0;
+    } else if (label == "defective" || label == "defect" || label == "bad" || label == "anomalous") {
+      r.label = 1;
+    } else {
+      double p = std::nan("");
+      try {
+        size_t used = 0;
+        p = std::stod(label, &used);
+        if (used != label.size()) p = std::nan("");
+      } catch (const std::exception&) {
+      }
+      if (!(p >= 0 && p <= 1))
+        throw bad(line_no, "label '" + at(col_label) +
+                               "' is not good/defective, 0/1 or a probability in [0, 1]");
+      r.label = p >= cutoff ? 1 : 0;
+    }
+    r.type = at(col_type);
+    if (r.label == 0) r.type = "good";
+    else if (r.type.empty()) r.type = "defect";
+    else if (to_lower(r.type) == "good") throw bad(line_no, "a defective image has type 'good'");
+    r.mask = at(col_mask);
+    if (r.label == 0 && !r.mask.empty()) throw bad(line_no, "a good image names a mask file");
+    r.split = to_lower(at(col_split));
+    if (!r.split.empty() && r.split != "train" && r.split != "test")
+      throw bad(line_no, "split '" + at(col_split) + "' is not train or test");
+    if (r.split == "train" && r.label == 1) throw bad(line_no, "a defective image cannot train (split train)");
+    if (!seen.insert(r.image).second) throw bad(line_no, "the image " + r.image + " is listed twice");
+    rows.push_back(std::move(r));
+  }
+  if (rows.empty()) throw DatasetError("csv dataset: no rows in labels file " + file);
+  return rows;
+}
+
+Dataset load_label_csv(const std::string& csv_path, std::uint64_t seed, double test_fraction, double cutoff) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_regular_file(csv_path, ec)) throw DatasetError("csv dataset: labels file not found: " + csv_path);
+  if (fs::file_size(csv_path, ec) > (std::uintmax_t{64} << 20))
+    throw DatasetError("csv dataset: labels file larger than 64 MiB: " + csv_path);
+  if (!(test_fraction > 0.0 && test_fraction < 1.0))
+    throw DatasetError("csv dataset: test fraction must be in (0, 1), got " + std::to_string(test_fraction));
+  std::ifstream in(csv_path, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw DatasetError("csv dataset: cannot read labels file " + csv_path);
+  const auto rows = parse_label_csv(text, csv_path, cutoff);
+  const fs::path base = fs::path(csv_path).parent_path();
+  Dataset d;
+  d.kind = "csv";
+  d.root = csv_path;
+  std::vector<Sample> unsplit_good;
+  for (const auto& r : rows) {
+    const auto resolve = [&](const std::string& name) {
+      const fs::path p(name);
+      return (p.is_absolute() ? p : base / p).lexically_normal().string();
+    };
+    Sample s{resolve(r.image), r.label, r.type, r.mask.empty() ? "" : resolve(r.mask)};
+    const auto where = csv_path + " line " + std::to_string(r.line);
+    if (!detail::file_exists(s.path)) throw DatasetError("csv dataset: image not found: " + s.path + " (" + where + ")");
+    if (!s.mask_path.empty() && !detail::file_exists(s.mask_path))
+      throw DatasetError("csv dataset: mask not found: " + s.mask_path + " (" + where + ")");
+    if (r.split == "train")
+      d.train.push_back(std::move(s));
+    else if (r.split == "test" || r.label == 1)
+      d.test.push_back(std::move(s));
+    else
+      unsplit_good.push_back(std::move(s));
+  }
+  // The seeded split of the good images without a split (as MTD's): a test_fraction share is tested.
+  detail::shuffle(unsplit_good, seed);
+  const auto n_test = static_cast<std::size_t>(std::llround(static_cast<double>(unsplit_good.size()) * test_fraction));
+  auto by_path = [](const Sample& a, const Sample& b) { return a.path < b.path; };
+  d.test.insert(d.test.end(), unsplit_good.begin(), unsplit_good.begin() + static_cast<std::ptrdiff_t>(n_test));
+  d.train.insert(d.train.end(), unsplit_good.begin() + static_cast<std::ptrdiff_t>(n_test), unsplit_good.end());
+  std::sort(d.train.begin(), d.train.end(), by_path);
+  std::stable_sort(d.test.begin(), d.test.end(), [](const Sample& a, const Sample& b) {
+    return a.label != b.label ? a.label < b.label : a.path < b.path;
+  });
+  detail::require_train(d, csv_path);
+  detail::require_test(d, csv_path);
+  return d;
+}
+
+namespace detail {
+
 Dataset load_good_and_test_folders(const std::string& root_path, const std::string& kind, bool masks_required) {
   namespace fs = std::filesystem;
   const fs::path root(root_path);
@@ -512,7 +708,7 @@ std::vector<std::string> collect_image_files(const std::vector<std::string>& pat
 Dataset load_dataset(const std::string& spec, const DatasetOptions& opt) {
   const auto colon = spec.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())
-    throw DatasetError("dataset spec \"" + spec + "\" is not KIND:PATH (KIND: mvtec, mtd, dagm, folder)");
+    throw DatasetError("dataset spec \"" + spec + "\" is not KIND:PATH (KIND: mvtec, mtd, dagm, folder, csv)");
   const std::string kind = spec.substr(0, colon), path = spec.substr(colon + 1);
   Dataset d;
   if (kind == "mvtec")
@@ -523,8 +719,11 @@ Dataset load_dataset(const std::string& spec, const DatasetOptions& opt) {
     d = load_dagm(path);
   else if (kind == "folder")
     d = load_folder(path);
+  else if (kind == "csv")
+    d = load_label_csv(path, opt.seed, opt.mtd_test_fraction, opt.label_cutoff);
   else
-    throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec + "\" (known: mvtec, mtd, dagm, folder)");
+    throw DatasetError("unknown dataset kind \"" + kind + "\" in \"" + spec +
+                       "\" (known: mvtec, mtd, dagm, folder, csv)");
   if (opt.check_images) check_dataset_images(d, opt.skip_bad_images);
   hold_out(d, opt.holdout_fraction, opt.holdout_seed);
   return d;

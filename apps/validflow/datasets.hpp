@@ -8,6 +8,10 @@
 //     dagm:   one DAGM 2007 class: Train/ and Test/, each with Label/Labels.txt; trains on the defect-free
 //             Train images, tests on all Test images.
 //     folder: train/good, test/good, test/<type>, optional ground_truth/<type>/<stem>_mask.png (or <stem>.png)
+//     csv:    a labels file (parse_label_csv): one row per image with its path (relative to the file's folder, or
+//             absolute), its label (good/defective, 0/1, or a defect probability compared with a cut-off) and
+//             optionally a mask, a defect type and a split. Without a split column a seeded 1/5 (test_fraction)
+//             of the good images is tested, the rest trains; every defective image is tested.
 //
 // A Sample has label 0 (good) or 1 (defective), a defect type ("good" for good samples) and an optional
 // mask path (empty: no mask file; for a good sample that means an all-zero mask). Masks are binarised at
@@ -94,8 +98,9 @@ struct Dataset {
 };
 
 struct DatasetOptions {
-  std::uint64_t seed = 0;          // MTD train/test split
-  double mtd_test_fraction = 0.2;  // share of MT_Free held out for testing (paper: 1/5)
+  std::uint64_t seed = 0;          // MTD's and csv's train/test split of the good images
+  double mtd_test_fraction = 0.2;  // share of the good images tested (MTD: MT_Free, paper 1/5; csv without split)
+  double label_cutoff = 0.5;       // csv: a numeric label (a defect probability) >= cutoff is defective
   bool check_images = true;        // decode every image and mask once while loading
   bool skip_bad_images = false;    // with check_images: drop unreadable images and list them in `skipped`
   double holdout_fraction = 0.0;   // share of the good training images held out for thresholds (0..0.5)
@@ -141,6 +146,29 @@ cv::Mat decode_image_bytes(const std::string& bytes, const std::string& name);
 
 /// A mask file's bytes decoded as CV_8UC1 0/1 (1: pixel >= threshold) at the file's size; checked as images are.
 cv::Mat decode_mask_bytes(const std::string& bytes, const std::string& name, int threshold = 128);
+
+/// One row of a labels file (csv: dataset kind).
+struct LabelRow {
+  std::string image;
+  int label = 0;
+  std::string type;   ///< empty: "defect" for a defective image
+  std::string mask;   ///< empty: none
+  std::string split;  ///< "train", "test" or empty (the seeded split decides)
+  std::size_t line = 0;
+};
+
+/// Parses a labels file (`file` names it in errors). Fields are separated by commas, semicolons or tabs (the first
+/// line decides), or by runs of spaces when the first line has none of them; RFC 4180 quotes are honoured. The first
+/// row is a header when it names a `path` column (case-insensitive; then `label` is required and `mask`, `type` and
+/// `split` are optional, other columns are refused); without one the columns are path, label and optionally type.
+/// A label is good/ok/normal/0 or defective/defect/bad/anomalous/1, or a number in [0, 1] (a defect probability):
+/// defective when >= `cutoff`. split is train or test; a training row must be good and a good row may not name a
+/// mask. Every problem throws DatasetError naming the file, the line and what is wrong; a path named twice is one.
+std::vector<LabelRow> parse_label_csv(const std::string& text, const std::string& file, double cutoff = 0.5);
+
+/// A labelled image list (dataset kind csv:); see parse_label_csv and the top of this file.
+Dataset load_label_csv(const std::string& csv_path, std::uint64_t seed = 0, double test_fraction = 0.2,
+                       double cutoff = 0.5);
 
 /// One row of a DAGM Labels.txt.
 struct DagmLabel {

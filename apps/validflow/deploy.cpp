@@ -16,7 +16,9 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include <unistd.h>
@@ -25,52 +27,6 @@ namespace fs = std::filesystem;
 
 namespace validflow::app {
 namespace {
-
-/// A threshold and where it came from, with the range of the values it was chosen on (for normalisation).
-struct ThresholdChoice {
-  double threshold = 0;
-  std::string source;
-  double lo = 0, hi = 1;
-};
-
-/// The range [lo, hi] of `values`, widened to a non-empty interval.
-void set_range(ThresholdChoice& c, const std::vector<double>& values) {
-  c.lo = *std::min_element(values.begin(), values.end());
-  c.hi = *std::max_element(values.begin(), values.end());
-  if (!(c.hi > c.lo)) c.hi = c.lo + std::max(1e-12, std::abs(c.lo) * 1e-6);
-}
-
-/// F1-optimal on labelled values, or the target false-positive rate on good values (see detect/decision.hpp).
-ThresholdChoice choose_threshold(const std::string& mode, double target_fpr, const std::vector<double>& labelled,
-                                 const std::vector<int>& labels, const std::vector<double>& holdout_good,
-                                 const std::string& what) {
-  const bool has_defects = std::count(labels.begin(), labels.end(), 1) > 0;
-  ThresholdChoice c;
-  std::ostringstream source;
-  if (mode == "f1" || (mode == "auto" && has_defects)) {
-    if (!has_defects)
-      throw DatasetError("--threshold-from f1 needs defective test " + what + "; this run's test set has none");
-    const auto best = eval::f1_optimal_threshold(labelled, labels);
-    c.threshold = best.threshold;
-    source << "F1-optimal on the labelled test set (" << labelled.size() << " " << what << ", F1 " << std::fixed
-           << std::setprecision(4) << best.f1 << ")";
-    set_range(c, labelled);
-  } else {
-    std::vector<double> good = holdout_good;
-    std::string from = "held-out good training " + what;
-    if (good.empty()) {
-      for (size_t i = 0; i < labels.size(); ++i)
-        if (labels[i] == 0) good.push_back(labelled[i]);
-      from = "good test " + what + " (no images were held out: extract with --holdout)";
-    }
-    if (good.empty()) throw DatasetError("no good " + what + " to set a threshold on");
-    c.threshold = threshold_at_false_positive_rate(good, target_fpr);
-    source << "target false-positive rate " << target_fpr << " on " << good.size() << " " << from;
-    set_range(c, good);
-  }
-  c.source = source.str();
-  return c;
-}
 
 /// FNV-1a of a text (the file lists of an extraction).
 std::string text_fingerprint(const std::string& text) {
@@ -90,22 +46,6 @@ std::string utc_now() {
   return b;
 }
 
-/// Pixel values of maps [N, S, S] (every `stride`-th pixel of each image) with their mask labels when `masks`.
-void sample_pixels(const torch::Tensor& maps, const std::vector<Sample>* samples, int64_t first, int64_t stride,
-                   std::vector<double>& values, std::vector<int>& labels) {
-  const int64_t size = maps.size(1);
-  for (int64_t i = 0; i < maps.size(0); ++i) {
-    const auto flat = maps[i].reshape({-1}).to(torch::kFloat64).contiguous();
-    const double* v = flat.data_ptr<double>();
-    cv::Mat mask;
-    if (samples) mask = load_mask((*samples)[static_cast<size_t>(first + i)].mask_path, static_cast<int>(size));
-    for (int64_t p = 0; p < flat.numel(); p += stride) {
-      values.push_back(v[p]);
-      labels.push_back(samples ? mask.data[p] : 0);
-    }
-  }
-}
-
 }  // namespace
 
 namespace {
@@ -120,30 +60,6 @@ triton::RepositoryOptions triton_options_for(const ExportArgs& e) {
   repository.model_file_name =
       "model" + (fs::path(e.to).has_extension() ? fs::path(e.to).extension().string() : std::string(".vfm"));
   return repository;
-}
-
-/// The pixel threshold, on a sample of pixels of the maps at the model's input size (at most ~4 M values):
-/// labelled by the masks when the test set has them, else at the target false-positive rate of good pixels
-/// (held-out images when there are any, else the good test images).
-ThresholdChoice choose_pixel_threshold(const ExportArgs& e, const FeatureCache& cache, const TestScores& test,
-                                       const TestScores& holdout) {
-  const bool masks = has_masks(cache.test_samples);
-  const auto& pixel_maps = (masks || cache.holdout.empty()) ? test.maps : holdout.maps;
-  const int64_t stride = std::max<int64_t>(1, pixel_maps.numel() / (int64_t{4} << 20));
-  std::vector<double> pixel_values, holdout_pixels;
-  std::vector<int> pixel_labels, unused;
-  if (masks) sample_pixels(test.maps, &cache.test_samples, 0, stride, pixel_values, pixel_labels);
-  if (!cache.holdout.empty()) {
-    sample_pixels(holdout.maps, nullptr, 0, stride, holdout_pixels, unused);
-  } else if (!masks) {  // good test images only
-    for (size_t i = 0; i < cache.test_samples.size(); ++i) {
-      if (cache.test_samples[i].label != 0) continue;
-      const auto one = test.maps.slice(0, static_cast<int64_t>(i), static_cast<int64_t>(i) + 1);
-      sample_pixels(one, nullptr, 0, stride, pixel_values, pixel_labels);
-    }
-  }
-  return choose_threshold(masks ? e.threshold_from : "fpr", e.target_fpr, pixel_values, pixel_labels, holdout_pixels,
-                          "pixels");
 }
 
 /// Where the model came from: data, weights, training, export (stored in the model file, shown by predict).
@@ -251,18 +167,7 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   for (const auto& s : cache.test_samples) labels.push_back(s.label);
   TestScores holdout;
   if (!cache.holdout.empty()) holdout = score_test_set(checkpoint.model, cache.holdout, scoring);
-  const auto image = choose_threshold(e.threshold_from, e.target_fpr, test.scores, labels, holdout.scores, "images");
-  const auto pixel = choose_pixel_threshold(e, cache, test, holdout);
-
-  info.decision.threshold = image.threshold;
-  info.decision.threshold_source = image.source;
-  info.decision.score_min = image.lo;
-  info.decision.score_max = image.hi;
-  info.decision.pixel_threshold = pixel.threshold;
-  info.decision.pixel_threshold_source = pixel.source;
-  info.decision.map_min = pixel.lo;
-  info.decision.map_max = pixel.hi;
-  info.decision.map_sigma = e.map_sigma;
+  info.decision = choose_decision_rule(cache.test_samples, test, holdout, {e.threshold_from, e.target_fpr}, e.map_sigma);
   info.provenance = export_provenance(cache, checkpoint);
   if (std::count(labels.begin(), labels.end(), 1) > 0)
     info.provenance["test_image_auroc"] = eval::auroc(test.scores, labels);
@@ -295,8 +200,12 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
     fs::remove(staging, ec);
     throw FileError(e.to, "cannot write " + e.to + ": " + why);
   }
-  std::cerr << "threshold " << std::setprecision(6) << info.decision.threshold << ": " << image.source << "\n";
-  std::cerr << "pixels    " << info.decision.pixel_threshold << ": " << pixel.source << "\n";
+  const auto& d = info.decision;
+  std::cerr << "threshold " << std::setprecision(6) << d.threshold << ": " << d.threshold_source
+            << "; normalised scores 0 / 0.5 / 1 at " << d.score_low << " / " << d.threshold << " / " << d.score_high
+            << "\n";
+  std::cerr << "pixels    " << d.pixel_threshold << ": " << d.pixel_threshold_source << "; heatmap scale " << d.map_low
+            << " / " << d.pixel_threshold << " / " << d.map_high << "\n";
   std::cout << "model     " << e.to << " (" << std::fixed << std::setprecision(1)
             << static_cast<double>(fs::file_size(target)) / (1 << 20) << " MiB)\n";
   if (entry)
@@ -309,23 +218,45 @@ std::string triton_model_name_problem(const std::string& name) { return triton::
 
 namespace {
 
-/// The image beside its anomaly map and defect mask, as `heatmaps/<index>_<stem>.png` under `out`; returns that
-/// relative path.
-std::string write_prediction_heatmap(const std::string& out, size_t index, const std::string& name,
-                                     const cv::Mat& decoded, const TensorPrediction& r, const TensorDetector& detector,
-                                     decltype(PredictArgs::pixel_threshold) pixel_threshold) {
-  const auto heatmap =
-      (fs::path("heatmaps") / (std::to_string(index) + "_" + fs::path(name).stem().string() + ".png")).string();
+/// Where each image's heatmap goes under heatmaps/: its path below the folder argument it was found in, behind that
+/// folder's name (`predict data/test` -> `test/crack/003.png`), or its file name for a file argument; extension
+/// .png, and `_2`, `_3` ... before it where two images would share a name.
+std::vector<std::string> heatmap_names(const std::vector<std::string>& files, const std::vector<std::string>& args) {
+  std::vector<std::string> names;
+  std::set<std::string> used;
+  for (const auto& file : files) {
+    fs::path name = fs::path(file).filename();
+    for (const auto& arg : args) {
+      const std::string prefix = arg.empty() || arg.back() == '/' ? arg : arg + "/";
+      if (file.size() > prefix.size() && file.compare(0, prefix.size(), prefix) == 0) {
+        std::error_code ec;
+        const auto folder = fs::weakly_canonical(fs::absolute(arg), ec).filename();
+        name = folder / fs::path(file.substr(prefix.size())).lexically_normal();
+        break;
+      }
+    }
+    name.replace_extension(".png");
+    std::string candidate = name.string();
+    for (int n = 2; !used.insert(candidate).second; ++n)
+      candidate = (name.parent_path() / (name.stem().string() + "_" + std::to_string(n) + ".png")).string();
+    names.push_back((fs::path("heatmaps") / candidate).string());
+  }
+  return names;
+}
+
+/// The image beside its anomaly map (coloured on the model file's scale, with its legend) and defect mask, as
+/// `heatmap` (a path relative to `out`).
+void write_prediction_heatmap(const std::string& out, const std::string& heatmap, const cv::Mat& decoded,
+                              const TensorPrediction& r, const TensorDetector& detector,
+                              decltype(PredictArgs::pixel_threshold) pixel_threshold) {
   cv::Mat shown;
   decoded.convertTo(shown, CV_32FC3, decoded.depth() == CV_8U ? 1.0 / 255.0 : 1.0);
   OverlayOptions overlay;
   overlay.side_by_side = true;
-  overlay.vmin = 0;
-  overlay.vmax = 1;
+  overlay.legend = detector.heatmap_scale(pixel_threshold);
   write_heatmap_png((fs::path(out) / heatmap).string(), shown,
                     to_mat(detector.normalized_map(r.anomaly_map, pixel_threshold)),
                     to_mat(r.defect_mask.to(torch::kFloat32)) > 0.5f, overlay);
-  return heatmap;
 }
 
 /// predict's results as they come: rows of predictions.json and predictions.csv, and a line per image on stdout
@@ -349,9 +280,10 @@ struct PredictionTable {
                           {"heatmap", escape_non_utf8(heatmap)}};
     if (path != name) row["path_escaped"] = true;
     rows.push_back(row);
-    std::ostringstream line;
-    line << std::setprecision(9) << csv_field(path) << "," << (r.valid ? std::to_string(r.score) : std::string()) << ","
-         << r.normalized_score << "," << (r.anomalous ? 1 : 0) << "," << (r.valid ? 1 : 0) << ","
+    std::ostringstream line;  // every number with round-trip precision, as eval's scores.csv
+    line << std::setprecision(std::numeric_limits<double>::max_digits10) << csv_field(path) << ",";
+    if (r.valid) line << r.score;
+    line << "," << r.normalized_score << "," << (r.anomalous ? 1 : 0) << "," << (r.valid ? 1 : 0) << ","
          << csv_field(escape_non_utf8(heatmap)) << "\n";
     csv << line.str();
     if (to_stdout) {
@@ -446,6 +378,7 @@ int run_predict(const PredictArgs& p) {
   }
   std::vector<BadImage> problems;
   const auto files = collect_image_files(p.paths, problems, p.out);
+  const auto heatmap_files = heatmap_names(files, p.paths);
   if (files.empty() && problems.empty()) throw DatasetError("no image files found in the given paths");
   if (!p.out.empty()) staging = io::make_staging_directory(fs::absolute(p.out).string());
   try {
@@ -457,12 +390,13 @@ int run_predict(const PredictArgs& p) {
       const size_t end = std::min(files.size(), first + static_cast<size_t>(p.batch_size));
       std::vector<torch::Tensor> images;
       std::vector<cv::Mat> decoded;
-      std::vector<std::string> names;
+      std::vector<std::string> names, heatmaps;
       for (size_t i = first; i < end; ++i) {
         try {
           decoded.push_back(decode_image(files[i]));
           images.push_back(image_tensor(decoded.back()));
           names.push_back(files[i]);
+          heatmaps.push_back(heatmap_files[i]);
         } catch (const DatasetError& err) {
           problems.push_back({files[i], err.what()});
         }
@@ -470,10 +404,11 @@ int run_predict(const PredictArgs& p) {
       auto predictions = images.empty() ? std::vector<TensorPrediction>{} : detector.predict(images, predict_options);
       inject_score_fault(predictions, names, detector.info().decision, threshold);
       for (size_t i = 0; i < predictions.size(); ++i) {
-        const auto heatmap = p.heatmaps && !staging.empty()
-                                 ? write_prediction_heatmap(staging, table.scored, names[i], decoded[i], predictions[i],
-                                                            detector, p.pixel_threshold)
-                                 : std::string();
+        std::string heatmap;
+        if (p.heatmaps && !staging.empty()) {
+          heatmap = heatmaps[i];
+          write_prediction_heatmap(staging, heatmap, decoded[i], predictions[i], detector, p.pixel_threshold);
+        }
         table.add(names[i], predictions[i], heatmap, /*to_stdout=*/p.out.empty());
       }
       bar.update(end);

@@ -58,9 +58,12 @@ nlohmann::json extraction_request(const Dataset& dataset, const std::string& dat
     for (const auto& s : samples) files.push_back(s.path);
     return files;
   };
+  nlohmann::json test_labels = nlohmann::json::array();  // a label file's cut-off can change them, not the files
+  for (const auto& s : dataset.test) test_labels.push_back({s.label, s.type, s.mask_path});
   return {{"dataset", dataset_spec},
           {"train_files", paths(dataset.train)},
           {"test_files", paths(dataset.test)},
+          {"test_labels", test_labels},
           {"holdout_files", paths(dataset.holdout)},
           {"files_state", files_state_fingerprint(dataset)},
           {"backbone", features::to_json(e.backbone.resolved())},
@@ -173,8 +176,8 @@ std::optional<FeatureCache> load_matching_cache(const std::string& path, const n
   }
   try {
     auto cached = load_feature_cache(path);
-    if (cached.meta.at("request") == request) return cached;
-    const auto& old = cached.meta.at("request");
+    const auto& old = cached.meta.contains("listing") ? cached.meta.at("listing") : cached.meta.at("request");
+    if (old == request) return cached;
     const auto field = [](const nlohmann::json& j, const char* key) {
       return j.is_object() && j.contains(key) ? j.at(key) : nlohmann::json();
     };

@@ -74,7 +74,8 @@ FeatureCache feature_cache_from_archive(const io::TensorArchive& archive, const 
 /// feature_cache_from_archive of the file at `path`; throws FileError when it is missing or unreadable.
 FeatureCache load_feature_cache(const std::string& path);
 
-/// The cache at `path` if it exists and was extracted for exactly `request`; otherwise nullopt with the reason.
+/// The cache at `path` if it exists and was extracted for exactly `request` (its meta's "listing" when it has one:
+/// the dataset as listed, before any image is decoded; else its "request"); otherwise nullopt with the reason.
 std::optional<FeatureCache> load_matching_cache(const std::string& path, const nlohmann::json& request,
                                                 std::string& reason);
 

@@ -266,23 +266,47 @@ cv::Mat to_bgr8(const cv::Mat& image) {
 }
 
 }  // namespace detail
-cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask,
+namespace detail {
+/// A colour bar of the heatmap scale, `width` wide, with the raw values at its ends and at the threshold.
+cv::Mat render_heatmap_legend(int width, const HeatmapScale& scale) {
+  const int bar = 12, height = 38, left = 6, right = width - 6;
+  cv::Mat legend(height, width, CV_8UC3, cv::Scalar(255, 255, 255));
+  for (int x = left; x < right; ++x) {
+    const float v = static_cast<float>(x - left) / static_cast<float>(std::max(1, right - left - 1));
+    const auto c = heatmap_colour(v);
+    cv::line(legend, {x, 3}, {x, 3 + bar}, cv::Scalar(c.b, c.g, c.r));
+  }
+  const int mid = (left + right) / 2;
+  cv::line(legend, {mid, 1}, {mid, 5 + bar}, cv::Scalar(0, 0, 0), 1);
+  const auto label = [&](const std::string& text, int x, int align) {  // align: 0 left, 1 centre, 2 right
+    int baseline = 0;
+    const auto size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, 0.36, 1, &baseline);
+    const int at = std::clamp(x - align * size.width / 2, 1, std::max(1, width - size.width - 1));
+    cv::putText(legend, text, {at, height - 6}, cv::FONT_HERSHEY_SIMPLEX, 0.36, cv::Scalar(40, 40, 40), 1,
+                cv::LINE_AA);
+  };
+  label(fmt(scale.low, "%.3g"), left, 0);
+  label("threshold " + fmt(scale.threshold, "%.3g"), mid, 1);
+  label(fmt(scale.high, "%.3g") + "+", right, 2);
+  return legend;
+}
+}  // namespace detail
+
+cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& normalized_map, const cv::Mat& mask,
                                const OverlayOptions& opt) {
   if (image.empty()) throw ReportError("heatmap overlay: empty image");
-  if (anomaly_map.empty() || anomaly_map.channels() != 1)
+  if (normalized_map.empty() || normalized_map.channels() != 1)
     throw ReportError("heatmap overlay: anomaly map must be a non-empty single-channel matrix");
   const cv::Mat base = detail::to_bgr8(image);
   cv::Mat m;
-  anomaly_map.convertTo(m, CV_32F);
+  normalized_map.convertTo(m, CV_32F);
   cv::resize(m, m, base.size(), 0, 0, cv::INTER_LINEAR);
-  double lo = opt.vmin, hi = opt.vmax;
-  if (!std::isfinite(lo) || !std::isfinite(hi)) cv::minMaxLoc(m, &lo, &hi);
-  if (!(hi > lo)) hi = lo + 1e-12;
-  cv::Mat u8;
-  m.convertTo(u8, CV_8U, 255.0 / (hi - lo), -lo * 255.0 / (hi - lo));  // saturating
-  cv::Mat colored, out;
-  cv::applyColorMap(u8, colored, opt.colormap);
-  cv::addWeighted(colored, opt.alpha, base, 1.0 - opt.alpha, 0.0, out);
+  m = m.clone();  // continuous
+  cv::Mat rgb;
+  cv::cvtColor(base, rgb, cv::COLOR_BGR2RGB);
+  blend_heatmap(rgb.data, rgb.rows, rgb.cols, static_cast<int64_t>(rgb.step), m.ptr<float>());
+  cv::Mat out;
+  cv::cvtColor(rgb, out, cv::COLOR_RGB2BGR);
   if (opt.mask_contour && !mask.empty()) {
     cv::Mat mk = mask != 0;
     if (mk.size() != base.size()) cv::resize(mk, mk, base.size(), 0, 0, cv::INTER_NEAREST);
@@ -290,17 +314,14 @@ cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map,
     cv::findContours(mk, contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_NONE);
     cv::drawContours(out, contours, -1, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
   }
-  if (opt.side_by_side) {
-    cv::Mat both;
-    cv::hconcat(base, out, both);
-    return both;
-  }
+  if (opt.side_by_side) cv::hconcat(base, out, out);
+  if (opt.legend) cv::vconcat(out, detail::render_heatmap_legend(out.cols, *opt.legend), out);
   return out;
 }
 
-void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask,
+void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& normalized_map, const cv::Mat& mask,
                        const OverlayOptions& opt) {
-  write_png_atomic(path, render_heatmap_overlay(image, anomaly_map, mask, opt));
+  write_png_atomic(path, render_heatmap_overlay(image, normalized_map, mask, opt));
 }
 
 nlohmann::json to_json(const MetricsSummary& m) {
@@ -383,7 +404,7 @@ std::string render_index_html(const ReportPage& p) {
        ".grid{display:flex;flex-wrap:wrap;gap:12px}.card{background:#fff;border:1px solid "
        "#ddd;padding:6px;width:280px}\n"
        ".card img{width:100%;image-rendering:auto}.card .cap{font-size:12px;word-break:break-all}\n"
-       ".def{color:#b00}.good{color:#070}\n</style>\n</head>\n<body>\n";
+       ".def{color:#b00}.good{color:#070}.scale{max-width:900px;font-size:14px}\n</style>\n</head>\n<body>\n";
   h << "<h1>" << html_escape(p.title) << "</h1>\n<table>\n";
   h << "<tr><th>image AUROC</th><td>" << detail::html_num(m.image_auroc) << "</td></tr>\n";
   for (const auto& [k, v] : m.image_auroc_per_type)
@@ -401,6 +422,20 @@ std::string render_index_html(const ReportPage& p) {
   std::vector<std::string> groups;
   for (const auto& e : p.heatmaps)
     if (std::find(groups.begin(), groups.end(), e.group) == groups.end()) groups.push_back(e.group);
+  if (!p.heatmaps.empty() && p.heatmap_scale) {
+    const auto& sc = *p.heatmap_scale;
+    h << "<p class=\"scale\">Heatmaps: the anomaly map over each image (right), ground truth outlined in white. Colours "
+         "are anchored at the <b>pixel threshold " << detail::fmt(sc.threshold, "%.4g") << "</b> ("
+      << html_escape(p.pixel_threshold_source) << "): navy to teal and faint below it (" << detail::fmt(sc.low, "%.3g")
+      << " &rarr; threshold), yellow to red above it (threshold &rarr; " << detail::fmt(sc.high, "%.3g")
+      << " and more): anything yellow, orange or red is a pixel the model calls defective. The scale's ends are "
+         "the 1st and 99th percentiles of the pixel values the threshold was chosen on; every heatmap uses the same "
+         "scale, as <code>predict --heatmaps</code> does with the model file's.";
+    if (p.pixel_resolution > 0)
+      h << " Maps and pixel metrics are at the model's input size, " << p.pixel_resolution << " &times; "
+        << p.pixel_resolution << " px (masks resized nearest-neighbour).";
+    h << "</p>\n";
+  }
   for (const auto& g : groups) {
     h << "<h2>" << html_escape(g.empty() ? "Anomaly maps" : g) << "</h2>\n<div class=\"grid\">\n";
     for (const auto& e : p.heatmaps) {

@@ -4,8 +4,9 @@
 //   write_roc_png        ROC curve(s) with axes, grid, diagonal and AUROC in the legend
 //   write_histogram_png  score distributions of good vs defective test images (cf. the paper's Fig. 4)
 //   render_heatmap_overlay / write_heatmap_png
-//                        anomaly map bilinearly upsampled to the image, colormapped (JET or VIRIDIS),
-//                        alpha-blended, optional ground-truth contour (cf. Fig. 5)
+//                        a normalised anomaly map (0.5 = pixel threshold) bilinearly upsampled to the image, coloured
+//                        on the library's one heatmap scale (detect/heatmap.hpp), optional ground-truth contour and
+//                        a legend with the raw values of its colours (cf. Fig. 5)
 //   write_metrics_json   metrics.json (see MetricsSummary)
 //   write_scores_csv     scores.csv: path,label,type,score
 //   write_index_html     index.html showing the metrics, the ROC, the histogram and the heatmaps
@@ -14,6 +15,7 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <validflow/detect/heatmap.hpp>
 #include <validflow/util/error.hpp>
 
 #include <nlohmann/json.hpp>
@@ -77,21 +79,18 @@ void write_histogram_png(const std::string& path, const std::vector<double>& sco
 // ---- heatmaps --------------------------------------------------------------------------------------
 
 struct OverlayOptions {
-  double alpha = 0.5;                                      // weight of the colour map
-  int colormap = cv::COLORMAP_JET;                         // or cv::COLORMAP_VIRIDIS
-  double vmin = std::numeric_limits<double>::quiet_NaN();  // colour range; NaN: the map's own min/max
-  double vmax = std::numeric_limits<double>::quiet_NaN();  //   (pass the test set's range to compare images)
-  bool mask_contour = true;                                // draw the ground-truth outline if a mask is given
-  bool side_by_side = false;                               // [image | overlay]
+  bool mask_contour = true;            // draw the ground-truth outline if a mask is given
+  bool side_by_side = false;           // [image | overlay]
+  std::optional<HeatmapScale> legend;  // a colour bar below, labelled with these raw values (low, threshold, high)
 };
 
-/// The anomaly map (CV_32FC1, any size, e.g. the finest feature scale) bilinearly upsampled to the image,
-/// colour mapped and alpha-blended over it; `mask` (CV_8UC1, non-zero = defect, any size; may be empty)
-/// is outlined in white. Returns CV_8UC3 BGR.
-cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& anomaly_map, const cv::Mat& mask = {},
+/// The normalised anomaly map (CV_32FC1 in [0, 1], 0.5 at the pixel threshold; any size, bilinearly upsampled to
+/// the image) coloured with heatmap_colour over the image (RGB, 8-bit or float in [0, 1]); `mask` (CV_8UC1,
+/// non-zero = defect, any size; may be empty) is outlined in white. Returns CV_8UC3 BGR.
+cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& normalized_map, const cv::Mat& mask = {},
                                const OverlayOptions& opt = {});
 
-void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& anomaly_map,
+void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& normalized_map,
                        const cv::Mat& mask = {}, const OverlayOptions& opt = {});
 
 // ---- metrics.json, scores.csv ------------------------------------------------------------------------
@@ -141,6 +140,9 @@ struct ReportPage {
   std::string roc_png = "roc.png";
   std::string histogram_png = "histogram.png";
   std::vector<HeatmapEntry> heatmaps;
+  std::optional<HeatmapScale> heatmap_scale;  // the raw map values of the heatmaps' colours
+  std::string pixel_threshold_source;
+  int pixel_resolution = 0;  // side of the maps and of the pixel metrics (the model's input size)
   std::vector<std::pair<std::string, std::string>> info;  // extra key/value rows (dataset, model, command)
 };
 

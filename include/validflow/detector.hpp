@@ -13,6 +13,7 @@
 // pixels than DetectorOptions::max_image_pixels), ThresholdError for a non-finite override, and a
 // DeviceError for a device that does not exist; error_kind() classifies any of them.
 // Thread safety: predict() is const and may run on several threads at once.
+#include <validflow/detect/heatmap.hpp>
 #include <validflow/detect/predict_options.hpp>
 #include <validflow/util/error.hpp>
 #include <validflow/util/precision.hpp>
@@ -119,9 +120,12 @@ class Detector {
   /// The device it runs on ("cpu", "cuda:0") and the precision.
   std::string device() const;
   Precision precision() const;
-  /// An anomaly map normalised like the scores (0.5 at the pixel threshold, clamped to [0, 1]), for display.
+  /// An anomaly map normalised like the scores (0.5 at the pixel threshold, clamped to [0, 1]), for display:
+  /// blend_heatmap (detect/heatmap.hpp) colours it as every validflow heatmap is coloured.
   std::vector<float> normalized_map(const std::vector<float>& anomaly_map,
                                     std::optional<double> pixel_threshold = std::nullopt) const;
+  /// The raw map values the heatmap colours stand for (a legend): low -> 0, pixel threshold -> 0.5, high -> 1.
+  HeatmapScale heatmap_scale(std::optional<double> pixel_threshold = std::nullopt) const;
 
   /// The LibTorch-level detector inside, for code that includes validflow/detect/tensor_detector.hpp.
   const TensorDetector& tensor_detector() const;

@@ -26,8 +26,9 @@
 namespace validflow {
 
 constexpr const char* kModelFileKind = "validflow-model";
-/// 2: adds `feature_map_sizes` (the sizes the flow was trained on). Version 1 files are still read.
-constexpr int64_t kModelFileVersion = 2;
+/// 2: adds `feature_map_sizes` (the sizes the flow was trained on). 3: the decision rule's robust normalisation
+/// anchors (detect/decision.hpp). Versions 1 and 2 are still read (min-max normalisation, as they were written).
+constexpr int64_t kModelFileVersion = 3;
 
 /// What a caller allows a model file to ask of the machine.
 struct ModelFileLimits {
@@ -145,7 +146,7 @@ inline LoadedModel load_model_archive(const io::TensorArchive& archive, const st
                    " px (raise it with --max-input-size, the Triton "
                    "parameter max_input_size or ModelFileLimits)");
     model.info.flow = flow_config_from_json(meta.at("flow"));
-    model.info.decision = decision_rule_from_json(meta.at("decision"));
+    model.info.decision = decision_rule_from_json(meta.at("decision"), /*legacy=*/archive.kind_version < 3);
     model.info.provenance = meta.at("provenance");
     if (file.meta<std::string>("score") != kScoreDefinition)
       throw refuse("its score definition is not the one this build computes");

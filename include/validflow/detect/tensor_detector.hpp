@@ -16,6 +16,7 @@
 // are identical to a single thread (tested). Devices: CPU and CUDA. Precision: fp32, or bf16 where the device
 // runs it natively (checked at construction: a CPU without AVX512_BF16 is refused, never silently slower).
 // Results (maps, masks) are CPU tensors.
+#include <validflow/detect/heatmap.hpp>
 #include <validflow/detect/model_file.hpp>
 #include <validflow/detect/predict_options.hpp>
 #include <validflow/features/preprocess.hpp>
@@ -31,6 +32,13 @@
 #include <vector>
 
 namespace validflow {
+
+/// A map of raw values normalised on `scale` (detect/decision.hpp), element-wise, clamped to [0, 1].
+inline torch::Tensor normalize_map(const torch::Tensor& map, const NormalizationScale& scale) {
+  return torch::where(map < scale.threshold, 0.5 - 0.5 * (scale.threshold - map) / scale.below,
+                      0.5 + 0.5 * (map - scale.threshold) / scale.above)
+      .clamp(0, 1);
+}
 
 struct TensorDetectorOptions {
   /// Where the networks run (images may be given on any device).
@@ -158,11 +166,16 @@ class TensorDetector {
   /// The model file's image threshold (PredictOptions::threshold overrides it per call).
   double threshold() const { return model_.info.decision.threshold; }
   const TensorDetectorOptions& options() const { return options_; }
-  /// Maps normalised like the scores (0.5 at the pixel threshold), for display.
+  /// Maps normalised like the scores (DecisionRule::map_scale: 0.5 at the pixel threshold): what heatmaps colour.
   torch::Tensor normalized_map(const torch::Tensor& anomaly_map, std::optional<double> pixel_threshold = {}) const {
     const auto& d = info().decision;
-    const double t = pixel_threshold ? *pixel_threshold : d.pixel_threshold;
-    return ((anomaly_map - t) / (d.map_max - d.map_min) + 0.5).clamp(0, 1);
+    return normalize_map(anomaly_map, d.map_scale(pixel_threshold ? *pixel_threshold : d.pixel_threshold));
+  }
+  /// The raw map values the heatmap colours stand for (detect/heatmap.hpp).
+  HeatmapScale heatmap_scale(std::optional<double> pixel_threshold = {}) const {
+    const auto& d = info().decision;
+    const auto s = d.map_scale(pixel_threshold ? *pixel_threshold : d.pixel_threshold);
+    return {s.low(), s.threshold, s.high()};
   }
 
  private:

@@ -110,10 +110,13 @@ inline BackboneInfo backbone_info(const std::string& name, int64_t layer = -1, i
   info.padding = to_string(o.padding());
   info.activation = to_string(o.activation());
   const int64_t divisor = info.stride << (n_scales - 1);
-  if (image_size < 1 || image_size % divisor != 0)
+  if (image_size < 1 || image_size % divisor != 0) {
+    const int64_t below = image_size / divisor * divisor, above = below + divisor;
     throw FeatureError("backbone_info: image size " + std::to_string(image_size) + " must divide by " +
                        std::to_string(divisor) + " = stride " + std::to_string(info.stride) + " * 2^(" +
-                       std::to_string(n_scales) + " - 1)");
+                       std::to_string(n_scales) + " - 1); the nearest valid sizes are " +
+                       (below > 0 ? std::to_string(below) + " and " : std::string()) + std::to_string(above));
+  }
   for (int64_t s = 0; s < n_scales; ++s) {
     ScaleInfo si;
     si.input_height = si.input_width = image_size >> s;
