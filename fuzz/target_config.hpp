@@ -36,9 +36,13 @@ inline int run_config(const uint8_t* data, size_t size) {
     std::abort();
   }
   try {
-    const auto d = validflow::decision_rule_from_json(j);
+    const auto d = validflow::decision_rule_from_json(j, /*legacy=*/j.is_object() && j.size() == 9);
     if (validflow::to_json(validflow::decision_rule_from_json(validflow::to_json(d))) != validflow::to_json(d))
       std::abort();
+    for (double v : {d.threshold - 1e9, d.threshold, d.threshold + 1e9}) {  // the scale is total and bounded
+      const double n = d.normalized_score(v, d.threshold);
+      if (!(n >= 0 && n <= 1)) std::abort();
+    }
   } catch (const std::invalid_argument&) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fuzz_config: decision rule: unexpected exception type: %s\n", e.what());

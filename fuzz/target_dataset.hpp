@@ -1,8 +1,9 @@
 #pragma once
 // Fuzz target (fuzz_main.cpp): dataset specs and DAGM Labels.txt (apps/validflow/datasets.cpp). The input's first
 // line is a dataset spec `KIND:SUBPATH` (SUBPATH relative to a small generated tree holding a DAGM class, a folder
-// dataset and an MTD dataset), the rest is written as the DAGM class's Train and Test Labels.txt. The labels
-// are also parsed directly (parse_dagm_labels). Accepted: a dataset or a DatasetError.
+// dataset, an MTD dataset and a csv labels file), the rest is written as the DAGM class's Train and Test Labels.txt
+// and as the csv labels file (csv:labels.csv). The labels are also parsed directly (parse_dagm_labels,
+// parse_label_csv). Accepted: a dataset or a DatasetError.
 #include "datasets.hpp"
 
 #include <opencv2/imgcodecs.hpp>
@@ -73,6 +74,15 @@ inline int run_dataset(const uint8_t* data, size_t size) {
   } catch (const std::exception& e) {
     unexpected(e);
   }
+  try {
+    const auto rows = validflow::app::parse_label_csv(labels, "labels.csv", 0.25 + static_cast<double>(size % 4) / 4);
+    for (const auto& r : rows)
+      if (r.image.empty() || (r.label != 0 && r.label != 1) || (r.label == 0 && !r.mask.empty())) std::abort();
+  } catch (const validflow::app::DatasetError&) {
+  } catch (const std::exception& e) {
+    unexpected(e);
+  }
+  text(root / "labels.csv", labels);
   text(root / "dagm/Train/Label/Labels.txt", labels);
   text(root / "dagm/Test/Label/Labels.txt", labels);
   // KIND:SUBPATH -> KIND:<root>/SUBPATH; a spec that would leave the tree is not tried (it would read the

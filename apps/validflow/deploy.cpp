@@ -162,6 +162,8 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   EvalOptions scoring;
   scoring.pixel_size = static_cast<int>(size);
   scoring.map_sigma = e.map_sigma;
+  std::cerr << "scoring   " << cache.test_samples.size() + cache.holdout_samples.size()
+            << " test and held-out images for the thresholds ...\n";
   const auto test = score_test_set(checkpoint.model, cache.test, scoring);
   std::vector<int> labels;
   for (const auto& s : cache.test_samples) labels.push_back(s.label);

@@ -3,6 +3,7 @@
 #include <validflow/detect/tensor_detector.hpp>
 
 #include <iomanip>
+#include <iostream>
 #include <sstream>
 #include <tuple>
 
@@ -230,9 +231,16 @@ std::vector<HeatmapEntry> write_heatmaps(const std::string& out_dir, const std::
 
 MetricsSummary evaluate(const AnyFlow& model, const FeatureCache& cache, const std::string& out_dir,
                         const EvalOptions& options, const nlohmann::json& extra_info) {
+  const auto say = [&](const std::string& line) {
+    if (!options.quiet) std::cerr << line << std::flush;
+  };
+  say("scoring   " + std::to_string(cache.test_samples.size()) + " test images (flow, maps at " +
+      std::to_string(options.pixel_size) + " px) ... ");
   const auto t = score_test_set(model, cache.test, options);
   const auto holdout = cache.holdout.empty() ? TestScores{} : score_test_set(model, cache.holdout, options);
+  say("done\nthresholds image and pixel (as export chooses them) ... ");
   const auto rule = choose_decision_rule(cache.test_samples, t, holdout, ThresholdOptions{}, options.map_sigma);
+  say("done\n");
   auto m = compute_metrics(cache.test_samples, t, options);
   m.extra = extra_info;
   m.extra["inference_precision"] = to_string(options.precision);
@@ -242,10 +250,12 @@ MetricsSummary evaluate(const AnyFlow& model, const FeatureCache& cache, const s
   m.extra["pixel_threshold_source"] = rule.pixel_threshold_source;
   m.extra["scoring_seconds"] = t.seconds;
   m.extra["scoring_images_per_second"] = static_cast<double>(t.scores.size()) / t.seconds;
+  say("report    tables, plots and heatmaps ... ");
   write_tables_and_plots(out_dir, cache.test_samples, t, m);
   ReportPage page;
   page.metrics = m;
   page.heatmaps = write_heatmaps(out_dir, cache.test_samples, t, options, rule);
+  say("done\n");
   const auto scale = rule.map_scale(rule.pixel_threshold);
   page.heatmap_scale = HeatmapScale{scale.low(), scale.threshold, scale.high()};
   page.pixel_threshold_source = rule.pixel_threshold_source;

@@ -429,7 +429,7 @@ std::string render_index_html(const ReportPage& p) {
       << html_escape(p.pixel_threshold_source) << "): navy to teal and faint below it (" << detail::fmt(sc.low, "%.3g")
       << " &rarr; threshold), yellow to red above it (threshold &rarr; " << detail::fmt(sc.high, "%.3g")
       << " and more): anything yellow, orange or red is a pixel the model calls defective. The scale's ends are "
-         "the 1st and 99th percentiles of the pixel values the threshold was chosen on; every heatmap uses the same "
+         "the 5th and 95th percentiles of the pixel values the threshold was chosen on; every heatmap uses the same "
          "scale, as <code>predict --heatmaps</code> does with the model file's.";
     if (p.pixel_resolution > 0)
       h << " Maps and pixel metrics are at the model's input size, " << p.pixel_resolution << " &times; "

@@ -26,15 +26,15 @@ int main(int argc, char** argv) {
     std::cout << (p.anomalous ? "ANOMALOUS" : "OK") << "  score " << p.score << "  normalized " << p.normalized_score
               << "  (threshold " << detector.threshold() << ")\n";
 
-    if (argc > 3) {  // the normalised map (0.5 = pixel threshold) in colour over the image
-      std::vector<float> map = detector.normalized_map(p.anomaly_map);
-      cv::Mat gray;
-      cv::Mat(static_cast<int>(p.height), static_cast<int>(p.width), CV_32FC1, map.data()).convertTo(gray, CV_8U, 255);
-      cv::Mat colour, overlay;
-      cv::applyColorMap(gray, colour, cv::COLORMAP_JET);
-      cv::addWeighted(bgr, 0.5, colour, 0.5, 0.0, overlay);
+    if (argc > 3) {  // the map in the colours of every validflow heatmap (detect/heatmap.hpp), over the image
+      const std::vector<float> map = detector.normalized_map(p.anomaly_map);  // 0.5 = the pixel threshold
+      validflow::blend_heatmap(rgb.data, rgb.rows, rgb.cols, static_cast<int64_t>(rgb.step), map.data());
+      cv::Mat overlay;
+      cv::cvtColor(rgb, overlay, cv::COLOR_RGB2BGR);
       if (!cv::imwrite(argv[3], overlay)) throw std::runtime_error(std::string("cannot write ") + argv[3]);
-      std::cout << "heatmap " << argv[3] << "\n";
+      const validflow::HeatmapScale scale = detector.heatmap_scale();
+      std::cout << "heatmap " << argv[3] << "  (navy " << scale.low << " .. teal, faint: below the pixel threshold "
+                << scale.threshold << "; yellow .. red " << scale.high << "+: defective)\n";
     }
   } catch (const std::exception& e) {
     std::cerr << "error (" << validflow::to_string(validflow::error_kind(e)) << "): " << validflow::error_message(e)

@@ -129,7 +129,7 @@ def expect(cls, name, args, code, culprit, watch, env=None, stdout_has=None):
     if any(t in out for t in TRACE):
         problems.append("a stack trace was printed")
     errors = [l for l in p.stderr.splitlines() if l.startswith("error:")]
-    if code == 3 and len(errors) != 1:
+    if code in (2, 3) and len(errors) != 1:  # usage errors too: the one documented format
         problems.append(f"{len(errors)} 'error:' lines, expected one")
     after = snapshot(*watch)
     changed = [k for k in before if after.get(k) != before[k]]
@@ -184,7 +184,21 @@ def main():
     expect("options", "extract --image-size 100 (not a multiple of the stride)",
            ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/size"] + EXTRACT[:4] + ["--image-size", "100",
                                                                                               "--weights", "none"],
-           2, ["--image-size", "100 must divide by"], W)
+           2, ["error: --image-size", "100 must divide by", "nearest valid sizes are 96 and 112"], W)
+    expect("options", "extract --image-size 300: the nearest valid sizes named",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/size", "--backbone", "efficientnet-b0",
+            "--weights", "none", "--image-size", "300"],
+           2, ["error: --image-size", "nearest valid sizes are 256 and 384", "see validflow extract --help"], W)
+    no_weights = f"{bad}/no-weights"
+    os.makedirs(no_weights)
+    expect("options", "extract --backbone efficientnet-b3 without its pretrained weights: refused, never random",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/b3", "--backbone", "efficientnet-b3"], 3,
+           ["efficientnet-b3.pt not found", "--weights none", "fetch_assets.sh"], W,
+           env={"VALIDFLOW_WEIGHTS_DIR": no_weights})
+    expect("options", "extract with the default --backbone auto and no weights installed: refused",
+           ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/auto"], 3,
+           ["no pretrained weights", "--weights none"], W, env={"VALIDFLOW_WEIGHTS_DIR": no_weights})
+    check("options", "extract: no output folder after a refused backbone", not os.path.exists(f"{bad}/b3"))
     expect("options", "extract --layer 99 (beyond the backbone)",
            ["extract", "--dataset", "folder:" + data, "--out", f"{bad}/layer", "--backbone", "efficientnet-b0",
             "--layer", "99", "--weights", "none"], 2, ["--layer", "99"], W)
@@ -206,6 +220,34 @@ def main():
     expect("options", "info --channels 3 (odd)", ["info", "--channels", "3"], 2, "channels", W)
     expect("options", "extract --dataset without KIND:", ["extract", "--dataset", data, "--out", f"{bad}/spec"], 3,
            "KIND:PATH", W)
+    labels = f"{bad}/labels"
+    os.makedirs(labels)
+    good_images = sorted(os.listdir(f"{data}/train/good"))
+    open(f"{labels}/missing.csv", "w").write(f"path,label\n{data}/train/good/{good_images[0]},0\nnope.png,1\n")
+    expect("labels", "csv: an image that does not exist", ["extract", "--dataset", f"csv:{labels}/missing.csv",
+                                                            "--out", f"{bad}/csv1"] + EXTRACT, 3,
+           ["image not found", "nope.png", "missing.csv line 3"], W)
+    open(f"{labels}/label.csv", "w").write(f"path,label\n{data}/train/good/{good_images[0]},perhaps\n")
+    expect("labels", "csv: a label that is no label", ["extract", "--dataset", f"csv:{labels}/label.csv",
+                                                        "--out", f"{bad}/csv2"] + EXTRACT, 3,
+           ["label.csv line 2", "label 'perhaps'"], W)
+    open(f"{labels}/columns.csv", "w").write(f"path,label,colour\n{data}/train/good/{good_images[0]},0,red\n")
+    expect("labels", "csv: an unknown column", ["extract", "--dataset", f"csv:{labels}/columns.csv",
+                                                 "--out", f"{bad}/csv3"] + EXTRACT, 3, ["unknown column 'colour'"], W)
+    csv_rows = ["path,label,type"]
+    for d, _, files in sorted(os.walk(data)):
+        for f in sorted(files):
+            kind = os.path.basename(d)
+            if f.endswith(".png") and "ground_truth" not in d:
+                csv_rows.append(f"{os.path.relpath(os.path.join(d, f), labels)},{0.0 if kind == 'good' else 0.9},"
+                            f"{'' if kind == 'good' else kind}")
+    open(f"{labels}/all.csv", "w").write("\n".join(csv_rows) + "\n")
+    p = run(["extract", "--dataset", f"csv:{labels}/all.csv", "--out", f"{bad}/csv-ok"] + EXTRACT)
+    check("labels", "csv: a labels file of the dataset's images extracts (relative paths, probabilities)",
+          p.returncode == 0 and " test (" in p.stderr, p.stderr[-600:])
+    shutil.rmtree(f"{bad}/csv-ok", ignore_errors=True)
+    expect("options", "extract --label-cutoff 0", ["extract", "--dataset", f"csv:{labels}/label.csv", "--out",
+                                                   f"{bad}/csv4", "--label-cutoff", "0"], 2, "--label-cutoff", W)
     expect("options", "extract --dataset unknown:", ["extract", "--dataset", "tiff:" + data, "--out", f"{bad}/spec"],
            3, "unknown dataset kind", W)
 
@@ -477,9 +519,10 @@ def main():
     again = f"{bad}/owned/again"
     run(["predict", "--model", model, "--out", again, "--heatmaps", data])
     run(["predict", "--model", model, "--out", again, "--heatmaps", f"{data}/test/good"])
-    left = sorted(os.listdir(f"{again}/heatmaps"))
+    left = sorted(os.path.relpath(os.path.join(d, f), f"{again}/heatmaps")
+                  for d, _, files in os.walk(f"{again}/heatmaps") for f in files)
     check("ownership", "a second predict --out replaces the first one's results whole (no stale heatmaps)",
-          len(left) == 4, f"heatmaps {left}")
+          left == [f"good/{i:03d}.png" for i in range(4)], f"heatmaps {left}")
 
     # ---- resources: limits derived before allocating ----
     target = f"{bad}/claims-4096.vfm"
@@ -520,6 +563,9 @@ def main():
     p = run(["extract", "--dataset", f"folder:{stale}/data", "--out", f"{stale}/run"] + EXTRACT)
     check("meaning", "extract: a cache is not reused when an image changed under the same name",
           p.returncode == 0 and "images changed since extraction" in p.stderr, p.stderr[-400:])
+    p = run(["extract", "--dataset", f"folder:{stale}/data", "--out", f"{stale}/run"] + EXTRACT)
+    check("meaning", "extract: an up-to-date cache is reused without decoding the images",
+          p.returncode == 0 and "reused" in p.stderr and "check images" not in p.stderr, p.stderr[-400:])
 
     # ---- user errors: one line, the documented exit code, the path named ----
     blocker = f"{bad}/a-file"

@@ -7,7 +7,7 @@
 //  * Normalised score in [0, 1] with the threshold at 0.5 whatever the model (NormalizationScale: piecewise linear,
 //    threshold - below -> 0, threshold -> 0.5, threshold + above -> 1, clipped). Two conventions:
 //      robust (written by `validflow export` since model file version 3): the anchors score_low / score_high
-//        are the 1st and 99th percentiles of the scores the threshold was chosen on (the upper one at least as
+//        are the 5th and 95th percentiles of the scores the threshold was chosen on (the upper one at least as
 //        far above the threshold as the lower one is below it: robust_bounds), so one outlier cannot crowd every
 //        score at 0.5: below = threshold - score_low, above = score_high - threshold.
 //      minmax (anomalib's, and every model file before version 3): (score - threshold) / (score_max - score_min)
@@ -67,10 +67,10 @@ inline double percentile(std::vector<double> values, double q) {
   return a + (rank - static_cast<double>(lo)) * (b - a);
 }
 
-/// The robust anchors of the values a threshold was chosen on: low = 1st percentile, high = 99th percentile but at
+/// The robust anchors of the values a threshold was chosen on: low = 5th percentile, high = 95th percentile but at
 /// least threshold + (threshold - low); a low at or above the threshold is mirrored below it. low < threshold < high.
 inline std::pair<double, double> robust_bounds(const std::vector<double>& values, double threshold) {
-  double low = percentile(values, 1), high = percentile(values, 99);
+  double low = percentile(values, 5), high = percentile(values, 95);
   if (!(low < threshold)) low = threshold - std::max(high - threshold, std::max(1e-12, std::abs(threshold) * 1e-6));
   high = std::max(high, threshold + (threshold - low));
   return {low, high};
