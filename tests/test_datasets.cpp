@@ -443,9 +443,10 @@ TEST_CASE("DAGM labels: exactly five columns, names inside the dataset folder", 
 
 TEST_CASE("csv labels: header or positional columns, labels, probabilities with a cut-off, strict rows",
           "[datasets][errors]") {
-  auto rows = va::parse_label_csv("path,label,type,mask,split\na.png,good,,,\nb.png,1,crack,m/b.png,test\n"
-                                  "\"c,1.png\",0.9,,,\nd.png,ok,,,train\n",
-                                  "l.csv");
+  auto rows = va::parse_label_csv(
+      "path,label,type,mask,split\na.png,good,,,\nb.png,1,crack,m/b.png,test\n"
+      "\"c,1.png\",0.9,,,\nd.png,ok,,,train\n",
+      "l.csv");
   REQUIRE(rows.size() == 4);
   CHECK(rows[0].label == 0);
   CHECK(rows[0].type == "good");
@@ -458,9 +459,10 @@ TEST_CASE("csv labels: header or positional columns, labels, probabilities with 
   CHECK(rows[2].type == "defect");
   CHECK(rows[3].split == "train");
   // ELPV's layout: no header, whitespace-separated path, probability, type.
-  rows = va::parse_label_csv("images/cell0001.png  1.0  mono\nimages/cell0002.png  0.3333333333333333  poly\n"
-                             "images/cell0003.png  0.0  mono\n",
-                             "labels.csv", 0.3);
+  rows = va::parse_label_csv(
+      "images/cell0001.png  1.0  mono\nimages/cell0002.png  0.3333333333333333  poly\n"
+      "images/cell0003.png  0.0  mono\n",
+      "labels.csv", 0.3);
   REQUIRE(rows.size() == 3);
   CHECK(rows[0].label == 1);
   CHECK(rows[0].type == "mono");
@@ -496,8 +498,7 @@ TEST_CASE("csv labels: header or positional columns, labels, probabilities with 
   CHECK_THROWS_WITH(va::parse_label_csv("a.png,0\n", "l.csv", 0.0), Catch::Contains("cut-off"));
 }
 
-TEST_CASE("csv dataset: paths relative to the file, a seeded split of the good images, files checked",
-          "[datasets]") {
+TEST_CASE("csv dataset: paths relative to the file, a seeded split of the good images, files checked", "[datasets]") {
   TempDir t;
   std::string text = "path,label,type,mask\n";
   for (int i = 0; i < 10; ++i) {

@@ -108,7 +108,7 @@ TEST_CASE("decision rules: thresholds at a false-positive rate, normalised score
   CHECK(d.normalized_score(3, 2) == Approx(0.75));
   CHECK(d.normalized_score(-100, 2) == 0.0);
   CHECK(d.normalized_score(3, 3) == Approx(0.5));  // an overridden threshold moves the 0.5 point
-  d.score_low = 1.5;  // robust anchors: 0.5 below the threshold is 0, 2 above it is 1
+  d.score_low = 1.5;                               // robust anchors: 0.5 below the threshold is 0, 2 above it is 1
   d.score_high = 4;
   d.normalization = "robust";
   CHECK(d.normalized_score(2, 2) == Approx(0.5));
@@ -222,7 +222,8 @@ TEST_CASE("model file: round trip, and the detector scores exactly as extractor 
     INFO("image " << i);
     CHECK(p.score == Approx(expected[static_cast<int64_t>(i)].item<double>()).epsilon(1e-6));
     CHECK(p.anomalous == (p.score >= 1.0));
-    const double expected_normalized = p.score < 1.0 ? 0.5 - 0.5 * (1.0 - p.score) / 0.5 : 0.5 + 0.5 * (p.score - 1.0) / 1.5;
+    const double expected_normalized =
+        p.score < 1.0 ? 0.5 - 0.5 * (1.0 - p.score) / 0.5 : 0.5 + 0.5 * (p.score - 1.0) / 1.5;
     CHECK(p.normalized_score == Approx(std::clamp(expected_normalized, 0.0, 1.0)));
     const int64_t h = images[i].scalar_type() == torch::kByte ? images[i].size(0) : images[i].size(1);
     const int64_t w = images[i].scalar_type() == torch::kByte ? images[i].size(1) : images[i].size(2);

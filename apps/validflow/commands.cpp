@@ -83,7 +83,8 @@ std::string auto_backbone() {
 FeatureCache run_extract(ExtractArgs e, const std::string& out) {
   if (e.spec.backbone.name == "auto") {  // cli.cpp resolves it; a caller of this function may not have
     e.spec.backbone.name = auto_backbone();
-    if (e.spec.backbone.name.empty()) e.spec.backbone.name = "efficientnet-lite0";  // refused below unless --weights none
+    if (e.spec.backbone.name.empty())
+      e.spec.backbone.name = "efficientnet-lite0";  // refused below unless --weights none
   }
   e.spec.backbone = e.spec.backbone.resolved();
   e.spec.weights = resolve_weights(e.weights, e.spec.backbone.name);

@@ -260,8 +260,7 @@ std::vector<LabelRow> parse_label_csv(const std::string& text, const std::string
                   : name == "mask"  ? &col_mask
                   : name == "split" ? &col_split
                                     : nullptr;
-      if (!slot)
-        throw bad(first + 1, "unknown column '" + fields[i] + "' (known: path, label, mask, type, split)");
+      if (!slot) throw bad(first + 1, "unknown column '" + fields[i] + "' (known: path, label, mask, type, split)");
       if (*slot >= 0) throw bad(first + 1, "column '" + name + "' appears twice");
       *slot = static_cast<int>(i);
     }
@@ -302,14 +301,16 @@ std::vector<LabelRow> parse_label_csv(const std::string& text, const std::string
       } catch (const std::exception&) {
       }
       if (!(p >= 0 && p <= 1))
-        throw bad(line_no, "label '" + at(col_label) +
-                               "' is not good/defective, 0/1 or a probability in [0, 1]");
+        throw bad(line_no, "label '" + at(col_label) + "' is not good/defective, 0/1 or a probability in [0, 1]");
       r.label = p >= cutoff ? 1 : 0;
     }
     r.type = at(col_type);
-    if (r.label == 0) r.type = "good";
-    else if (r.type.empty()) r.type = "defect";
-    else if (to_lower(r.type) == "good") throw bad(line_no, "a defective image has type 'good'");
+    if (r.label == 0)
+      r.type = "good";
+    else if (r.type.empty())
+      r.type = "defect";
+    else if (to_lower(r.type) == "good")
+      throw bad(line_no, "a defective image has type 'good'");
     r.mask = at(col_mask);
     if (r.label == 0 && !r.mask.empty()) throw bad(line_no, "a good image names a mask file");
     r.split = to_lower(at(col_split));
@@ -347,7 +348,8 @@ Dataset load_label_csv(const std::string& csv_path, std::uint64_t seed, double t
     };
     Sample s{resolve(r.image), r.label, r.type, r.mask.empty() ? "" : resolve(r.mask)};
     const auto where = csv_path + " line " + std::to_string(r.line);
-    if (!detail::file_exists(s.path)) throw DatasetError("csv dataset: image not found: " + s.path + " (" + where + ")");
+    if (!detail::file_exists(s.path))
+      throw DatasetError("csv dataset: image not found: " + s.path + " (" + where + ")");
     if (!s.mask_path.empty() && !detail::file_exists(s.mask_path))
       throw DatasetError("csv dataset: mask not found: " + s.mask_path + " (" + where + ")");
     if (r.split == "train")

@@ -169,7 +169,8 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   for (const auto& s : cache.test_samples) labels.push_back(s.label);
   TestScores holdout;
   if (!cache.holdout.empty()) holdout = score_test_set(checkpoint.model, cache.holdout, scoring);
-  info.decision = choose_decision_rule(cache.test_samples, test, holdout, {e.threshold_from, e.target_fpr}, e.map_sigma);
+  info.decision =
+      choose_decision_rule(cache.test_samples, test, holdout, {e.threshold_from, e.target_fpr}, e.map_sigma);
   info.provenance = export_provenance(cache, checkpoint);
   if (std::count(labels.begin(), labels.end(), 1) > 0)
     info.provenance["test_image_auroc"] = eval::auroc(test.scores, labels);

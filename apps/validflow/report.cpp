@@ -282,8 +282,7 @@ cv::Mat render_heatmap_legend(int width, const HeatmapScale& scale) {
     int baseline = 0;
     const auto size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, 0.36, 1, &baseline);
     const int at = std::clamp(x - align * size.width / 2, 1, std::max(1, width - size.width - 1));
-    cv::putText(legend, text, {at, height - 6}, cv::FONT_HERSHEY_SIMPLEX, 0.36, cv::Scalar(40, 40, 40), 1,
-                cv::LINE_AA);
+    cv::putText(legend, text, {at, height - 6}, cv::FONT_HERSHEY_SIMPLEX, 0.36, cv::Scalar(40, 40, 40), 1, cv::LINE_AA);
   };
   label(fmt(scale.low, "%.3g"), left, 0);
   label("threshold " + fmt(scale.threshold, "%.3g"), mid, 1);
@@ -319,8 +318,8 @@ cv::Mat render_heatmap_overlay(const cv::Mat& image, const cv::Mat& normalized_m
   return out;
 }
 
-void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& normalized_map, const cv::Mat& mask,
-                       const OverlayOptions& opt) {
+void write_heatmap_png(const std::string& path, const cv::Mat& image, const cv::Mat& normalized_map,
+                       const cv::Mat& mask, const OverlayOptions& opt) {
   write_png_atomic(path, render_heatmap_overlay(image, normalized_map, mask, opt));
 }
 
@@ -424,9 +423,11 @@ std::string render_index_html(const ReportPage& p) {
     if (std::find(groups.begin(), groups.end(), e.group) == groups.end()) groups.push_back(e.group);
   if (!p.heatmaps.empty() && p.heatmap_scale) {
     const auto& sc = *p.heatmap_scale;
-    h << "<p class=\"scale\">Heatmaps: the anomaly map over each image (right), ground truth outlined in white. Colours "
-         "are anchored at the <b>pixel threshold " << detail::fmt(sc.threshold, "%.4g") << "</b> ("
-      << html_escape(p.pixel_threshold_source) << "): navy to teal and faint below it (" << detail::fmt(sc.low, "%.3g")
+    h << "<p class=\"scale\">Heatmaps: the anomaly map over each image (right), ground truth outlined in white. "
+         "Colours "
+         "are anchored at the <b>pixel threshold "
+      << detail::fmt(sc.threshold, "%.4g") << "</b> (" << html_escape(p.pixel_threshold_source)
+      << "): navy to teal and faint below it (" << detail::fmt(sc.low, "%.3g")
       << " &rarr; threshold), yellow to red above it (threshold &rarr; " << detail::fmt(sc.high, "%.3g")
       << " and more): anything yellow, orange or red is a pixel the model calls defective. The scale's ends are "
          "the 5th and 95th percentiles of the pixel values the threshold was chosen on; every heatmap uses the same "

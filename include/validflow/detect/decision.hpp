@@ -44,8 +44,8 @@ struct ImageDecision {
 struct NormalizationScale {
   double threshold = 0, below = 1, above = 1;  ///< below, above > 0
   double operator()(double value) const {
-    const double v = value < threshold ? 0.5 - 0.5 * (threshold - value) / below
-                                       : 0.5 + 0.5 * (value - threshold) / above;
+    const double v =
+        value < threshold ? 0.5 - 0.5 * (threshold - value) / below : 0.5 + 0.5 * (value - threshold) / above;
     return std::clamp(v, 0.0, 1.0);
   }
   /// The raw values shown at 0 and 1 (a legend's ends).
@@ -78,14 +78,14 @@ inline std::pair<double, double> robust_bounds(const std::vector<double>& values
 
 struct DecisionRule {
   double threshold = 0;
-  std::string threshold_source;  ///< how it was chosen, in words (with the number of images)
-  double score_min = 0, score_max = 1;    ///< range of the scores the threshold was chosen on
-  double score_low = 0, score_high = 1;   ///< their robust anchors (robust_bounds)
+  std::string threshold_source;          ///< how it was chosen, in words (with the number of images)
+  double score_min = 0, score_max = 1;   ///< range of the scores the threshold was chosen on
+  double score_low = 0, score_high = 1;  ///< their robust anchors (robust_bounds)
   double pixel_threshold = 0;
   std::string pixel_threshold_source;
   double map_min = 0, map_max = 1;
   double map_low = 0, map_high = 1;
-  double map_sigma = 4;  ///< Gaussian smoothing of the maps, in pixels of the model's input size
+  double map_sigma = 4;                  ///< Gaussian smoothing of the maps, in pixels of the model's input size
   std::string normalization = "robust";  ///< "robust" or "minmax" (anomalib's; model files before version 3)
 
   /// Throws std::invalid_argument naming the field that is not finite or out of order.
@@ -108,8 +108,7 @@ struct DecisionRule {
     if (!(map_high > map_low)) throw std::invalid_argument("decision rule: map_high must exceed map_low");
     if (map_sigma < 0 || map_sigma > 64) throw std::invalid_argument("decision rule: map_sigma must be in 0..64");
     if (normalization != "robust" && normalization != "minmax")
-      throw std::invalid_argument("decision rule: normalization must be robust or minmax, got '" + normalization +
-                                  "'");
+      throw std::invalid_argument("decision rule: normalization must be robust or minmax, got '" + normalization + "'");
   }
 
   /// The scale of the scores around `active_threshold` (the stored one, or an override).
@@ -120,9 +119,7 @@ struct DecisionRule {
   NormalizationScale map_scale(double active_pixel_threshold) const {
     return scale(active_pixel_threshold, map_low, map_high, map_min, map_max);
   }
-  double normalized_score(double score, double active_threshold) const {
-    return score_scale(active_threshold)(score);
-  }
+  double normalized_score(double score, double active_threshold) const { return score_scale(active_threshold)(score); }
   /// The one decision step: anomalous when score >= threshold; a non-finite score is anomalous and invalid.
   ImageDecision decide(double score, double active_threshold) const {
     if (!std::isfinite(score)) return {};
