@@ -88,14 +88,17 @@ constexpr int64_t kMaxThreads = 1024;
 
 /// The two configurations (docs/usage.md). The defaults train in minutes on a 2-core machine with the weights
 /// scripts/fetch_assets.sh installs; --paper is the paper's setup (EfficientNet-B5 at 768 px, hidden 1024).
+/// The defaults' larger learning rate: measured on 240 MTD training images, 30 epochs (450 Adam steps), image AUROC
+/// 94.6 at 1e-3 against 72.8 at the paper's 2e-4 (docs/results.md).
 struct Preset {
   const char* backbone;
   int64_t image_size, hidden, modules, epochs;
+  double lr;
 };
-constexpr Preset kDefaultPreset{"auto", 384, 128, 3, 30};
-constexpr Preset kPaperPreset{"efficientnet-b5", 768, 1024, 3, 60};
+constexpr Preset kDefaultPreset{"auto", 384, 128, 3, 30, 1e-3};
+constexpr Preset kPaperPreset{"efficientnet-b5", 768, 1024, 3, 60, 2e-4};
 constexpr const char* kPaperHelp =
-    "The paper's configuration: EfficientNet-B5 (block 35) at 768 px, ValidFlow n = 3 with hidden 1024, 60 epochs "
+    "The paper's configuration: EfficientNet-B5 (block 35) at 768 px, ValidFlow n = 3 with hidden 1024, 60 epochs at lr 2e-4 "
     "(the MTD protocol; MVTec AD: add --epochs 300). Needs B5's ImageNet weights (docs/features.md). Options given "
     "beside it win";
 
@@ -436,6 +439,7 @@ struct Commands {
     config.hidden = kDefaultPreset.hidden;
     config.modules = kDefaultPreset.modules;
     train.epochs = kDefaultPreset.epochs;
+    train.lr = kDefaultPreset.lr;
   }
 
   void define(CLI::App& app) {
@@ -483,6 +487,7 @@ struct Commands {
     if (!given("--hidden")) config.hidden = kPaperPreset.hidden;
     if (!given("--modules")) config.modules = kPaperPreset.modules;
     if (!given("--epochs")) train.epochs = kPaperPreset.epochs;
+    if (!given("--lr")) train.lr = kPaperPreset.lr;
     if (!given("--image-size")) info_args.image_size = kPaperPreset.image_size;
     if (!given("--map-size")) info_args.map_size = kPaperPreset.image_size / 32;
   }

@@ -222,7 +222,8 @@ std::vector<HeatmapEntry> write_heatmaps(const std::string& out_dir, const std::
     const auto mask = s.mask_path.empty() ? cv::Mat() : load_mask(s.mask_path, options.pixel_size);
     const auto normalized = normalize_map(t.maps[static_cast<int64_t>(i)], scale);
     write_heatmap_png((fs::path(out_dir) / file).string(), image, to_mat(normalized), mask, overlay);
-    entries.push_back({file, s.path, s.label, s.type, t.scores[i], group});
+    entries.push_back(
+        {file, s.path, s.label, s.type, t.scores[i], group, rule.normalized_score(t.scores[i], rule.threshold)});
   };
   for (int r = 0; r < k; ++r) render(order[static_cast<size_t>(r)], "most anomalous", r + 1);
   for (int r = 0; r < k; ++r) render(order[order.size() - 1 - static_cast<size_t>(r)], "least anomalous", r + 1);

@@ -132,6 +132,7 @@ struct HeatmapEntry {
   std::string type;
   double score = 0.0;
   std::string group;  // e.g. "most anomalous" / "least anomalous" (one section per group, in order)
+  double normalized_score = std::numeric_limits<double>::quiet_NaN();  // 0.5 = the image threshold (when known)
 };
 
 struct ReportPage {
