@@ -98,7 +98,8 @@ struct Preset {
 constexpr Preset kDefaultPreset{"auto", 384, 128, 3, 30, 1e-3};
 constexpr Preset kPaperPreset{"efficientnet-b5", 768, 1024, 3, 60, 2e-4};
 constexpr const char* kPaperHelp =
-    "The paper's configuration: EfficientNet-B5 (block 35) at 768 px, ValidFlow n = 3 with hidden 1024, 60 epochs at lr 2e-4 "
+    "The paper's configuration: EfficientNet-B5 (block 35) at 768 px, ValidFlow n = 3 with hidden 1024, 60 epochs at "
+    "lr 2e-4 "
     "(the MTD protocol; MVTec AD: add --epochs 300). Needs B5's ImageNet weights (docs/features.md). Options given "
     "beside it win";
 

@@ -445,8 +445,8 @@ std::string render_index_html(const ReportPage& p) {
         << "\" alt=\"" << html_escape(e.image_path) << "\" loading=\"lazy\"></a>\n<div class=\"cap\">score <b>"
         << detail::fmt(e.score, "%.5g") << "</b>"
         << (std::isfinite(e.normalized_score) ? " (normalised " + detail::fmt(e.normalized_score, "%.3f") + ")" : "")
-        << " &middot; <span class=\"" << (e.label ? "def" : "good") << "\">"
-        << html_escape(e.type) << "</span><br>" << html_escape(e.image_path) << "</div></div>\n";
+        << " &middot; <span class=\"" << (e.label ? "def" : "good") << "\">" << html_escape(e.type) << "</span><br>"
+        << html_escape(e.image_path) << "</div></div>\n";
     }
     h << "</div>\n";
   }
