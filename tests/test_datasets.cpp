@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <random>
 #include <sstream>
@@ -65,6 +66,16 @@ void make_folder_layout(const fs::path& r, bool spot_masks) {
   }
   write_image(r / "test/spot/000.png");
   if (spot_masks) write_mask(r / "ground_truth/spot/000_mask.png");
+}
+
+/// The DatasetError message of `parse`, or "<accepted>" when it throws none.
+std::string dataset_error_of(const std::function<void()>& parse) {
+  try {
+    parse();
+  } catch (const va::DatasetError& e) {
+    return e.what();
+  }
+  return "<accepted>";
 }
 
 bool contains_sample(const std::vector<va::Sample>& v, const std::string& suffix) {
@@ -424,12 +435,7 @@ TEST_CASE("DAGM labels: exactly five columns, names inside the dataset folder", 
   const std::string header = "1\n";
   CHECK(va::parse_dagm_labels(header + "1\t0\ta.PNG\t0\t0\n2 1 sub/b.PNG 0 b_label.PNG\n", "L.txt").size() == 2);
   auto error = [&](const std::string& row) {
-    try {
-      va::parse_dagm_labels(header + row, "L.txt");
-    } catch (const va::DatasetError& e) {
-      return std::string(e.what());
-    }
-    return std::string("<accepted>");
+    return dataset_error_of([&] { va::parse_dagm_labels(header + row, "L.txt"); });
   };
   CHECK(error("1\t0\ta.PNG\n").find("L.txt line 2: 3 columns instead of 5") != std::string::npos);
   CHECK(error("1\t0\ta.PNG\t0\n").find("4 columns instead of 5") != std::string::npos);
@@ -470,14 +476,7 @@ TEST_CASE("csv labels: header or positional columns, labels, probabilities with 
   CHECK(rows[2].label == 0);
   CHECK(va::parse_label_csv("a.png;0\nb.png;1\n", "l.csv").size() == 2);
   CHECK(va::parse_label_csv("\xEF\xBB\xBFpath\tlabel\r\na.png\t0\r\n", "l.csv").size() == 1);  // BOM, CRLF
-  auto error = [&](const std::string& text) {
-    try {
-      va::parse_label_csv(text, "l.csv");
-    } catch (const va::DatasetError& e) {
-      return std::string(e.what());
-    }
-    return std::string("<accepted>");
-  };
+  auto error = [&](const std::string& text) { return dataset_error_of([&] { va::parse_label_csv(text, "l.csv"); }); };
   CHECK(error("path,label\na.png,maybe\n").find("l.csv line 2: label 'maybe'") != std::string::npos);
   CHECK(error("path,label\na.png,1.5\n").find("probability in [0, 1]") != std::string::npos);
   CHECK(error("path,label\na.png,nan\n").find("label 'nan'") != std::string::npos);

@@ -493,19 +493,11 @@ struct Commands {
     if (!given("--map-size")) info_args.map_size = kPaperPreset.image_size / 32;
   }
 
-  /// --backbone auto: the best installed one; with none installed Lite0, refused by run_extract unless --weights none.
-  void resolve_auto_backbone() {
-    auto& name = extract.spec.backbone.name;
-    if (name != "auto") return;
-    name = auto_backbone();
-    if (name.empty()) name = "efficientnet-lite0";
-  }
-
   /// What CLI11's per-option checks cannot see: options that only make sense together; applies --paper.
   void check_parsed() {
     for (auto* sub : {info, ext, trn, run})
       if (*sub && paper) apply_paper_preset(*sub);
-    if (*ext || *run) resolve_auto_backbone();
+    if (*ext || *run) extract.spec.backbone.name = resolve_backbone_name(extract.spec.backbone.name);
     for (const auto& [owner, flags] : model_flags)
       if (*owner) check_model_flags(flags, config, /*channels_from_features=*/owner != info);
     if (*ext || *run) {  // backbone, block and image size together (stride), without building anything

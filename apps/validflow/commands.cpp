@@ -80,12 +80,14 @@ std::string auto_backbone() {
   return "";
 }
 
+std::string resolve_backbone_name(const std::string& name) {
+  if (name != "auto") return name;
+  const auto found = auto_backbone();
+  return found.empty() ? "efficientnet-lite0" : found;  // refused by resolve_weights unless --weights none
+}
+
 FeatureCache run_extract(ExtractArgs e, const std::string& out) {
-  if (e.spec.backbone.name == "auto") {  // cli.cpp resolves it; a caller of this function may not have
-    e.spec.backbone.name = auto_backbone();
-    if (e.spec.backbone.name.empty())
-      e.spec.backbone.name = "efficientnet-lite0";  // refused below unless --weights none
-  }
+  e.spec.backbone.name = resolve_backbone_name(e.spec.backbone.name);
   e.spec.backbone = e.spec.backbone.resolved();
   e.spec.weights = resolve_weights(e.weights, e.spec.backbone.name);
   std::cerr << "dataset   " << e.dataset << "\n";

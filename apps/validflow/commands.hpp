@@ -75,6 +75,8 @@ struct PredictArgs {
 /// first: ImageNet accuracy at a fraction of B5's cost, so the default trains in minutes); "" when none is.
 const std::vector<std::string>& auto_backbone_order();
 std::string auto_backbone();
+/// `name`, or for "auto" auto_backbone() (Lite0 when none is installed: its missing weights are then refused).
+std::string resolve_backbone_name(const std::string& name);
 
 /// Paths of a run folder.
 std::string features_path(const std::string& out);
