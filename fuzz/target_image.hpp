@@ -4,7 +4,6 @@
 // valid header of a large image is not reported as an out-of-memory finding; fuzz.sh also sets
 // OPENCV_IO_MAX_IMAGE_PIXELS for the formats OpenCV sizes itself.
 #include "datasets.hpp"
-#include "image_format.hpp"
 
 #include <cstdio>
 #include <cstdlib>

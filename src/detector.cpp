@@ -28,7 +28,8 @@ torch::Device parse_device(const std::string& name) {
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
-/// A view of the caller's pixels (no copy: the detector only reads its inputs), uint8 [H, W, 3] or [H, W].
+/// A view of the caller's pixels (no copy: the detector only reads its inputs): uint8 [H, W, 3] or [H, W], or float
+/// [3, H, W] (a channel-first view of the caller's [H, W, 3] floats, as TensorDetector takes them).
 torch::Tensor as_tensor(const ImageView& image, size_t i, int64_t max_pixels) {
   const std::string who = "image " + std::to_string(i) + ": ";
   if (!image.data) throw ImageError(who + "no pixel data");
@@ -40,12 +41,21 @@ torch::Tensor as_tensor(const ImageView& image, size_t i, int64_t max_pixels) {
                      " (DetectorOptions::max_image_pixels)");
   if (image.channels != 1 && image.channels != 3)
     throw ImageError(who + "expected 1 (gray) or 3 (RGB) channels, got " + std::to_string(image.channels));
-  const int64_t packed = image.width * image.channels;
+  const bool floats = image.type == PixelType::float32;
+  if (floats && image.channels != 3) throw ImageError(who + "float images need 3 (RGB) channels");
+  const int64_t value_size = floats ? int64_t{sizeof(float)} : 1;
+  const int64_t packed = image.width * image.channels * value_size;
   const int64_t stride = image.row_stride == 0 ? packed : image.row_stride;
   if (stride < packed)
     throw ImageError(who + "row stride " + std::to_string(stride) + " is shorter than a row (" +
                      std::to_string(packed) + " bytes)");
   auto* data = const_cast<uint8_t*>(image.data);
+  if (floats) {
+    if (stride % value_size != 0)
+      throw ImageError(who + "row stride " + std::to_string(stride) + " is not a whole number of floats");
+    return torch::from_blob(data, {image.height, image.width, 3}, {stride / value_size, 3, 1}, torch::kFloat32)
+        .permute({2, 0, 1});
+  }
   if (image.channels == 1) return torch::from_blob(data, {image.height, image.width}, {stride, 1}, torch::kUInt8);
   return torch::from_blob(data, {image.height, image.width, 3}, {stride, 3, 1}, torch::kUInt8);
 }

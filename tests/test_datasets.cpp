@@ -4,7 +4,6 @@
 #include <catch2/catch.hpp>
 
 #include "datasets.hpp"
-#include "image_format.hpp"
 #include "progress.hpp"
 #include "report.hpp"
 #include "synthetic.hpp"
@@ -389,6 +388,13 @@ TEST_CASE("image structure: complete files of every format pass, truncated or co
   auto png = encoded(".png", color);
   png[png.size() / 2] = static_cast<char>(png[png.size() / 2] ^ 0x20);
   CHECK(problem_of(png).find("fails its CRC check") != std::string::npos);
+  // A damaged chunk type is named in hex: the message stays valid UTF-8 (servers send it back as JSON).
+  auto bad_type = encoded(".png", color);
+  bad_type[40] = static_cast<char>(0xAB);  // the last byte of the second chunk's type (after the 33-byte IHDR)
+  const auto named = problem_of(bad_type);
+  CHECK(named.find("fails its CRC check") != std::string::npos);
+  CHECK(named.find("0x") != std::string::npos);
+  CHECK(validflow::is_valid_utf8(named));
   // Formats outside the documented four are never handed to a decoder.
   CHECK(problem_of("P6\n2 2\n255\n" + std::string(12, 'x')) == "not a PNG, JPEG, BMP or TIFF file");
   CHECK(problem_of("") == "empty file");

@@ -289,6 +289,27 @@ TEST_CASE("Detector (the LibTorch-free facade) gives TensorDetector's scores, ma
         torch::equal(torch::from_blob(const_cast<float*>(shown.data()), {got[i].height, got[i].width}, torch::kFloat32),
                      reference.normalized_map(want[i].anomaly_map)));
   }
+  // Float pixels (16-bit files as predict decodes them: [H, W, 3] in [0, 1], OpenCV's CV_32FC3) equal TensorDetector
+  // on the channel-first view predict hands it; a padded stride too.
+  const auto floats = torch::rand({30, 44, 3});
+  const auto padded_floats = torch::rand({30, 50, 3});
+  const auto got_floats = detector.predict(std::vector<ImageView>{
+      {reinterpret_cast<const uint8_t*>(floats.data_ptr<float>()), 30, 44, 3, 0, PixelType::float32},
+      {reinterpret_cast<const uint8_t*>(padded_floats.data_ptr<float>()), 30, 44, 3, 50 * 3 * 4, PixelType::float32}});
+  const auto want_floats = reference.predict(
+      std::vector<torch::Tensor>{floats.permute({2, 0, 1}), padded_floats.slice(1, 0, 44).permute({2, 0, 1})});
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(got_floats[i].score == want_floats[i].score);
+    CHECK(got_floats[i].height == 30);
+  }
+  const float one_float[3] = {0.5f, 0.5f, 0.5f};
+  CHECK_THROWS_WITH(
+      detector.predict(ImageView{reinterpret_cast<const uint8_t*>(one_float), 1, 1, 1, 0, PixelType::float32}),
+      Catch::Contains("float images need 3 (RGB) channels"));
+  CHECK_THROWS_WITH(
+      detector.predict(ImageView{reinterpret_cast<const uint8_t*>(one_float), 1, 1, 3, 13, PixelType::float32}),
+      Catch::Contains("not a whole number of floats"));
+
   const auto scores_only = detector.predict(views[0], PredictOptions().maps(false).threshold(-1e9));
   CHECK(scores_only.anomalous);
   CHECK(scores_only.anomaly_map.empty());

@@ -369,6 +369,15 @@ CLI::App* add_export_command(CLI::App& app, std::string& out, ExportArgs& a) {
       ->check(int_range(1, 64))
       ->needs(triton_repo)
       ->capture_default_str();
+  exp->add_option("--triton-threads", a.triton_threads,
+                  "Triton: LibTorch threads per instance (0: the server's --backend-config or LibTorch's default)")
+      ->check(int_range(0, 1024))
+      ->needs(triton_repo)
+      ->capture_default_str();
+  exp->add_flag("!--no-triton-warmup", a.triton_warmup,
+                "Triton: no model_warmup (by default each instance scores a sample at load, so the first request "
+                "does not pay the warm-up)")
+      ->needs(triton_repo);
   return exp;
 }
 

@@ -54,6 +54,8 @@ struct ExportArgs {
   std::string triton_name = "validflow";
   int64_t triton_max_batch_size = 8;
   int64_t triton_instances = 1;
+  int64_t triton_threads = 0;  ///< LibTorch threads per instance (config parameter intra_op_threads); 0: not set
+  bool triton_warmup = true;   ///< model_warmup with a sample at the model's input size
 };
 /// Why `name` cannot be a Triton model name ("" when it can; backends/triton/model_repository.hpp).
 std::string triton_model_name_problem(const std::string& name);

@@ -1,7 +1,5 @@
 #include "datasets.hpp"
 
-#include "image_format.hpp"
-
 #include <validflow/io/files.hpp>
 #include <validflow/util/text.hpp>
 
@@ -507,68 +505,14 @@ std::string read_image_bytes(const std::string& path, const std::string& what) {
   return bytes;
 }
 
-/// Checks the structure (image_format.hpp), then decodes with OpenCV. Throws DatasetError naming `name`.
-cv::Mat decode_bytes(const std::string& bytes, const std::string& name, int flags, const std::string& what) {
-  ImageHeader header;
-  const auto problem = image_structure_problem(bytes, header);
-  if (!problem.empty()) throw DatasetError("bad " + what + " (" + problem + "): " + name);
-  cv::Mat m;
-  try {
-    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
-    m = cv::imdecode(buffer, flags);
-  } catch (const cv::Exception& e) {
-    throw DatasetError("cannot decode " + what + " (corrupt or unsupported " + header.format + "): " + name + ": " +
-                       e.what());
-  }
-  if (m.empty())
-    throw DatasetError("cannot decode " + what + " (corrupt or unsupported " + header.format + "): " + name);
-  return m;
-}
-
 }  // namespace detail
 
 cv::Mat decode_image_bytes(const std::string& bytes, const std::string& name) {
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
-    throw DatasetError("image file larger than 2 GiB: " + name);
-  const cv::Mat raw = detail::decode_bytes(bytes, name, cv::IMREAD_UNCHANGED, "image");
-  double scale;
-  switch (raw.depth()) {
-    case CV_8U:
-      scale = 1.0;
-      break;
-    case CV_16U:
-      scale = 1.0 / 65535.0;
-      break;
-    case CV_32F:
-      scale = 1.0;
-      break;
-    default:
-      throw DatasetError("unsupported pixel depth in image: " + name);
+  try {
+    return io::decode_image_bytes(bytes, name);
+  } catch (const io::ImageDecodeError& e) {
+    throw DatasetError(e.what());
   }
-  cv::Mat rgb;
-  switch (raw.channels()) {
-    case 1:
-      cv::cvtColor(raw, rgb, cv::COLOR_GRAY2RGB);
-      break;
-    case 2: {  // gray + alpha
-      std::vector<cv::Mat> ch;
-      cv::split(raw, ch);
-      cv::cvtColor(ch[0], rgb, cv::COLOR_GRAY2RGB);
-      break;
-    }
-    case 3:
-      cv::cvtColor(raw, rgb, cv::COLOR_BGR2RGB);
-      break;
-    case 4:
-      cv::cvtColor(raw, rgb, cv::COLOR_BGRA2RGB);
-      break;
-    default:
-      throw DatasetError("unsupported number of channels (" + std::to_string(raw.channels()) + ") in image: " + name);
-  }
-  if (raw.depth() == CV_8U) return rgb;
-  cv::Mat f;
-  rgb.convertTo(f, CV_32FC3, scale);
-  return f;
 }
 
 cv::Mat decode_image(const std::string& path) {
@@ -584,12 +528,11 @@ cv::Mat load_image(const std::string& path, int size) {
 }
 
 cv::Mat decode_mask_bytes(const std::string& bytes, const std::string& name, int threshold) {
-  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
-    throw DatasetError("mask file larger than 2 GiB: " + name);
-  const cv::Mat m = detail::decode_bytes(bytes, name, cv::IMREAD_GRAYSCALE | cv::IMREAD_IGNORE_ORIENTATION, "mask");
-  cv::Mat out;
-  cv::threshold(m, out, threshold - 1, 1, cv::THRESH_BINARY);  // > threshold-1  <=>  >= threshold
-  return out;
+  try {
+    return io::decode_mask_bytes(bytes, name, threshold);
+  } catch (const io::ImageDecodeError& e) {
+    throw DatasetError(e.what());
+  }
 }
 
 cv::Mat load_mask(const std::string& path, int size, int threshold) {

@@ -19,6 +19,7 @@
 // Images: load_image() reads any 8/16-bit gray, gray+alpha, BGR or BGRA file, replicates gray to 3
 // channels, resizes to size x size (bilinear) and returns an RGB CV_32FC3 image in [0, 1];
 // Every problem throws DatasetError naming the path (and line for Labels.txt).
+#include <validflow/io/image_decode.hpp>
 #include <validflow/util/error.hpp>
 #include <validflow/util/text.hpp>
 
@@ -45,6 +46,12 @@
 
 namespace validflow {
 namespace app {
+
+// The image checks and decoders are the library's (validflow_image), shared with the Triton backend.
+using io::image_structure_problem;
+using io::ImageHeader;
+using io::max_image_pixels;
+using io::set_max_image_pixels;
 
 /// Thrown for every dataset problem; the message names the offending path.
 class DatasetError : public ErrorOf<std::runtime_error, ErrorKind::file> {

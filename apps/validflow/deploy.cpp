@@ -2,7 +2,6 @@
 // decisions, scores, maps). See commands.hpp and docs/usage.md.
 #include "commands.hpp"
 
-#include "image_format.hpp"
 #include "model_repository.hpp"  // backends/triton: the Triton repository writer (no LibTorch, no Triton)
 
 #include <validflow/detect.hpp>
@@ -56,6 +55,7 @@ triton::RepositoryOptions triton_options_for(const ExportArgs& e) {
   repository.name = e.triton_name;
   repository.max_batch_size = e.triton_max_batch_size;
   repository.instance_count = e.triton_instances;
+  repository.intra_op_threads = e.triton_threads;
   repository.overwrite = true;  // as --to replaces its file (never another backend's entry)
   repository.model_file_name =
       "model" + (fs::path(e.to).has_extension() ? fs::path(e.to).extension().string() : std::string(".vfm"));
@@ -147,7 +147,8 @@ std::string run_export(const std::string& out, const ExportArgs& e) {
   // --triton: the options and the target are checked before the work (a refusal writes nothing); the entry is
   // written from the checked model file before that file takes its name --to, so a failed entry never leaves a
   // new model file behind (only the final rename, in the same folder, comes after it).
-  const auto repository = triton_options_for(e);
+  auto repository = triton_options_for(e);
+  if (e.triton_warmup) repository.warmup_size = size;
   const auto triton_error = [&](const std::string& why) {
     return FileError(e.triton_repository, "--triton " + e.triton_repository + ": " + why + " (nothing written)");
   };

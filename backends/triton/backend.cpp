@@ -16,6 +16,7 @@
 
 #include <validflow/detector.hpp>
 #include <validflow/io/errors.hpp>
+#include <validflow/io/image_decode.hpp>
 #include <validflow/version.hpp>
 
 #include <nlohmann/json.hpp>
@@ -27,6 +28,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -145,6 +147,14 @@ void verify_enums() {
       {TRITONSERVER_INSTANCEGROUPKIND_MODEL, "MODEL"}};
   for (const auto& [value, name] : kinds)
     expect(TRITONSERVER_InstanceGroupKindString(value), name, ("instance kind " + std::to_string(int(value))).c_str());
+  const std::pair<TRITONSERVER_ParameterType, const char*> parameter_types[] = {
+      {TRITONSERVER_PARAMETER_STRING, "STRING"},
+      {TRITONSERVER_PARAMETER_INT, "INT"},
+      {TRITONSERVER_PARAMETER_BOOL, "BOOL"},
+      {TRITONSERVER_PARAMETER_DOUBLE, "DOUBLE"},
+      {TRITONSERVER_PARAMETER_BYTES, "BYTES"}};
+  for (const auto& [value, name] : parameter_types)
+    expect(TRITONSERVER_ParameterTypeString(value), name, ("parameter type " + std::to_string(int(value))).c_str());
   const std::pair<TRITONSERVER_Error_Code, const char*> codes[] = {
       {TRITONSERVER_ERROR_UNKNOWN, "Unknown"},
       {TRITONSERVER_ERROR_INTERNAL, "Internal"},
@@ -168,11 +178,123 @@ void verify_enums() {
   }
 }
 
+// ---- Metrics: what an inspection server is for, beside Triton's request counts and latencies ----
+
+/// The backend's metric families (one per process, created at TRITONBACKEND_Initialize; empty when the server runs
+/// without metrics). Each model gets its metrics of them, labelled model and version.
+struct MetricFamilies {
+  TRITONSERVER_MetricFamily* images = nullptr;
+  TRITONSERVER_MetricFamily* anomalous = nullptr;
+  TRITONSERVER_MetricFamily* invalid = nullptr;
+  TRITONSERVER_MetricFamily* undecodable = nullptr;
+  TRITONSERVER_MetricFamily* score = nullptr;
+};
+MetricFamilies families;
+
+/// Upper bounds of the normalised-score histogram: 0.5 is every model's threshold, so the buckets read the same for
+/// every product ("how many parts were close to the threshold").
+constexpr double kScoreBuckets[] = {0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0};
+
+void create_families() {
+  const auto family = [](TRITONSERVER_MetricKind kind, const char* name, const char* help) {
+    TRITONSERVER_MetricFamily* f = nullptr;
+    check(TRITONSERVER_MetricFamilyNew(&f, kind, name, help), "TRITONSERVER_MetricFamilyNew");
+    return f;
+  };
+  families.images = family(TRITONSERVER_METRIC_KIND_COUNTER, "validflow_images_scored",
+                           "Images the validflow backend scored (warm-up samples excluded)");
+  families.anomalous = family(TRITONSERVER_METRIC_KIND_COUNTER, "validflow_images_anomalous",
+                              "Scored images judged anomalous (score at or above the threshold)");
+  families.invalid = family(TRITONSERVER_METRIC_KIND_COUNTER, "validflow_invalid_scores",
+                            "Images whose score or map was not finite (answered with an error, never a pass)");
+  families.undecodable = family(TRITONSERVER_METRIC_KIND_COUNTER, "validflow_undecodable_images",
+                                "IMAGE_BYTES items that are not a complete PNG, JPEG, BMP or TIFF within the limits");
+  families.score = family(TRITONSERVER_METRIC_KIND_HISTOGRAM, "validflow_normalized_score",
+                          "Normalised scores of the scored images (0.5: the threshold)");
+}
+
+void delete_families() {
+  for (auto* f : {families.images, families.anomalous, families.invalid, families.undecodable, families.score})
+    if (f)
+      if (TRITONSERVER_Error* e = TRITONSERVER_MetricFamilyDelete(f)) TRITONSERVER_ErrorDelete(e);
+  families = MetricFamilies{};
+}
+
+/// One model's metrics; all null when the server has no metrics.
+class ModelMetrics {
+ public:
+  ModelMetrics(const std::string& model, uint64_t version) {
+    if (!families.images) return;
+    const std::string v = std::to_string(version);
+    std::unique_ptr<TRITONSERVER_Parameter, void (*)(TRITONSERVER_Parameter*)> model_label(
+        TRITONSERVER_ParameterNew("model", TRITONSERVER_PARAMETER_STRING, model.c_str()), TRITONSERVER_ParameterDelete);
+    std::unique_ptr<TRITONSERVER_Parameter, void (*)(TRITONSERVER_Parameter*)> version_label(
+        TRITONSERVER_ParameterNew("version", TRITONSERVER_PARAMETER_STRING, v.c_str()), TRITONSERVER_ParameterDelete);
+    if (!model_label || !version_label) throw TritonFailure(TRITONSERVER_ERROR_INTERNAL, "cannot make metric labels");
+    const TRITONSERVER_Parameter* labels[] = {model_label.get(), version_label.get()};
+    const auto metric = [&](TRITONSERVER_MetricFamily* family, const TRITONSERVER_MetricArgs* args) {
+      TRITONSERVER_Metric* m = nullptr;
+      check(TRITONSERVER_MetricNewWithArgs(&m, family, labels, 2, args), "TRITONSERVER_MetricNewWithArgs");
+      return m;
+    };
+    try {
+      images_ = metric(families.images, nullptr);
+      anomalous_ = metric(families.anomalous, nullptr);
+      invalid_ = metric(families.invalid, nullptr);
+      undecodable_ = metric(families.undecodable, nullptr);
+      TRITONSERVER_MetricArgs* args = nullptr;
+      check(TRITONSERVER_MetricArgsNew(&args), "TRITONSERVER_MetricArgsNew");
+      std::unique_ptr<TRITONSERVER_MetricArgs, void (*)(TRITONSERVER_MetricArgs*)> owner(
+          args, [](TRITONSERVER_MetricArgs* a) {
+            if (TRITONSERVER_Error* e = TRITONSERVER_MetricArgsDelete(a)) TRITONSERVER_ErrorDelete(e);
+          });
+      check(TRITONSERVER_MetricArgsSetHistogram(args, kScoreBuckets, std::size(kScoreBuckets)),
+            "TRITONSERVER_MetricArgsSetHistogram");
+      score_ = metric(families.score, args);
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~ModelMetrics() { release(); }
+  ModelMetrics(const ModelMetrics&) = delete;
+  ModelMetrics& operator=(const ModelMetrics&) = delete;
+
+  /// One scored image (valid or not).
+  void scored(const validflow::Prediction& p) const {
+    if (!p.valid) return add(invalid_, 1);
+    add(images_, 1);
+    if (p.anomalous) add(anomalous_, 1);
+    if (score_)
+      if (TRITONSERVER_Error* e = TRITONSERVER_MetricObserve(score_, p.normalized_score)) TRITONSERVER_ErrorDelete(e);
+  }
+  void undecodable(int64_t count) const { add(undecodable_, static_cast<double>(count)); }
+
+ private:
+  static void add(TRITONSERVER_Metric* m, double value) {
+    if (m && value > 0)
+      if (TRITONSERVER_Error* e = TRITONSERVER_MetricIncrement(m, value)) TRITONSERVER_ErrorDelete(e);
+  }
+  void release() {
+    for (auto** m : {&images_, &anomalous_, &invalid_, &undecodable_, &score_}) {
+      if (*m)
+        if (TRITONSERVER_Error* e = TRITONSERVER_MetricDelete(*m)) TRITONSERVER_ErrorDelete(e);
+      *m = nullptr;
+    }
+  }
+  TRITONSERVER_Metric* images_ = nullptr;
+  TRITONSERVER_Metric* anomalous_ = nullptr;
+  TRITONSERVER_Metric* invalid_ = nullptr;
+  TRITONSERVER_Metric* undecodable_ = nullptr;
+  TRITONSERVER_Metric* score_ = nullptr;
+};
+
 struct ModelState {
   std::string name;
   uint64_t version = 0;
   vt::ModelSettings settings;
   fs::path model_file;
+  std::unique_ptr<ModelMetrics> metrics;
 };
 
 struct InstanceState {
@@ -211,9 +333,13 @@ using Failure = std::pair<TRITONSERVER_Error_Code, std::string>;
 struct Pending {
   TRITONBACKEND_Request* request = nullptr;
   std::optional<Failure> failure;
-  int64_t batch = 0, height = 0, width = 0;
-  std::vector<uint8_t> gathered;  // the IMAGE bytes when Triton holds them in several buffers
-  const uint8_t* pixels = nullptr;
+  int64_t batch = 0;
+  std::vector<uint8_t> gathered;                  // the image input's bytes when Triton holds them in several buffers
+  std::vector<cv::Mat> decoded;                   // IMAGE_BYTES: the decoded images (RGB, uint8 or float)
+  std::vector<validflow::ImageView> images;       // per image: IMAGE's pixels or a decoded image
+  int64_t undecodable = 0;                        // IMAGE_BYTES items that could not be decoded
+  bool warmup = false;                            // the warm-up sample of model_warmup (left out of the metrics)
+  bool untrusted = false;                         // scored, with a score that is not finite (failed, never a pass)
   std::vector<std::optional<double>> thresholds;  // per image
   std::vector<std::string> outputs;               // requested output names
   std::vector<validflow::Prediction> results;
@@ -258,14 +384,53 @@ const uint8_t* input_bytes(TRITONBACKEND_Input* input, const char* name, uint32_
   return storage.data();
 }
 
+/// Decodes a request's IMAGE_BYTES items with the library's decoders (validflow/io/image_decode.hpp: the ones
+/// `validflow predict` reads files with, so the pixels and the scores are the same). Any bad item fails the request
+/// (each request is answered on its own: the others of a dynamic batch are unaffected).
+void decode_request_images(Pending& p, TRITONBACKEND_Input* input, const vt::InputInfo& info, uint32_t buffers,
+                           const vt::ModelSettings& settings) {
+  if (auto problem = vt::check_image_bytes_input(info, settings))
+    throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, *problem);
+  p.batch = info.shape[0];
+  const uint8_t* data = input_bytes(input, vt::kImageBytes, buffers, info.byte_size, p.gathered);
+  std::vector<std::string_view> files;
+  if (auto problem = vt::split_bytes_elements(data, info.byte_size, p.batch, settings.max_encoded_bytes, files))
+    throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, *problem);
+  const auto side = static_cast<uint64_t>(settings.max_image_side);
+  std::string first_problem;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string name = "IMAGE_BYTES item " + std::to_string(i);
+    try {
+      cv::Mat m = validflow::io::decode_image_bytes(files[i], name, side * side);
+      if (m.rows > settings.max_image_side || m.cols > settings.max_image_side)
+        throw validflow::io::ImageDecodeError(name + ": " + std::to_string(m.cols) + " x " + std::to_string(m.rows) +
+                                              " pixels, above max_image_side " +
+                                              std::to_string(settings.max_image_side));
+      p.decoded.push_back(std::move(m));
+    } catch (const validflow::io::ImageDecodeError& e) {
+      ++p.undecodable;
+      if (first_problem.empty()) first_problem = e.what();
+    }
+  }
+  if (!first_problem.empty())
+    throw TritonFailure(
+        TRITONSERVER_ERROR_INVALID_ARG,
+        first_problem + (p.undecodable > 1 ? " (and " + std::to_string(p.undecodable - 1) + " more undecodable items)"
+                                           : std::string()));
+  for (const auto& m : p.decoded)
+    p.images.push_back({m.data, m.rows, m.cols, 3, static_cast<int64_t>(m.step[0]),
+                        m.depth() == CV_8U ? validflow::PixelType::uint8 : validflow::PixelType::float32});
+}
+
 /// Reads and checks a request's inputs and requested outputs; a problem becomes the request's failure.
 void parse_request(Pending& p, const ModelState& model) {
   uint32_t input_count = 0;
   check(TRITONBACKEND_RequestInputCount(p.request, &input_count), "TRITONBACKEND_RequestInputCount");
   TRITONBACKEND_Input* image = nullptr;
+  TRITONBACKEND_Input* image_bytes = nullptr;
   TRITONBACKEND_Input* threshold = nullptr;
-  vt::InputInfo image_info, threshold_info;
-  uint32_t image_buffers = 0, threshold_buffers = 0;
+  vt::InputInfo image_info, bytes_info, threshold_info;
+  uint32_t image_buffers = 0, bytes_buffers = 0, threshold_buffers = 0;
   for (uint32_t i = 0; i < input_count; ++i) {
     TRITONBACKEND_Input* input = nullptr;
     check(TRITONBACKEND_RequestInputByIndex(p.request, i, &input), "TRITONBACKEND_RequestInputByIndex");
@@ -277,19 +442,33 @@ void parse_request(Pending& p, const ModelState& model) {
     check(TRITONBACKEND_InputProperties(input, &name, &datatype, &shape, &dims, &bytes, &buffers),
           "TRITONBACKEND_InputProperties");
     vt::InputInfo info{name ? name : "", TRITONSERVER_DataTypeString(datatype), {shape, shape + dims}, bytes};
-    if (info.name == vt::kImage) {
+    if (info.name == vt::kImage && model.settings.raw_input) {
       image = input, image_info = info, image_buffers = buffers;
+    } else if (info.name == vt::kImageBytes && model.settings.encoded_input) {
+      image_bytes = input, bytes_info = info, bytes_buffers = buffers;
     } else if (info.name == vt::kThreshold && model.settings.threshold_input) {
       threshold = input, threshold_info = info, threshold_buffers = buffers;
     } else {
       throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, "unknown input '" + info.name + "'");
     }
   }
-  if (!image) throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, "the request has no IMAGE input");
-  if (auto problem = vt::check_image_input(image_info, model.settings))
-    throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, *problem);
-  p.batch = image_info.shape[0], p.height = image_info.shape[1], p.width = image_info.shape[2];
-  p.pixels = input_bytes(image, vt::kImage, image_buffers, image_info.byte_size, p.gathered);
+  if (image && image_bytes)
+    throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, "the request carries both IMAGE and IMAGE_BYTES; send one");
+  if (!image && !image_bytes)
+    throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, model.settings.encoded_input
+                                                            ? "the request has no IMAGE or IMAGE_BYTES input"
+                                                            : "the request has no IMAGE input");
+  if (image) {
+    if (auto problem = vt::check_image_input(image_info, model.settings))
+      throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, *problem);
+    p.batch = image_info.shape[0];
+    const int64_t height = image_info.shape[1], width = image_info.shape[2];
+    const uint8_t* pixels = input_bytes(image, vt::kImage, image_buffers, image_info.byte_size, p.gathered);
+    for (int64_t i = 0; i < p.batch; ++i) p.images.push_back({pixels + i * height * width * 3, height, width, 3, 0});
+    p.warmup = p.batch == 1 && vt::is_warmup_sample(pixels, height, width);
+  } else {
+    decode_request_images(p, image_bytes, bytes_info, bytes_buffers, model.settings);
+  }
 
   p.thresholds.assign(p.batch, model.settings.threshold);
   if (threshold) {
@@ -314,7 +493,7 @@ void parse_request(Pending& p, const ModelState& model) {
     p.outputs.emplace_back(name ? name : "");
   }
   if (p.outputs.empty()) p.outputs = model.settings.outputs;
-  for (const auto& name : p.outputs) p.wants_map = p.wants_map || name == vt::kAnomalyMap;
+  for (const auto& name : p.outputs) p.wants_map = p.wants_map || name == vt::kAnomalyMap || name == vt::kDefectMask;
 }
 
 /// Fault injection for the fail-safe test of tests/triton/test_model_load.py, never set in normal use: with
@@ -323,7 +502,7 @@ void parse_request(Pending& p, const ModelState& model) {
 void inject_score_fault(const validflow::ImageView& view, validflow::Prediction& result) {
   static const bool enabled = std::getenv("VALIDFLOW_FAULT_NAN_SCORE") != nullptr;
   static const uint8_t magic[4] = {0xFA, 0x17, 0xFA, 0x17};
-  if (!enabled || view.height * view.width * 3 < 4 || std::memcmp(view.data, magic, 4) != 0) return;
+  if (!enabled || view.type != validflow::PixelType::uint8 || std::memcmp(view.data, magic, 4) != 0) return;
   result.score = std::nan("");
   result.valid = false;
   result.anomalous = true;
@@ -333,7 +512,8 @@ void inject_score_fault(const validflow::ImageView& view, validflow::Prediction&
 /// Runs the detector on the images of the usable requests: one call per distinct (threshold, maps) pair, so that
 /// a dynamic batch of requests without a threshold override is a single batched Detector call. If a call fails
 /// for several requests, each request is retried alone so that one bad request cannot fail the others.
-void compute(std::vector<Pending>& pending, const validflow::Detector& detector) {
+void compute(std::vector<Pending>& pending, const validflow::Detector& detector,
+             const std::optional<double>& pixel_threshold) {
   using Key = std::tuple<bool, double, bool>;                     // has threshold, threshold, maps
   std::map<Key, std::vector<std::pair<size_t, int64_t>>> groups;  // -> (request, image)
   for (size_t r = 0; r < pending.size(); ++r) {
@@ -347,13 +527,12 @@ void compute(std::vector<Pending>& pending, const validflow::Detector& detector)
   }
   const auto run = [&](const Key& key, const std::vector<std::pair<size_t, int64_t>>& items) {
     std::vector<validflow::ImageView> views;
-    for (const auto& [r, i] : items) {
-      const Pending& p = pending[r];
-      views.push_back({p.pixels + i * p.height * p.width * 3, p.height, p.width, 3, 0});
-    }
+    for (const auto& [r, i] : items) views.push_back(pending[r].images[i]);
     const std::optional<double> threshold =
         std::get<0>(key) ? std::optional<double>(std::get<1>(key)) : std::optional<double>();
-    auto results = detector.predict(views, validflow::PredictOptions().threshold(threshold).maps(std::get<2>(key)));
+    auto results = detector.predict(
+        views,
+        validflow::PredictOptions().threshold(threshold).pixel_threshold(pixel_threshold).maps(std::get<2>(key)));
     for (size_t k = 0; k < items.size(); ++k) inject_score_fault(views[k], results[k]);
     for (size_t k = 0; k < items.size(); ++k) pending[items[k].first].results[items[k].second] = std::move(results[k]);
   };
@@ -416,16 +595,33 @@ void write_outputs(TRITONBACKEND_Response* response, const Pending& p) {
       std::vector<uint8_t> values(b);  // Triton's BOOL is one byte, 0 or 1
       for (int64_t i = 0; i < b; ++i) values[i] = p.results[i].anomalous ? 1 : 0;
       write_output(response, name.c_str(), TRITONSERVER_TYPE_BOOL, {b, 1}, values.data(), values.size());
-    } else if (name == vt::kAnomalyMap) {
-      const size_t plane = static_cast<size_t>(p.height * p.width);
-      std::vector<float> values(plane * b);
-      for (int64_t i = 0; i < b; ++i) {
-        if (p.results[i].anomaly_map.size() != plane)
+    } else if (name == vt::kAnomalyMap || name == vt::kDefectMask) {
+      const int64_t height = p.images.front().height, width = p.images.front().width;
+      for (const auto& image : p.images)
+        if (image.height != height || image.width != width)
+          throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG,
+                              name +
+                                  " [batch, height, width] needs the request's images to have one size; these "
+                                  "differ (" +
+                                  std::to_string(width) + " x " + std::to_string(height) + " and " +
+                                  std::to_string(image.width) + " x " + std::to_string(image.height) +
+                                  "): send them in separate requests");
+      const size_t plane = static_cast<size_t>(height * width);
+      const bool mask = name == vt::kDefectMask;
+      for (int64_t i = 0; i < b; ++i)
+        if ((mask ? p.results[i].defect_mask.size() : p.results[i].anomaly_map.size()) != plane)
           throw TritonFailure(TRITONSERVER_ERROR_INTERNAL, "the detector returned no anomaly map");
-        std::memcpy(values.data() + i * plane, p.results[i].anomaly_map.data(), plane * sizeof(float));
+      if (mask) {
+        std::vector<uint8_t> values(plane * b);
+        for (int64_t i = 0; i < b; ++i) std::memcpy(values.data() + i * plane, p.results[i].defect_mask.data(), plane);
+        write_output(response, name.c_str(), TRITONSERVER_TYPE_UINT8, {b, height, width}, values.data(), values.size());
+      } else {
+        std::vector<float> values(plane * b);
+        for (int64_t i = 0; i < b; ++i)
+          std::memcpy(values.data() + i * plane, p.results[i].anomaly_map.data(), plane * sizeof(float));
+        write_output(response, name.c_str(), TRITONSERVER_TYPE_FP32, {b, height, width}, values.data(),
+                     values.size() * sizeof(float));
       }
-      write_output(response, name.c_str(), TRITONSERVER_TYPE_FP32, {b, p.height, p.width}, values.data(),
-                   values.size() * sizeof(float));
     } else {
       throw TritonFailure(TRITONSERVER_ERROR_INVALID_ARG, "unknown output '" + name + "'");
     }
@@ -446,6 +642,7 @@ void fail_untrusted(Pending& p) {
   if (p.failure) return;
   for (size_t i = 0; i < p.results.size(); ++i)
     if (!p.results[i].valid) {
+      p.untrusted = true;
       p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, "image " + std::to_string(i) +
                                                            " of the request got a score that is not finite; the model "
                                                            "cannot judge it (an error, never a pass)"};
@@ -522,17 +719,25 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
     const vt::BackendSettings settings = vt::parse_backend_config(message_json(message, "the backend configuration"));
     if (settings.intra_op_threads > 0)
       validflow::Detector::set_intra_op_threads(static_cast<int>(settings.intra_op_threads));
+    std::string metrics_note = "custom metrics on";
+    try {
+      create_families();
+    } catch (const TritonFailure& e) {  // a server started with --allow-metrics=false: serve without them
+      delete_families();
+      metrics_note = std::string("no custom metrics (") + e.what() + ")";
+    }
     VF_LOG(INFO, std::string("validflow backend ") + validflow::version_string + ": TRITONBACKEND API " +
                      std::to_string(major) + "." + std::to_string(minor) + " (declared for " +
                      std::to_string(VALIDFLOW_TRITONBACKEND_API_MAJOR) + "." +
                      std::to_string(VALIDFLOW_TRITONBACKEND_API_MINOR) +
                      "), enums verified, LibTorch intra-op threads " +
                      std::to_string(validflow::Detector::intra_op_threads()) + ", CUDA " +
-                     (validflow::Detector::cuda_available() ? "available" : "not available"));
+                     (validflow::Detector::cuda_available() ? "available" : "not available") + ", " + metrics_note);
   });
 }
 
 TRITONSERVER_Error* TRITONBACKEND_Finalize(TRITONBACKEND_Backend*) {
+  delete_families();  // after every model (and its metrics) is finalized
   VF_LOG(INFO, "validflow backend: finalized");
   return nullptr;
 }
@@ -556,11 +761,17 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
     state->settings = vt::parse_model_config(take_json(message, "the model configuration"));
     state->model_file =
         find_model_file(fs::path(location) / std::to_string(state->version), state->settings.model_file);
-    VF_LOG(INFO, context + " version " + std::to_string(state->version) + ": model file " + state->model_file.string() +
-                     ", max_batch_size " + std::to_string(state->settings.max_batch_size) +
-                     (state->settings.threshold ? ", threshold " + std::to_string(*state->settings.threshold)
-                                                : std::string(", the file's threshold")) +
-                     ", precision " + state->settings.precision);
+    state->metrics = std::make_unique<ModelMetrics>(state->name, state->version);
+    const auto& s = state->settings;
+    VF_LOG(INFO,
+           context + " version " + std::to_string(state->version) + ": model file " + state->model_file.string() +
+               ", max_batch_size " + std::to_string(s.max_batch_size) + ", inputs" + (s.raw_input ? " IMAGE" : "") +
+               (s.encoded_input ? " IMAGE_BYTES" : "") +
+               (s.threshold ? ", threshold " + std::to_string(*s.threshold) : std::string(", the file's threshold")) +
+               (s.pixel_threshold ? ", pixel threshold " + std::to_string(*s.pixel_threshold)
+                                  : std::string(", the file's pixel threshold")) +
+               ", precision " + s.precision + ", intra-op threads " +
+               (s.intra_op_threads > 0 ? std::to_string(s.intra_op_threads) : std::string("of the backend")));
     check(TRITONBACKEND_ModelSetState(model, state.get()), "TRITONBACKEND_ModelSetState");
     state.release();
   });
@@ -635,9 +846,11 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       pending[r].failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};
     }
   }
+  if (state->model->settings.intra_op_threads > 0)  // this instance's thread only (LibTorch keeps them per thread)
+    validflow::Detector::set_intra_op_threads(static_cast<int>(state->model->settings.intra_op_threads));
   const uint64_t compute_start = now_ns();
   try {
-    compute(pending, *state->detector);
+    compute(pending, *state->detector, state->model->settings.pixel_threshold);
   } catch (const std::exception& e) {
     for (auto& p : pending)
       if (!p.failure) p.failure = Failure{TRITONSERVER_ERROR_INTERNAL, e.what()};
@@ -648,6 +861,12 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   const std::string& model = state->model->name;
   std::vector<TRITONBACKEND_Response*> responses(pending.size(), nullptr);
   for (size_t r = 0; r < pending.size(); ++r) responses[r] = prepare_response(pending[r], model);
+  if (const ModelMetrics* metrics = state->model->metrics.get())
+    for (const auto& p : pending) {
+      metrics->undecodable(p.undecodable);
+      if (p.warmup || (p.failure && !p.untrusted)) continue;  // only what was scored and answered on its merits
+      for (const auto& result : p.results) metrics->scored(result);
+    }
   const uint64_t exec_end = now_ns();
   uint64_t batch = 0;
   for (auto& p : pending) {

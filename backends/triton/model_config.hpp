@@ -13,17 +13,20 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace validflow::triton {
 
 // ---- The I/O contract ----
 inline constexpr const char* kImage = "IMAGE";                       // UINT8 [H, W, 3] RGB per item
+inline constexpr const char* kImageBytes = "IMAGE_BYTES";            // BYTES [1]: a PNG/JPEG/BMP/TIFF file per item
 inline constexpr const char* kThreshold = "THRESHOLD";               // FP32 [1] per item, optional
 inline constexpr const char* kScore = "SCORE";                       // FP32 [1]: raw score, mean z^2/2
 inline constexpr const char* kNormalizedScore = "NORMALIZED_SCORE";  // FP32 [1]: in [0, 1], 0.5 at the threshold
 inline constexpr const char* kAnomalous = "ANOMALOUS";               // BOOL [1]: score >= threshold
 inline constexpr const char* kAnomalyMap = "ANOMALY_MAP";            // FP32 [H, W]: at the input's resolution
+inline constexpr const char* kDefectMask = "DEFECT_MASK";            // UINT8 [H, W]: 1 where the map >= pixel threshold
 
 struct TensorContract {
   const char* name;
@@ -36,16 +39,47 @@ inline const std::vector<TensorContract>& output_contracts() {
   static const std::vector<TensorContract> outputs{{kScore, "TYPE_FP32", "FP32", {1}},
                                                    {kNormalizedScore, "TYPE_FP32", "FP32", {1}},
                                                    {kAnomalous, "TYPE_BOOL", "BOOL", {1}},
-                                                   {kAnomalyMap, "TYPE_FP32", "FP32", {-1, -1}}};
+                                                   {kAnomalyMap, "TYPE_FP32", "FP32", {-1, -1}},
+                                                   {kDefectMask, "TYPE_UINT8", "UINT8", {-1, -1}}};
   return outputs;
 }
 inline const TensorContract& image_contract() {
   static const TensorContract image{kImage, "TYPE_UINT8", "UINT8", {-1, -1, 3}};
   return image;
 }
+inline const TensorContract& image_bytes_contract() {
+  static const TensorContract image_bytes{kImageBytes, "TYPE_STRING", "BYTES", {1}};
+  return image_bytes;
+}
 inline const TensorContract& threshold_contract() {
   static const TensorContract threshold{kThreshold, "TYPE_FP32", "FP32", {1}};
   return threshold;
+}
+
+/// The warm-up sample `validflow export --triton` writes (REPO/NAME/warmup/, config model_warmup): side x side x 3
+/// bytes of a fixed pseudo-random pattern. Triton runs it through each instance at load; the backend recognises it
+/// (is_warmup_sample) and leaves it out of its metrics, so a warm-up never counts as an inspected or flagged part.
+inline uint8_t warmup_sample_byte(uint64_t index) {
+  uint64_t x = (index + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64: cheap, fixed, without structure
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint8_t>(x ^ (x >> 31));
+}
+inline std::string warmup_sample(int64_t side) {
+  std::string bytes(static_cast<size_t>(side * side * 3), '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(warmup_sample_byte(i));
+  return bytes;
+}
+inline std::string warmup_sample_file_name(int64_t side) {
+  return "validflow_warmup_" + std::to_string(side) + "x" + std::to_string(side) + ".rgb";
+}
+/// Whether `pixels` (height x width x 3 bytes) is the warm-up sample.
+inline bool is_warmup_sample(const uint8_t* pixels, int64_t height, int64_t width) {
+  if (height != width || height < 1) return false;
+  const uint64_t n = static_cast<uint64_t>(height * width * 3);
+  for (uint64_t i = 0; i < n; ++i)
+    if (pixels[i] != warmup_sample_byte(i)) return false;
+  return true;
 }
 
 /// A configuration the backend cannot serve; what() is one line naming the field.
@@ -58,15 +92,24 @@ class ConfigError : public ErrorOf<std::invalid_argument, ErrorKind::config> {
 /// validflow::kDefaultMaxInputSize (detect/predict_options.hpp; this header needs no validflow library headers,
 /// backend.cpp asserts they agree).
 constexpr int64_t kDefaultMaxInputSize = 1536;
+/// The largest encoded image (IMAGE_BYTES item) accepted unless the parameter max_encoded_bytes says otherwise.
+constexpr int64_t kDefaultMaxEncodedBytes = int64_t{64} << 20;
+/// The bounds of the parameter intra_op_threads (LibTorch threads of an instance while it executes).
+constexpr int64_t kMaxIntraOpThreads = 1024;
 
 struct ModelSettings {
   std::string name;
   int64_t max_batch_size = 0;
-  std::string model_file;                         // parameter model_file; empty: the only file in the version directory
-  std::optional<double> threshold;                // parameter threshold: overrides the model file's image threshold
-  std::string precision = "fp32";                 // parameter precision: fp32 | bf16
+  std::string model_file;                 // parameter model_file; empty: the only file in the version directory
+  std::optional<double> threshold;        // parameter threshold: overrides the model file's image threshold
+  std::optional<double> pixel_threshold;  // parameter pixel_threshold: overrides its pixel threshold
+  int64_t intra_op_threads = 0;           // parameter intra_op_threads; 0: the backend's (--backend-config)
+  int64_t max_encoded_bytes = kDefaultMaxEncodedBytes;  // parameter max_encoded_bytes: larger IMAGE_BYTES refused
+  std::string precision = "fp32";                       // parameter precision: fp32 | bf16
   int64_t max_image_side = 4096;                  // parameter max_image_side: larger IMAGE heights/widths are refused
   int64_t max_input_size = kDefaultMaxInputSize;  // parameter max_input_size: larger model input sizes are refused
+  bool raw_input = false;                         // the config declares IMAGE (decoded pixels)
+  bool encoded_input = false;                     // the config declares IMAGE_BYTES (encoded files)
   bool threshold_input = false;                   // the config declares the optional THRESHOLD input
   std::vector<std::string> outputs;               // the configured outputs, config order
 };
@@ -170,22 +213,36 @@ inline ModelSettings parse_model_config(const nlohmann::json& config) {
     throw ConfigError("config max_batch_size must be at least 1 (the backend expects a batch dimension), not " +
                       std::to_string(settings.max_batch_size));
 
-  bool have_image = false;
+  bool image_optional = false, bytes_optional = false;
   for (const auto& input : config.value("input", nlohmann::json::array())) {
     const std::string name = input.value("name", std::string());
     if (name == kImage) {
       check_tensor(input, image_contract(), true);
-      if (input.value("optional", false)) throw ConfigError("config IMAGE must not be optional");
-      have_image = true;
+      settings.raw_input = true;
+      image_optional = input.value("optional", false);
+    } else if (name == kImageBytes) {
+      check_tensor(input, image_bytes_contract(), false);
+      settings.encoded_input = true;
+      bytes_optional = input.value("optional", false);
     } else if (name == kThreshold) {
       check_tensor(input, threshold_contract(), false);
       if (!input.value("optional", false)) throw ConfigError("config THRESHOLD must be optional: true");
       settings.threshold_input = true;
     } else {
-      throw ConfigError("config input '" + name + "' is unknown (inputs: IMAGE, optional THRESHOLD)");
+      throw ConfigError("config input '" + name +
+                        "' is unknown (inputs: IMAGE and/or IMAGE_BYTES, optional THRESHOLD)");
     }
   }
-  if (!have_image) throw ConfigError("config has no input IMAGE (TYPE_UINT8, dims [-1, -1, 3])");
+  if (!settings.raw_input && !settings.encoded_input)
+    throw ConfigError(
+        "config has no input IMAGE (TYPE_UINT8, dims [-1, -1, 3]) or IMAGE_BYTES (TYPE_STRING, dims [1])");
+  // A request carries one of the two: with both declared both are optional; with one, it is required.
+  if (settings.raw_input && settings.encoded_input && !(image_optional && bytes_optional))
+    throw ConfigError("config IMAGE and IMAGE_BYTES must both be optional: true (a request carries one of them)");
+  if (settings.raw_input && !settings.encoded_input && image_optional)
+    throw ConfigError("config IMAGE must not be optional (it is the only image input)");
+  if (settings.encoded_input && !settings.raw_input && bytes_optional)
+    throw ConfigError("config IMAGE_BYTES must not be optional (it is the only image input)");
 
   for (const auto& output : config.value("output", nlohmann::json::array())) {
     const std::string name = output.value("name", std::string());
@@ -194,12 +251,12 @@ inline ModelSettings parse_model_config(const nlohmann::json& config) {
       if (name == c.name) contract = &c;
     if (!contract)
       throw ConfigError("config output '" + name +
-                        "' is unknown (outputs: SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+                        "' is unknown (outputs: SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP, DEFECT_MASK)");
     check_tensor(output, *contract, false);
     settings.outputs.push_back(name);
   }
   if (settings.outputs.empty())
-    throw ConfigError("config has no outputs (SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+    throw ConfigError("config has no outputs (SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP, DEFECT_MASK)");
 
   if (auto v = detail::string_parameter(config, "model_file")) {
     if (v->empty() || v->find('/') != std::string::npos || *v == "." || *v == "..")
@@ -208,6 +265,8 @@ inline ModelSettings parse_model_config(const nlohmann::json& config) {
   }
   if (auto v = detail::string_parameter(config, "threshold"))
     settings.threshold = detail::parse_finite_double(*v, "config parameter threshold");
+  if (auto v = detail::string_parameter(config, "pixel_threshold"))
+    settings.pixel_threshold = detail::parse_finite_double(*v, "config parameter pixel_threshold");
   if (auto v = detail::string_parameter(config, "precision")) {
     if (*v != "fp32" && *v != "bf16")
       throw ConfigError("config parameter precision must be fp32 or bf16, not '" + *v + "'");
@@ -217,13 +276,29 @@ inline ModelSettings parse_model_config(const nlohmann::json& config) {
     settings.max_image_side = detail::parse_positive_int(*v, "config parameter max_image_side");
   if (auto v = detail::string_parameter(config, "max_input_size"))
     settings.max_input_size = detail::parse_positive_int(*v, "config parameter max_input_size");
+  if (auto v = detail::string_parameter(config, "max_encoded_bytes")) {
+    settings.max_encoded_bytes = detail::parse_positive_int(*v, "config parameter max_encoded_bytes");
+    if (settings.max_encoded_bytes > (int64_t{1} << 31) - 1)
+      throw ConfigError("config parameter max_encoded_bytes must be below 2 GiB, not " + *v);
+  }
+  if (auto v = detail::string_parameter(config, "intra_op_threads")) {
+    settings.intra_op_threads = detail::parse_positive_int(*v, "config parameter intra_op_threads");
+    if (settings.intra_op_threads > kMaxIntraOpThreads)
+      throw ConfigError("config parameter intra_op_threads must be at most " + std::to_string(kMaxIntraOpThreads) +
+                        ", not " + *v);
+  }
+  static const char* const known[] = {"model_file",     "threshold",      "pixel_threshold",   "precision",
+                                      "max_image_side", "max_input_size", "max_encoded_bytes", "intra_op_threads"};
   if (config.contains("parameters") && config["parameters"].is_object())
-    for (const auto& item : config["parameters"].items())
-      if (item.key() != "model_file" && item.key() != "threshold" && item.key() != "precision" &&
-          item.key() != "max_image_side" && item.key() != "max_input_size")
-        throw ConfigError("config parameter '" + item.key() +
-                          "' is unknown (parameters: model_file, threshold, precision, max_image_side, "
-                          "max_input_size)");
+    for (const auto& item : config["parameters"].items()) {
+      bool is_known = false;
+      for (const char* k : known) is_known = is_known || item.key() == k;
+      if (!is_known) {
+        std::string list;
+        for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+        throw ConfigError("config parameter '" + item.key() + "' is unknown (parameters: " + list + ")");
+      }
+    }
   return settings;
 }
 
@@ -285,6 +360,42 @@ inline std::optional<std::string> check_image_input(const InputInfo& in, const M
   if (in.byte_size != expected)
     return "IMAGE holds " + std::to_string(in.byte_size) + " bytes, its shape " + detail::dims_string(in.shape) +
            " needs " + std::to_string(expected);
+  return std::nullopt;
+}
+
+/// Checks a request's IMAGE_BYTES input ([B, 1] BYTES, B at most max_batch_size). Returns the problem, or nothing.
+inline std::optional<std::string> check_image_bytes_input(const InputInfo& in, const ModelSettings& settings) {
+  if (in.datatype != "BYTES") return "IMAGE_BYTES must be BYTES, not " + in.datatype;
+  if (in.shape.size() != 2 || in.shape[0] < 1 || in.shape[1] != 1)
+    return "IMAGE_BYTES must have shape [batch, 1] (one encoded image per item), not " + detail::dims_string(in.shape);
+  if (in.shape[0] > settings.max_batch_size)
+    return "IMAGE_BYTES batch " + std::to_string(in.shape[0]) + " exceeds max_batch_size " +
+           std::to_string(settings.max_batch_size);
+  return std::nullopt;
+}
+
+/// Splits a BYTES tensor's buffer (each element: a 4-byte little-endian length, then that many bytes) into its
+/// `count` elements, each at most `max_element` bytes. Fills `elements` (views into `data`) or returns the problem.
+inline std::optional<std::string> split_bytes_elements(const uint8_t* data, uint64_t size, int64_t count,
+                                                       int64_t max_element, std::vector<std::string_view>& elements) {
+  elements.clear();
+  uint64_t at = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const std::string item = "IMAGE_BYTES item " + std::to_string(i);
+    if (size - at < 4) return item + ": the tensor ends before its length";
+    const uint64_t length =
+        uint64_t{data[at]} | uint64_t{data[at + 1]} << 8 | uint64_t{data[at + 2]} << 16 | uint64_t{data[at + 3]} << 24;
+    at += 4;
+    if (length == 0) return item + " is empty (no image file)";
+    if (length > static_cast<uint64_t>(max_element))
+      return item + " holds " + std::to_string(length) + " bytes, above max_encoded_bytes " +
+             std::to_string(max_element);
+    if (size - at < length)
+      return item + " says " + std::to_string(length) + " bytes, the tensor holds " + std::to_string(size - at);
+    elements.emplace_back(reinterpret_cast<const char*>(data + at), static_cast<size_t>(length));
+    at += length;
+  }
+  if (at != size) return "IMAGE_BYTES holds " + std::to_string(size - at) + " bytes after its last item";
   return std::nullopt;
 }
 

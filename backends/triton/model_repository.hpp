@@ -3,6 +3,7 @@
 //
 //   REPO/NAME/config.pbtxt       backend "validflow", the I/O contract, batching, instances, parameters
 //   REPO/NAME/VERSION/model.EXT  a copy of the model file
+//   REPO/NAME/warmup/validflow_warmup_SxS.rgb  the warm-up sample of model_warmup (one per input size S)
 //
 // Header-only, C++17, no LibTorch and no Triton needed. The entry is staged and renamed into place (see
 // write_model_repository), so a failed export never leaves a half-written entry that Triton would try to load, and a
@@ -25,18 +26,22 @@
 namespace validflow::triton {
 
 struct RepositoryOptions {
-  std::string name = "validflow";     // the model name clients use: [A-Za-z0-9_.-], not starting with '.'
-  int64_t version = 1;                // Triton serves the highest version directory by default
-  int64_t max_batch_size = 8;         // images per execution (a request may carry up to this many)
-  bool dynamic_batching = true;       // let Triton merge concurrent requests into one execution
-  int64_t max_queue_delay_us = 2000;  // how long Triton may hold a request to fill a batch
-  int64_t instance_count = 1;         // model instances (each one a Detector) per device
-  bool gpu = false;                   // KIND_GPU instead of KIND_CPU
-  std::optional<double> threshold;    // overrides the model file's image threshold (parameter threshold)
-  std::string precision = "fp32";     // fp32 | bf16 (parameter precision)
-  int64_t max_image_side = 4096;      // larger IMAGE heights/widths are refused (parameter max_image_side)
-  bool overwrite = false;             // replace an existing validflow entry (config.pbtxt, version directory)
-  std::string model_file_name;        // the file in the version directory; "" = "model" + the model file's extension
+  std::string name = "validflow";         // the model name clients use: [A-Za-z0-9_.-], not starting with '.'
+  int64_t version = 1;                    // Triton serves the highest version directory by default
+  int64_t max_batch_size = 8;             // images per execution (a request may carry up to this many)
+  bool dynamic_batching = true;           // let Triton merge concurrent requests into one execution
+  int64_t max_queue_delay_us = 2000;      // how long Triton may hold a request to fill a batch
+  int64_t instance_count = 1;             // model instances (each one a Detector) per device
+  bool gpu = false;                       // KIND_GPU instead of KIND_CPU
+  std::optional<double> threshold;        // overrides the model file's image threshold (parameter threshold)
+  std::optional<double> pixel_threshold;  // overrides its pixel threshold (parameter pixel_threshold)
+  int64_t intra_op_threads = 0;           // LibTorch threads per instance (parameter intra_op_threads); 0: not written
+  bool encoded_input = true;              // declare IMAGE_BYTES (encoded PNG/JPEG/BMP/TIFF) beside IMAGE
+  int64_t warmup_size = 0;                // model_warmup with a warmup_size^2 sample (the model's input size); 0: none
+  std::string precision = "fp32";         // fp32 | bf16 (parameter precision)
+  int64_t max_image_side = 4096;          // larger IMAGE heights/widths are refused (parameter max_image_side)
+  bool overwrite = false;                 // replace an existing validflow entry (config.pbtxt, version directory)
+  std::string model_file_name;  // the file in the version directory; "" = "model" + the model file's extension
 };
 
 /// What was written.
@@ -69,6 +74,11 @@ inline void check_repository_options(const RepositoryOptions& o) {
   if (o.max_queue_delay_us < 0) fail("max_queue_delay_us must not be negative");
   if (o.instance_count < 1) fail("instance count must be at least 1, not " + std::to_string(o.instance_count));
   if (o.threshold && !std::isfinite(*o.threshold)) fail("threshold must be finite");
+  if (o.pixel_threshold && !std::isfinite(*o.pixel_threshold)) fail("pixel threshold must be finite");
+  if (o.intra_op_threads < 0 || o.intra_op_threads > kMaxIntraOpThreads)
+    fail("intra-op threads must be in 0 .. " + std::to_string(kMaxIntraOpThreads));
+  if (o.warmup_size < 0 || o.warmup_size > o.max_image_side)
+    fail("warm-up size must be in 0 .. max_image_side, not " + std::to_string(o.warmup_size));
   if (o.precision != "fp32" && o.precision != "bf16") fail("precision must be fp32 or bf16, not '" + o.precision + "'");
   if (o.max_image_side < 1) fail("max_image_side must be at least 1");
 }
@@ -112,8 +122,13 @@ inline std::string model_config_text(const RepositoryOptions& o, const std::stri
     << "input [\n"
     << "  {\n    name: \"" << kImage << "\"\n    data_type: " << image_contract().config_type
     << "\n    dims: " << detail::dims_text(image_contract().dims)
-    << "\n    allow_ragged_batch: true  # images of different sizes may share one execution\n  },\n"
-    << "  {\n    name: \"" << kThreshold << "\"\n    data_type: " << threshold_contract().config_type
+    << "\n    allow_ragged_batch: true  # images of different sizes may share one execution"
+    << (o.encoded_input ? "\n    optional: true  # a request carries IMAGE or IMAGE_BYTES" : "") << "\n  },\n";
+  if (o.encoded_input)
+    c << "  {\n    name: \"" << kImageBytes << "\"\n    data_type: " << image_bytes_contract().config_type
+      << "\n    dims: " << detail::dims_text(image_bytes_contract().dims)
+      << "\n    optional: true  # PNG, JPEG, BMP or TIFF file bytes, decoded by the backend\n  },\n";
+  c << "  {\n    name: \"" << kThreshold << "\"\n    data_type: " << threshold_contract().config_type
     << "\n    dims: " << detail::dims_text(threshold_contract().dims) << "\n    optional: true\n  }\n"
     << "]\n"
     << "output [\n";
@@ -124,15 +139,23 @@ inline std::string model_config_text(const RepositoryOptions& o, const std::stri
   c << "]\n";
   if (o.dynamic_batching)
     c << "dynamic_batching {\n  max_queue_delay_microseconds: " << o.max_queue_delay_us << "\n}\n";
+  if (o.warmup_size > 0)
+    c << "model_warmup [\n  {\n    name: \"validflow_warmup\"\n    batch_size: 1\n    inputs {\n      key: \"" << kImage
+      << "\"\n      value {\n        data_type: " << image_contract().config_type << "\n        dims: [ "
+      << o.warmup_size << ", " << o.warmup_size << ", 3 ]\n        input_data_file: \""
+      << warmup_sample_file_name(o.warmup_size) << "\"\n      }\n    }\n  }\n]\n";
   c << "instance_group [\n  {\n    count: " << o.instance_count << "\n    kind: " << (o.gpu ? "KIND_GPU" : "KIND_CPU")
     << "\n  }\n]\n"
     << "parameters [\n"
     << "  {\n    key: \"model_file\"\n    value: { string_value: \"" << model_file_name << "\" }\n  },\n"
     << "  {\n    key: \"precision\"\n    value: { string_value: \"" << o.precision << "\" }\n  },\n"
     << "  {\n    key: \"max_image_side\"\n    value: { string_value: \"" << o.max_image_side << "\" }\n  }";
-  if (o.threshold)
-    c << ",\n  {\n    key: \"threshold\"\n    value: { string_value: \"" << detail::shortest_double(*o.threshold)
-      << "\" }\n  }";
+  const auto parameter = [&](const char* key, const std::string& value) {
+    c << ",\n  {\n    key: \"" << key << "\"\n    value: { string_value: \"" << value << "\" }\n  }";
+  };
+  if (o.threshold) parameter("threshold", detail::shortest_double(*o.threshold));
+  if (o.pixel_threshold) parameter("pixel_threshold", detail::shortest_double(*o.pixel_threshold));
+  if (o.intra_op_threads > 0) parameter("intra_op_threads", std::to_string(o.intra_op_threads));
   c << "\n]\n";
   return c.str();
 }
@@ -239,6 +262,13 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     } catch (const FileError& e) {
       throw RepositoryError(e.what());
     }
+    if (options.warmup_size > 0) {  // beside older samples until the new config is in place, then those go
+      const fs::path warmup_dir = model_dir / "warmup";
+      fs::create_directories(warmup_dir, ec);
+      if (ec) throw RepositoryError("cannot create " + warmup_dir.string() + ": " + ec.message());
+      detail::write_atomic(warmup_dir / warmup_sample_file_name(options.warmup_size),
+                           warmup_sample(options.warmup_size));
+    }
     fs::rename(staged_config, entry.config, ec);
     if (ec)
       throw RepositoryError("cannot rename " + staged_config.string() + " to " + entry.config.string() + ": " +
@@ -247,7 +277,13 @@ inline RepositoryEntry write_model_repository(const std::filesystem::path& model
     if (!created.empty() || !staging.empty()) fs::remove_all(created.empty() ? staging : created, ec);
     throw;
   }
-  fs::remove_all(staging, ec);  // the replaced version directory, if any
+  fs::remove_all(staging, ec);                     // the replaced version directory, if any
+  if (fs::is_directory(model_dir / "warmup", ec))  // samples of earlier input sizes
+    for (const auto& file : fs::directory_iterator(model_dir / "warmup", ec)) {
+      const std::string name = file.path().filename().string();
+      if (name.rfind("validflow_warmup_", 0) == 0 && name != warmup_sample_file_name(options.warmup_size))
+        fs::remove(file.path(), ec);
+    }
   return entry;
 }
 

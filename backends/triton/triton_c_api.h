@@ -41,6 +41,10 @@ struct TRITONBACKEND_Request;
 struct TRITONBACKEND_Response;
 struct TRITONBACKEND_Input;
 struct TRITONBACKEND_Output;
+struct TRITONSERVER_Parameter;
+struct TRITONSERVER_MetricFamily;
+struct TRITONSERVER_Metric;
+struct TRITONSERVER_MetricArgs;
 
 // ---- Enums (values in declaration order, as documented; verified at load time) ----
 typedef enum TRITONSERVER_datatype_enum {
@@ -91,6 +95,21 @@ typedef enum TRITONSERVER_errorcode_enum {
   TRITONSERVER_ERROR_ALREADY_EXISTS
 } TRITONSERVER_Error_Code;
 
+typedef enum TRITONSERVER_parametertype_enum {
+  TRITONSERVER_PARAMETER_STRING,
+  TRITONSERVER_PARAMETER_INT,
+  TRITONSERVER_PARAMETER_BOOL,
+  TRITONSERVER_PARAMETER_DOUBLE,
+  TRITONSERVER_PARAMETER_BYTES
+} TRITONSERVER_ParameterType;
+
+/// Metric kinds (not named by the server: the test of the metrics checks the "# TYPE" lines of /metrics).
+typedef enum TRITONSERVER_metrickind_enum {
+  TRITONSERVER_METRIC_KIND_COUNTER,
+  TRITONSERVER_METRIC_KIND_GAUGE,
+  TRITONSERVER_METRIC_KIND_HISTOGRAM
+} TRITONSERVER_MetricKind;
+
 typedef enum TRITONBACKEND_artifacttype_enum { TRITONBACKEND_ARTIFACT_FILESYSTEM } TRITONBACKEND_ArtifactType;
 
 /// Flag of TRITONBACKEND_RequestRelease: the backend is done with the request.
@@ -117,6 +136,30 @@ TRITONSERVER_Error* TRITONSERVER_LogMessage(TRITONSERVER_LogLevel level, const c
 const char* TRITONSERVER_DataTypeString(TRITONSERVER_DataType datatype);
 const char* TRITONSERVER_MemoryTypeString(TRITONSERVER_MemoryType memtype);
 const char* TRITONSERVER_InstanceGroupKindString(TRITONSERVER_InstanceGroupKind kind);
+
+const char* TRITONSERVER_ParameterTypeString(TRITONSERVER_ParameterType paramtype);
+/// A parameter (here: a metric label) holding a copy of `value`; the caller deletes it.
+TRITONSERVER_Parameter* TRITONSERVER_ParameterNew(const char* name, const TRITONSERVER_ParameterType type,
+                                                  const void* value);
+void TRITONSERVER_ParameterDelete(TRITONSERVER_Parameter* parameter);
+
+// ---- TRITONSERVER: custom metrics (Prometheus, served on the metrics port's /metrics) ----
+/// A metric family (one name, kind and help text per process); deleted after all its metrics.
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyNew(TRITONSERVER_MetricFamily** family, const TRITONSERVER_MetricKind kind,
+                                                 const char* name, const char* description);
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyDelete(TRITONSERVER_MetricFamily* family);
+TRITONSERVER_Error* TRITONSERVER_MetricArgsNew(TRITONSERVER_MetricArgs** args);
+/// Histogram bucket upper bounds (ascending; +Inf is implied).
+TRITONSERVER_Error* TRITONSERVER_MetricArgsSetHistogram(TRITONSERVER_MetricArgs* args, const double* buckets,
+                                                        const uint64_t buckets_count);
+TRITONSERVER_Error* TRITONSERVER_MetricArgsDelete(TRITONSERVER_MetricArgs* args);
+/// A metric of a family with labels (copied); args: nullptr for counters and gauges, the buckets for histograms.
+TRITONSERVER_Error* TRITONSERVER_MetricNewWithArgs(TRITONSERVER_Metric** metric, TRITONSERVER_MetricFamily* family,
+                                                   const TRITONSERVER_Parameter** labels, const uint64_t label_count,
+                                                   const TRITONSERVER_MetricArgs* args);
+TRITONSERVER_Error* TRITONSERVER_MetricDelete(TRITONSERVER_Metric* metric);
+TRITONSERVER_Error* TRITONSERVER_MetricIncrement(TRITONSERVER_Metric* metric, double value);
+TRITONSERVER_Error* TRITONSERVER_MetricObserve(TRITONSERVER_Metric* metric, double value);
 
 // ---- TRITONBACKEND: provided by the server ----
 TRITONSERVER_Error* TRITONBACKEND_ApiVersion(uint32_t* major, uint32_t* minor);

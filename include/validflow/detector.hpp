@@ -41,15 +41,23 @@ class DeviceError : public ErrorOf<std::runtime_error, ErrorKind::unsupported> {
   using ErrorOf::ErrorOf;
 };
 
-/// A decoded 8-bit image owned by the caller: `height` rows of `width` pixels of `channels` interleaved values
-/// (3: RGB, 1: gray), each row `row_stride` bytes apart (0: tightly packed, width * channels). OpenCV:
-/// ImageView{mat.data, mat.rows, mat.cols, mat.channels(), static_cast<int64_t>(mat.step)} after BGR -> RGB.
+/// The type of an ImageView's values.
+enum class PixelType {
+  uint8,    ///< 0 .. 255
+  float32,  ///< in [0, 1] (16-bit and float files, decoded as `validflow predict` decodes them); 3 channels only
+};
+
+/// A decoded image owned by the caller: `height` rows of `width` pixels of `channels` interleaved values (3: RGB,
+/// 1: gray), each row `row_stride` bytes apart (0: tightly packed, width * channels * the value's size). OpenCV:
+/// ImageView{mat.data, mat.rows, mat.cols, mat.channels(), static_cast<int64_t>(mat.step)} after BGR -> RGB
+/// (and PixelType::float32 for a CV_32FC3 image).
 struct ImageView {
   const uint8_t* data = nullptr;
   int64_t height = 0;
   int64_t width = 0;
   int64_t channels = 3;
   int64_t row_stride = 0;
+  PixelType type = PixelType::uint8;
 };
 
 struct DetectorOptions {

@@ -34,23 +34,35 @@ refused "--triton-instances: value 65 is not in [1, 64]" --triton "$work/repo" -
 
 # A repository entry with non-default options.
 "$validflow" export --out "$run" --to "$work/model.vfm" --triton "$work/repo" --name bottles-2.a \
-  --triton-max-batch-size 4 --triton-instances 3 >"$work/out.txt" 2>&1 || fail "export: $(cat "$work/out.txt")"
+  --triton-max-batch-size 4 --triton-instances 3 --triton-threads 2 >"$work/out.txt" 2>&1 ||
+  fail "export: $(cat "$work/out.txt")"
 config="$work/repo/bottles-2.a/config.pbtxt"
 grep -qF "triton    $config and $work/repo/bottles-2.a/1/model.vfm" "$work/out.txt" ||
   fail "export did not report the repository entry: $(cat "$work/out.txt")"
 cmp "$work/model.vfm" "$work/repo/bottles-2.a/1/model.vfm" || fail "the repository's model file differs from --to's"
 for line in 'name: "bottles-2.a"' 'backend: "validflow"' 'max_batch_size: 4' '    count: 3' '    kind: KIND_CPU' \
-  'value: { string_value: "model.vfm" }'; do
+  'value: { string_value: "model.vfm" }' 'key: "intra_op_threads"' 'name: "IMAGE_BYTES"' 'model_warmup [' \
+  'input_data_file: "validflow_warmup_256x256.rgb"'; do
   grep -qF -- "$line" "$config" || fail "$config lacks '$line'"
 done
-[ "$(find "$work/repo" -type f | wc -l)" -eq 2 ] || fail "the repository holds other files: $(find "$work/repo")"
+sample="$work/repo/bottles-2.a/warmup/validflow_warmup_256x256.rgb"
+[ "$(stat -c %s "$sample")" -eq $((256 * 256 * 3)) ] || fail "the warm-up sample $sample is not 256 x 256 x 3 bytes"
+# The files: config.pbtxt, the model file and the warm-up sample.
+[ "$(find "$work/repo" -type f | wc -l)" -eq 3 ] || fail "the repository holds other files: $(find "$work/repo")"
 
 # Exported again with the defaults: the entry is replaced (as --to's file is), nothing else is left.
 "$validflow" export --out "$run" --to "$work/model.vfm" --triton "$work/repo" --name bottles-2.a >"$work/out.txt" 2>&1 ||
   fail "second export: $(cat "$work/out.txt")"
 grep -qF 'max_batch_size: 8' "$config" && grep -qF '    count: 1' "$config" || fail "the second export did not replace $config"
 cmp "$work/model.vfm" "$work/repo/bottles-2.a/1/model.vfm" || fail "the replaced model file differs from --to's"
-[ "$(find "$work/repo" -type f | wc -l)" -eq 2 ] || fail "the replaced entry holds other files: $(find "$work/repo")"
+[ "$(find "$work/repo" -type f | wc -l)" -eq 3 ] || fail "the replaced entry holds other files: $(find "$work/repo")"
+# Without warm-up: no model_warmup, and the unused sample is removed.
+"$validflow" export --out "$run" --to "$work/model.vfm" --triton "$work/repo" --name bottles-2.a --no-triton-warmup \
+  >"$work/out.txt" 2>&1 || fail "export --no-triton-warmup: $(cat "$work/out.txt")"
+grep -qF 'model_warmup' "$config" && fail "--no-triton-warmup wrote model_warmup"
+[ ! -e "$sample" ] || fail "--no-triton-warmup left the unused sample $sample"
+"$validflow" export --out "$run" --to "$work/x.vfm" --triton-threads 2 >"$work/out.txt" 2>&1 && fail "--triton-threads without --triton"
+grep -qF -- "--triton-threads requires --triton" "$work/out.txt" || fail "--triton-threads: $(cat "$work/out.txt")"
 
 # The default name.
 "$validflow" export --out "$run" --to "$work/model.vfm" --triton "$work/repo" >"$work/out.txt" 2>&1 ||

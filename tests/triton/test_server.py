@@ -79,9 +79,11 @@ def check_metadata(server, http, model, log):
     check(m["platform"] == "validflow", f"model platform {m['platform']!r}")
     inputs = {i["name"]: (i["datatype"], i["shape"]) for i in m["inputs"]}
     outputs = {o["name"]: (o["datatype"], o["shape"]) for o in m["outputs"]}
-    check(inputs == {"IMAGE": ("UINT8", [-1, -1, -1, 3]), "THRESHOLD": ("FP32", [-1, 1])}, f"model inputs {inputs}")
+    check(inputs == {"IMAGE": ("UINT8", [-1, -1, -1, 3]), "IMAGE_BYTES": ("BYTES", [-1, 1]),
+                     "THRESHOLD": ("FP32", [-1, 1])}, f"model inputs {inputs}")
     check(outputs == {"SCORE": ("FP32", [-1, 1]), "NORMALIZED_SCORE": ("FP32", [-1, 1]),
-                      "ANOMALOUS": ("BOOL", [-1, 1]), "ANOMALY_MAP": ("FP32", [-1, -1, -1])}, f"model outputs {outputs}")
+                      "ANOMALOUS": ("BOOL", [-1, 1]), "ANOMALY_MAP": ("FP32", [-1, -1, -1]),
+                      "DEFECT_MASK": ("UINT8", [-1, -1, -1])}, f"model outputs {outputs}")
     c = http.get_model_config(model)
     check(c["backend"] == "validflow", f"config backend {c['backend']!r}")
     check(c["max_batch_size"] >= 2, f"config max_batch_size {c['max_batch_size']}")
@@ -233,7 +235,7 @@ def bad_requests(server, http, grpc, model, image, want, max_batch):
         ("unknown input name", http_case(lambda: [http_input("IMAGE", image[None], "UINT8"),
                                                   http_input("PIXELS", image[None], "UINT8")]), "PIXELS"),
         ("IMAGE missing (only THRESHOLD)", http_case(lambda: [http_input("THRESHOLD", np.ones((1, 1), np.float32), "FP32")]),
-         "IMAGE"),
+         "no IMAGE or IMAGE_BYTES"),
         ("unknown output", http_case(lambda: [http_input("IMAGE", image[None], "UINT8")],
                                      outputs=[httpclient.InferRequestedOutput("HEATMAP")]), "HEATMAP"),
         ("THRESHOLD NaN", http_case(lambda: [http_input("IMAGE", image[None], "UINT8"),
@@ -269,8 +271,12 @@ def check_statistics(http, model, successes):
     stats = http.get_inference_statistics(model)["model_stats"]
     s = next(m for m in stats if m["name"] == model)
     count = int(s["inference_stats"]["success"]["count"])
-    check(count == successes, f"Triton counted {count} successful requests of {model}, the test sent {successes}")
-    print(f"statistics: Triton counted {count} successful requests, as many as sent "
+    # Triton counts the model_warmup samples too: one per warm-up entry and instance.
+    c = http.get_model_config(model)
+    warmups = len(c.get("model_warmup", [])) * sum(int(g["count"]) for g in c["instance_group"])
+    check(count == successes + warmups, f"Triton counted {count} successful requests of {model}, the test sent "
+                                        f"{successes} (and {warmups} warm-up samples)")
+    print(f"statistics: Triton counted {count} successful requests, as many as sent plus {warmups} warm-up sample(s) "
           f"({s['inference_stats']['fail']['count']} failures reached the backend)")
 
 

@@ -80,13 +80,80 @@ TEST_CASE("config: the exported configuration as Triton passes it is accepted") 
   CHECK(s.outputs == std::vector<std::string>{"SCORE", "NORMALIZED_SCORE", "ANOMALOUS", "ANOMALY_MAP"});
 }
 
+TEST_CASE("config: IMAGE_BYTES beside IMAGE, or alone") {
+  json c = config();
+  const json bytes = {{"name", "IMAGE_BYTES"}, {"data_type", "TYPE_STRING"}, {"dims", {1}}, {"optional", true}};
+  c["input"].push_back(bytes);
+  CHECK(error_of(c) == "config IMAGE and IMAGE_BYTES must both be optional: true (a request carries one of them)");
+  tensor(c, "input", "IMAGE")["optional"] = true;
+  const auto s = vt::parse_model_config(c);
+  CHECK((s.raw_input && s.encoded_input));
+  tensor(c, "input", "IMAGE_BYTES")["data_type"] = "TYPE_UINT8";
+  CHECK(error_of(c) == "config IMAGE_BYTES must have data_type TYPE_STRING, not TYPE_UINT8");
+  c = config(), c["input"].erase(0), c["input"].push_back(bytes);
+  CHECK(error_of(c) == "config IMAGE_BYTES must not be optional (it is the only image input)");
+  tensor(c, "input", "IMAGE_BYTES")["optional"] = false;
+  CHECK((!vt::parse_model_config(c).raw_input && vt::parse_model_config(c).encoded_input));
+}
+
+TEST_CASE("requests: IMAGE_BYTES items (4-byte little-endian length, then the file)") {
+  vt::ModelSettings s = vt::parse_model_config(config());
+  s.max_encoded_bytes = 10;
+  const auto info = [](std::vector<int64_t> shape, std::string type = "BYTES") {
+    return vt::InputInfo{"IMAGE_BYTES", type, shape, 0};
+  };
+  CHECK_FALSE(vt::check_image_bytes_input(info({2, 1}), s));
+  CHECK(*vt::check_image_bytes_input(info({2, 1}, "UINT8"), s) == "IMAGE_BYTES must be BYTES, not UINT8");
+  CHECK(*vt::check_image_bytes_input(info({2}), s) ==
+        "IMAGE_BYTES must have shape [batch, 1] (one encoded image per item), not [2]");
+  CHECK(*vt::check_image_bytes_input(info({9, 1}), s) == "IMAGE_BYTES batch 9 exceeds max_batch_size 8");
+  const auto element = [](const std::string& bytes) {
+    const auto n = static_cast<uint32_t>(bytes.size());
+    return std::string{char(n & 0xFF), char(n >> 8 & 0xFF), char(n >> 16 & 0xFF), char(n >> 24)} + bytes;
+  };
+  const auto split = [&](const std::string& buffer, int64_t count, std::vector<std::string_view>& out) {
+    return vt::split_bytes_elements(reinterpret_cast<const uint8_t*>(buffer.data()), buffer.size(), count,
+                                    s.max_encoded_bytes, out);
+  };
+  std::vector<std::string_view> items;
+  const std::string two = element("abc") + element("0123456789");
+  CHECK_FALSE(split(two, 2, items));
+  REQUIRE(items.size() == 2);
+  CHECK(items[0] == "abc");
+  CHECK(items[1] == "0123456789");
+  CHECK(*split(two, 3, items) == "IMAGE_BYTES item 2: the tensor ends before its length");
+  CHECK(*split(two, 1, items) == "IMAGE_BYTES holds 14 bytes after its last item");
+  CHECK(*split(element("0123456789A"), 1, items) == "IMAGE_BYTES item 0 holds 11 bytes, above max_encoded_bytes 10");
+  CHECK(*split(element("") + element("a"), 2, items) == "IMAGE_BYTES item 0 is empty (no image file)");
+  CHECK(*split(element("abc").substr(0, 5), 1, items) == "IMAGE_BYTES item 0 says 3 bytes, the tensor holds 1");
+}
+
+TEST_CASE("warm-up sample: fixed, and recognised only whole") {
+  const std::string sample = vt::warmup_sample(8);
+  REQUIRE(sample.size() == 8 * 8 * 3);
+  CHECK(sample == vt::warmup_sample(8));
+  const auto* bytes = reinterpret_cast<const uint8_t*>(sample.data());
+  CHECK(vt::is_warmup_sample(bytes, 8, 8));
+  CHECK_FALSE(vt::is_warmup_sample(bytes, 8, 4));
+  std::string changed = sample;
+  changed.back() = static_cast<char>(changed.back() ^ 1);
+  CHECK_FALSE(vt::is_warmup_sample(reinterpret_cast<const uint8_t*>(changed.data()), 8, 8));
+  CHECK(vt::warmup_sample_file_name(384) == "validflow_warmup_384x384.rgb");
+}
+
 TEST_CASE("config: parameters") {
   json c = config();
   c["parameters"]["threshold"] = {{"string_value", "2.5"}};
+  c["parameters"]["pixel_threshold"] = {{"string_value", "1.25"}};
+  c["parameters"]["intra_op_threads"] = {{"string_value", "2"}};
+  c["parameters"]["max_encoded_bytes"] = {{"string_value", "1000000"}};
   c["parameters"]["precision"] = {{"string_value", "bf16"}};
   c["parameters"]["max_image_side"] = {{"string_value", "1024"}};
   const auto s = vt::parse_model_config(c);
   CHECK(s.threshold == 2.5);
+  CHECK(s.pixel_threshold == 1.25);
+  CHECK(s.intra_op_threads == 2);
+  CHECK(s.max_encoded_bytes == 1000000);
   CHECK(s.precision == "bf16");
   CHECK(s.max_image_side == 1024);
   c["parameters"].erase("model_file");
@@ -113,21 +180,23 @@ TEST_CASE("config: every refusal names the field and the problem") {
   c = config(), tensor(c, "input", "IMAGE")["dims"] = {0, 256, 3};
   CHECK(error_of(c).find("config IMAGE must have dims") == 0);
   c = config(), tensor(c, "input", "IMAGE")["optional"] = true;
-  CHECK(error_of(c) == "config IMAGE must not be optional");
+  CHECK(error_of(c) == "config IMAGE must not be optional (it is the only image input)");
   c = config(), tensor(c, "input", "THRESHOLD")["optional"] = false;
   CHECK(error_of(c) == "config THRESHOLD must be optional: true");
   c = config(), tensor(c, "input", "THRESHOLD")["dims"] = {2};
   CHECK(error_of(c).find("config THRESHOLD must have dims [1], not [2]") == 0);
   c = config(), c["input"].push_back({{"name", "MASK"}, {"data_type", "TYPE_BOOL"}, {"dims", {1}}});
-  CHECK(error_of(c) == "config input 'MASK' is unknown (inputs: IMAGE, optional THRESHOLD)");
+  CHECK(error_of(c) == "config input 'MASK' is unknown (inputs: IMAGE and/or IMAGE_BYTES, optional THRESHOLD)");
   c = config(), c["input"].erase(0);
-  CHECK(error_of(c) == "config has no input IMAGE (TYPE_UINT8, dims [-1, -1, 3])");
+  CHECK(error_of(c) ==
+        "config has no input IMAGE (TYPE_UINT8, dims [-1, -1, 3]) or IMAGE_BYTES (TYPE_STRING, dims [1])");
   c = config(), tensor(c, "output", "ANOMALOUS")["data_type"] = "TYPE_INT8";
   CHECK(error_of(c) == "config ANOMALOUS must have data_type TYPE_BOOL, not TYPE_INT8");
   c = config(), tensor(c, "output", "ANOMALY_MAP")["name"] = "HEATMAP";
-  CHECK(error_of(c) == "config output 'HEATMAP' is unknown (outputs: SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+  CHECK(error_of(c) ==
+        "config output 'HEATMAP' is unknown (outputs: SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP, DEFECT_MASK)");
   c = config(), c["output"] = json::array();
-  CHECK(error_of(c) == "config has no outputs (SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP)");
+  CHECK(error_of(c) == "config has no outputs (SCORE, NORMALIZED_SCORE, ANOMALOUS, ANOMALY_MAP, DEFECT_MASK)");
   c = config(), c["max_batch_size"] = 0;
   CHECK(error_of(c) == "config max_batch_size must be at least 1 (the backend expects a batch dimension), not 0");
   c = config(), tensor(c, "input", "IMAGE")["reshape"] = {{"shape", {1}}};
@@ -148,8 +217,16 @@ TEST_CASE("config: every refusal names the field and the problem") {
         "'../other/model.vfm'");
   c = config(), c["parameters"]["treshold"] = {{"string_value", "3"}};
   CHECK(error_of(c) ==
-        "config parameter 'treshold' is unknown (parameters: model_file, threshold, precision, max_image_side, "
-        "max_input_size)");
+        "config parameter 'treshold' is unknown (parameters: model_file, threshold, pixel_threshold, precision, "
+        "max_image_side, max_input_size, max_encoded_bytes, intra_op_threads)");
+  c = config(), c["parameters"]["pixel_threshold"] = {{"string_value", "nan"}};
+  CHECK(error_of(c) == "config parameter pixel_threshold must be a finite number, not 'nan'");
+  c = config(), c["parameters"]["intra_op_threads"] = {{"string_value", "0"}};
+  CHECK(error_of(c) == "config parameter intra_op_threads must be a positive integer, not '0'");
+  c = config(), c["parameters"]["intra_op_threads"] = {{"string_value", "5000"}};
+  CHECK(error_of(c) == "config parameter intra_op_threads must be at most 1024, not 5000");
+  c = config(), c["parameters"]["max_encoded_bytes"] = {{"string_value", "4294967296"}};
+  CHECK(error_of(c) == "config parameter max_encoded_bytes must be below 2 GiB, not 4294967296");
   c = config(), c["parameters"]["threshold"] = {{"int_value", 3}};
   CHECK(error_of(c) == "config parameter threshold has no string_value");
 }
@@ -232,10 +309,37 @@ TEST_CASE("repository: the writer's files") {
                            "    count: 1\n    kind: KIND_CPU\n", "value: { string_value: \"model.vfm\" }"})
     CHECK(text.find(line) != std::string::npos);
   CHECK(text.find("threshold\"") == std::string::npos);
+  CHECK(text.find("name: \"IMAGE_BYTES\"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n    optional: true") !=
+        std::string::npos);
+  CHECK(text.find("model_warmup") == std::string::npos);  // warmup_size 0
+  // The configuration the writer writes is one the backend accepts (IMAGE and IMAGE_BYTES both optional).
   // No temporary files are left behind.
   size_t files = 0;
   for (const auto& f : fs::recursive_directory_iterator(tmp.path / "repo")) files += f.is_regular_file();
   CHECK(files == 2);
+
+  SECTION("warm-up sample, threads and pixel threshold") {
+    o.overwrite = true;
+    o.warmup_size = 16;
+    o.intra_op_threads = 2;
+    o.pixel_threshold = 1.5;
+    vt::write_model_repository(model, tmp.path / "repo", o);
+    const std::string with = slurp(entry.config);
+    CHECK(with.find("model_warmup [\n  {\n    name: \"validflow_warmup\"\n    batch_size: 1\n    inputs {\n      key: "
+                    "\"IMAGE\"\n      value {\n        data_type: TYPE_UINT8\n        dims: [ 16, 16, 3 ]\n        "
+                    "input_data_file: \"validflow_warmup_16x16.rgb\"") != std::string::npos);
+    const fs::path sample = tmp.path / "repo" / "bottles" / "warmup" / "validflow_warmup_16x16.rgb";
+    CHECK(slurp(sample) == vt::warmup_sample(16));
+    CHECK(with.find("key: \"intra_op_threads\"\n    value: { string_value: \"2\" }") != std::string::npos);
+    CHECK(with.find("key: \"pixel_threshold\"\n    value: { string_value: \"1.5\" }") != std::string::npos);
+    o.warmup_size = 8;  // another input size: the old sample goes once the new configuration is in place
+    vt::write_model_repository(model, tmp.path / "repo", o);
+    CHECK_FALSE(fs::exists(sample));
+    CHECK(fs::exists(sample.parent_path() / "validflow_warmup_8x8.rgb"));
+    o.warmup_size = 5000;
+    CHECK_THROWS_WITH(vt::write_model_repository(model, tmp.path / "repo", o),
+                      "warm-up size must be in 0 .. max_image_side, not 5000");
+  }
 
   SECTION("an existing entry is not replaced unless asked") {
     try {

@@ -184,7 +184,9 @@ def load_expected(path):
 def pick_images(expected, count):
     """`count` image paths spread over the sorted list (all defect types and good ones), plus every image whose
     size differs from the first one's."""
-    paths = sorted(expected)
+    # Raw-pixel tests decode with PIL: only the 8-bit PNGs (lossless, so PIL's pixels are OpenCV's); the other
+    # encodings are tested through IMAGE_BYTES, decoded by the backend itself.
+    paths = sorted(p for p in expected if p.endswith(".png") and "gray16" not in p)
     first = load_image(paths[0]).shape
     step = max(1, len(paths) // count)
     chosen = paths[::step][:count]
@@ -220,7 +222,7 @@ def results_of(response, batch):
 # ---- Model repository variants (benchmarks and tests) ----
 
 def config_variant(source_dir, target_dir, name=None, instances=None, dynamic_batching=None, threshold=None,
-                   max_batch_size=None):
+                   max_batch_size=None, warmup=None, parameters=None):
     """Copies a model directory written by `validflow export --triton` and edits its config.pbtxt."""
     if os.path.exists(target_dir):
         shutil.rmtree(target_dir)
@@ -245,6 +247,11 @@ def config_variant(source_dir, target_dir, name=None, instances=None, dynamic_ba
     if threshold is not None:
         substitute(r"parameters \[\n", f'parameters [\n  {{\n    key: "threshold"\n    value: {{ string_value: '
                                        f'"{threshold!r}" }}\n  }},\n', "the threshold")
+    for key, value in (parameters or {}).items():
+        substitute(r"parameters \[\n", f'parameters [\n  {{\n    key: "{key}"\n    value: {{ string_value: '
+                                       f'"{value}" }}\n  }},\n', f"parameter {key}")
+    if warmup is False:
+        substitute(r"model_warmup \[\n.*?\n\]\n", "", "no model_warmup")
     with open(path, "w") as f:
         f.write(text)
     return target_dir
@@ -357,6 +364,28 @@ def run_load(server, model, images, expected, clients, requests, protocols, dead
         "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
         "timed_out": sent < clients * requests,
     }
+
+
+def metrics_text(server):
+    """The Prometheus text of the server's metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as response:
+        return response.read().decode()
+
+
+def metric_values(text, name, **labels):
+    """{label string: value} of the samples of metric `name` whose labels include `labels`."""
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        label_text = m.group(2) or ""
+        have = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if all(have.get(k) == str(v) for k, v in labels.items()):
+            values[label_text] = float(m.group(3))
+    return values
 
 
 def batching_stats(server, model):

@@ -8,14 +8,16 @@
 //    chunk's CRC right, an uncompressed BMP and a TIFF must hold every byte their headers point to. libjpeg
 //    decodes a truncated JPEG with only a warning on stderr ("Premature end of JPEG file") and grey where the
 //    data ends; here it is a bad image;
-//  * the dimensions are at most max_image_pixels(), so a small file cannot make the program allocate gigabytes.
+//  * the dimensions are at most max_image_pixels() (or the limit given), so a small file cannot make the program
+//    allocate gigabytes.
 //
-// Pure byte inspection (no OpenCV, no LibTorch): fuzzed by fuzz/target_image.hpp.
+// Pure byte inspection (no OpenCV, no LibTorch): fuzzed by fuzz/target_image.hpp. Compiled into validflow_image
+// (src/image_format.cpp), shared by the program and the Triton backend: one check for files and for bytes on the wire.
 #include <cstdint>
 #include <string>
 #include <string_view>
 
-namespace validflow::app {
+namespace validflow::io {
 
 struct ImageHeader {
   std::string format;             ///< "PNG", "JPEG", "BMP" or "TIFF"
@@ -31,5 +33,7 @@ void set_max_image_pixels(std::uint64_t pixels);
 /// complete image of a supported format within the size limit; otherwise the reason, e.g. "truncated JPEG
 /// (no end-of-image marker)", "not a PNG, JPEG, BMP or TIFF file".
 std::string image_structure_problem(std::string_view bytes, ImageHeader& header);
+/// The same with an explicit pixel limit instead of the process-wide one (a server with per-model limits).
+std::string image_structure_problem(std::string_view bytes, ImageHeader& header, std::uint64_t max_pixels);
 
-}  // namespace validflow::app
+}  // namespace validflow::io

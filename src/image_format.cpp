@@ -1,13 +1,13 @@
-#include "image_format.hpp"
+#include <validflow/io/image_format.hpp>
 
 #include <validflow/io/crc32.hpp>
 
 #include <cstring>
 
-namespace validflow::app {
+namespace validflow::io {
 namespace {
 
-std::uint64_t max_pixels = std::uint64_t{1} << 28;
+std::uint64_t process_max_pixels = std::uint64_t{1} << 28;
 
 uint32_t be16(std::string_view b, size_t at) {
   return static_cast<uint32_t>(static_cast<unsigned char>(b[at])) << 8 | static_cast<unsigned char>(b[at + 1]);
@@ -18,12 +18,28 @@ uint32_t le16(std::string_view b, size_t at) {
 }
 uint32_t le32(std::string_view b, size_t at) { return le16(b, at + 2) << 16 | le16(b, at); }
 
-std::string size_problem(const ImageHeader& h) {
+std::string size_problem(const ImageHeader& h, std::uint64_t max_pixels) {
   if (h.width > 0 && h.height > 0 &&
       static_cast<std::uint64_t>(h.width) * static_cast<std::uint64_t>(h.height) > max_pixels)
     return h.format + " of " + std::to_string(h.width) + " x " + std::to_string(h.height) +
            " pixels is larger than the limit of " + std::to_string(max_pixels) + " pixels";
   return "";
+}
+
+/// A chunk type for a message: its 4 letters, or hex when they are not ASCII letters (a corrupt file's bytes would
+/// make the message invalid UTF-8, which a server's JSON error response cannot carry).
+std::string printable_chunk_type(std::string_view type) {
+  bool letters = true;
+  for (char c : type) letters = letters && ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'));
+  if (letters) return std::string(type);
+  static const char* const digits = "0123456789abcdef";
+  std::string hex = "0x";
+  for (char c : type) {
+    const auto u = static_cast<unsigned char>(c);
+    hex += digits[u >> 4];
+    hex += digits[u & 15];
+  }
+  return hex;
 }
 
 std::string check_png(std::string_view b, ImageHeader& h) {
@@ -37,7 +53,7 @@ std::string check_png(std::string_view b, ImageHeader& h) {
     if (b.size() - pos - 12 < length) return "truncated PNG (the file ends inside a chunk)";
     const std::string_view type = b.substr(pos + 4, 4);
     if (io::crc32(b.data() + pos + 4, 4 + static_cast<size_t>(length)) != be32(b, pos + 8 + length))
-      return "corrupt PNG (chunk " + std::string(type) + " fails its CRC check)";
+      return "corrupt PNG (chunk " + printable_chunk_type(type) + " fails its CRC check)";
     if (first) {
       if (type != "IHDR" || length != 13) return "corrupt PNG (the first chunk is not IHDR)";
       h.width = be32(b, pos + 8);
@@ -196,10 +212,14 @@ std::string check_tiff(std::string_view b, ImageHeader& h) {
 
 }  // namespace
 
-std::uint64_t max_image_pixels() { return max_pixels; }
-void set_max_image_pixels(std::uint64_t pixels) { max_pixels = pixels; }
+std::uint64_t max_image_pixels() { return process_max_pixels; }
+void set_max_image_pixels(std::uint64_t pixels) { process_max_pixels = pixels; }
 
 std::string image_structure_problem(std::string_view b, ImageHeader& h) {
+  return image_structure_problem(b, h, process_max_pixels);
+}
+
+std::string image_structure_problem(std::string_view b, ImageHeader& h, std::uint64_t max_pixels) {
   h = ImageHeader{};
   std::string problem;
   if (b.empty()) return "empty file";
@@ -221,7 +241,7 @@ std::string image_structure_problem(std::string_view b, ImageHeader& h) {
     return "not a PNG, JPEG, BMP or TIFF file";
   }
   if (!problem.empty()) return problem;
-  return size_problem(h);
+  return size_problem(h, max_pixels);
 }
 
-}  // namespace validflow::app
+}  // namespace validflow::io
