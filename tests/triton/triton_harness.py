@@ -198,9 +198,14 @@ def relative_difference(a, b):
 
 
 def check_result(got, want, tolerance, what):
-    for key in ("score", "normalized_score"):
-        d = relative_difference(got[key], want[key])
-        check(d <= tolerance, f"{what}: {key} {got[key]!r} differs from {want[key]!r} (relative {d:.2e} > {tolerance})")
+    d = relative_difference(got["score"], want["score"])
+    check(d <= tolerance, f"{what}: score {got['score']!r} differs from {want['score']!r} (relative {d:.2e} > "
+                          f"{tolerance})")
+    # The normalised score lives in [0, 1] and is a steep linear map of the score near its anchors: compared in
+    # absolute terms (a relative test would blow a 1e-7 score difference up near 0).
+    d = abs(got["normalized_score"] - want["normalized_score"])
+    check(d <= tolerance, f"{what}: normalized_score {got['normalized_score']!r} differs from "
+                          f"{want['normalized_score']!r} (absolute {d:.2e} > {tolerance})")
     # Scores equal within `tolerance` (different batching or thread counts reorder float sums) may fall on either
     # side of a threshold they straddle: a differing decision is accepted only there, where both normalized
     # scores are at 0.5 (the threshold) within the tolerance. Anywhere else it is a wrong decision.
