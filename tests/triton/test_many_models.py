@@ -185,9 +185,10 @@ def main():
             check("has no available versions" in str(e) or "unavailable" in str(e).lower(),
                   f"request to the unloaded model: {e}")
             refusal = " ".join(str(e).split())
-        print(f"many models: {len(log)} requests while {second} loaded ({t_replace - t_load:.1f} s of traffic to both), "
-              f"{demo} was replaced by a new version ({len(during)} requests during the reload, {switched} already "
-              f"answered by version 2) and {second} unloaded ({t_end - t_unload:.1f} s): 0 lost, 0 failed, 0 answered "
+        print(f"many models: {len(log)} requests in all while {second} was loaded ({t_replace - t_load:.1f} s of "
+              f"traffic to both), {demo} replaced by a new version ({len(during)} requests sent during the reload, "
+              f"{switched} of them answered by version 2) and {second} unloaded ({t_end - t_unload:.1f} s): 0 lost, "
+              f"0 failed, 0 answered "
               f"by the wrong model ({len(before_replace)} by {demo} v1, {len(after)} by {demo} v2, {len(to_second)} by "
               f"{second}); then a request to {second}: {refusal}")
 
