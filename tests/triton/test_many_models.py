@@ -49,6 +49,15 @@ def infer(client, model, data):
                                                          ("SCORE", "NORMALIZED_SCORE", "ANOMALOUS")]), 1)[0]
 
 
+def unload(http, model, timeout_s=60):
+    """Unloads `model` and waits until the server no longer reports it ready."""
+    http.unload_model(model)
+    deadline = time.monotonic() + timeout_s
+    while http.is_model_ready(model) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check(not http.is_model_ready(model), f"{model} still ready {timeout_s} s after unload")
+
+
 def matches(got, want):
     try:
         check_result(got, want, TOLERANCE, "")
@@ -157,11 +166,7 @@ def main():
             targets[:] = [demo]
             time.sleep(0.5)
             t_unload = time.monotonic()
-            http.unload_model(second)
-            deadline = time.monotonic() + 60
-            while http.is_model_ready(second) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            check(not http.is_model_ready(second), f"{second} still ready 60 s after unload")
+            unload(http, second)
             time.sleep(1.0)
             t_end = time.monotonic()
         log = traffic.since(0)
@@ -203,11 +208,8 @@ def main():
             check(http.is_model_ready(second), "reload failed")
             infer(http, second, images[paths[0]])
             loaded = rss_mib(pid)
-            http.unload_model(second)
-            deadline = time.monotonic() + 60
-            while http.is_model_ready(second) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1.0)  # unloading finishes in the background
+            unload(http, second)
+            time.sleep(1.0)  # the instance's memory is freed on Triton's thread after the model stops being ready
             cycles.append((before, loaded, rss_mib(pid)))
         print(f"memory: server RSS {base:.0f} MiB with no model, {loaded_rss:.0f} MiB with both; 6 load / unload "
               f"cycles of {second} (MiB before load / loaded / after unload): "
