@@ -71,6 +71,7 @@ Detector::Detector(const std::string& model_file, const DetectorOptions& options
     : impl_(std::make_unique<TensorDetector>(model_file, TensorDetectorOptions()
                                                              .device(parse_device(options.device()))
                                                              .precision(options.precision())
+                                                             .measure_precision(options.measure_precision())
                                                              .max_input_size(options.max_input_size())
                                                              .max_image_pixels(options.max_image_pixels()))) {}
 
@@ -112,6 +113,7 @@ double Detector::threshold() const { return impl_->threshold(); }
 double Detector::pixel_threshold() const { return impl_->info().decision.pixel_threshold; }
 std::string Detector::device() const { return impl_->options().device().str(); }
 Precision Detector::precision() const { return impl_->options().precision(); }
+double Detector::precision_speedup() const { return impl_->precision_probe().speedup(); }
 
 std::vector<float> Detector::normalized_map(const std::vector<float>& anomaly_map,
                                             std::optional<double> pixel_threshold) const {

@@ -517,13 +517,54 @@ TEST_CASE("model file: every defect refused with the file named", "[detect][erro
   CHECK(error_of([&] { TensorDetector d(dir.file("flipped.vfm")); }).find("checksum mismatch") != std::string::npos);
   CHECK(error_of([&] { TensorDetector d(dir.file("absent.vfm")); }).find("absent.vfm' not found") != std::string::npos);
   CHECK(error_of([&] { TensorDetector d(dir.path.string()); }).find("is a directory, not a file") != std::string::npos);
-  // bf16: accepted where the CPU runs it natively, refused (never silently slower) elsewhere.
-  const auto bf16 = error_of([&] { TensorDetector d(good, TensorDetectorOptions().precision(Precision::BFloat16)); });
+  // bf16: kept only where the CPU runs it natively and the timed probe at load finds it at least as fast as fp32;
+  // refused (never silently slower) elsewhere.
+  PrecisionProbe kept;
+  const auto bf16 = error_of([&] {
+    TensorDetector d(good, TensorDetectorOptions().precision(Precision::BFloat16));
+    kept = d.precision_probe();
+  });
   if (cpu_has_native_bf16()) {
-    CHECK(bf16 == "<accepted>");
+    INFO("bf16 on this AVX512_BF16 CPU: " << bf16);
+    if (bf16 == "<accepted>") {
+      CHECK(kept.precision == Precision::BFloat16);
+      CHECK(kept.pays());
+      CHECK(kept.speedup() >= 1.0);
+    } else {
+      CHECK(bf16.find("precision bf16 measured") != std::string::npos);
+      CHECK(bf16.find("slower than fp32 here") != std::string::npos);
+    }
+    // Unmeasured on request: kept as asked.
+    CHECK(error_of([&] {
+            TensorDetector d(good, TensorDetectorOptions().precision(Precision::BFloat16).measure_precision(false));
+            CHECK(d.precision_probe().speedup() == 0);
+          }) == "<accepted>");
   } else {
     CHECK(bf16.find("slower than fp32") != std::string::npos);
+    CHECK(error_of([&] {
+            TensorDetector d(good, TensorDetectorOptions().precision(Precision::BFloat16).measure_precision(false));
+          }).find("native bf16") != std::string::npos);
   }
+  {  // The probe itself runs on any CPU (emulated bf16 where there is no native one) and times both precisions.
+    const TensorDetector d(good);
+    CHECK(d.precision_probe().precision == Precision::Float32);
+    CHECK(d.precision_probe().speedup() == 0);
+    const auto probe = d.measure_precision(Precision::BFloat16);
+    CHECK(probe.precision == Precision::BFloat16);
+    CHECK(std::isfinite(probe.fp32_seconds));
+    CHECK(std::isfinite(probe.reduced_seconds));
+    CHECK(probe.fp32_seconds > 0);
+    CHECK(probe.reduced_seconds > 0);
+    CHECK(probe.speedup() == Approx(probe.fp32_seconds / probe.reduced_seconds));
+    CHECK(probe.pays() == (probe.reduced_seconds <= probe.fp32_seconds));
+    CHECK_THROWS_WITH(d.measure_precision(Precision::Float16), Catch::Contains("CUDA only"));
+  }
+  // The decision: kept when at least as fast as fp32.
+  CHECK_FALSE(PrecisionProbe{Precision::BFloat16, 1.0, 2.1}.pays());
+  CHECK(PrecisionProbe{Precision::BFloat16, 1.0, 2.1}.speedup() == Approx(1.0 / 2.1));
+  CHECK(PrecisionProbe{Precision::BFloat16, 1.0, 1.0}.pays());
+  CHECK(PrecisionProbe{Precision::BFloat16, 1.0, 0.5}.speedup() == Approx(2.0));
+  CHECK_FALSE(PrecisionProbe{}.pays());
   CHECK(error_of([&] {
           TensorDetector d(good, TensorDetectorOptions().precision(Precision::Float16));
         }).find("CUDA only") != std::string::npos);

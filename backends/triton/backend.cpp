@@ -815,9 +815,13 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
             .max_image_pixels(state->model->settings.max_image_side * state->model->settings.max_image_side);
     static_assert(vt::kDefaultMaxInputSize == validflow::kDefaultMaxInputSize);
     state->detector = std::make_unique<validflow::Detector>(state->model->model_file.string(), options);
+    const double speedup = state->detector->precision_speedup();
     VF_LOG(INFO, context + ": " + state->detector->device() + ", image size " +
                      std::to_string(state->detector->image_size()) + ", file threshold " +
-                     std::to_string(state->detector->threshold()));
+                     std::to_string(state->detector->threshold()) +
+                     (speedup > 0 ? ", " + validflow::to_string(state->detector->precision()) + " measured " +
+                                        std::to_string(speedup) + "x the speed of fp32 at load"
+                                  : std::string()));
     check(TRITONBACKEND_ModelInstanceSetState(instance, state.get()), "TRITONBACKEND_ModelInstanceSetState");
     state.release();
   });

@@ -67,12 +67,19 @@ struct DetectorOptions {
     return *this;
   }
   const std::string& device() const { return device_; }
-  /// fp32, or bf16 where the device runs it natively (refused otherwise, never silently slower).
+  /// fp32, or bf16 where the device runs it natively and a timed probe at load shows it at least as fast as fp32
+  /// (refused otherwise, never silently slower).
   DetectorOptions& precision(Precision value) {
     precision_ = value;
     return *this;
   }
   Precision precision() const { return precision_; }
+  /// false: keep a reduced precision without the timed probe (still refused without native support).
+  DetectorOptions& measure_precision(bool value) {
+    measure_precision_ = value;
+    return *this;
+  }
+  bool measure_precision() const { return measure_precision_; }
   /// The largest model input size loaded (px per side) and the most pixels of an image given to predict().
   DetectorOptions& max_input_size(int64_t value) {
     max_input_size_ = value;
@@ -88,6 +95,7 @@ struct DetectorOptions {
  private:
   std::string device_ = "cpu";
   Precision precision_ = Precision::Float32;
+  bool measure_precision_ = true;
   int64_t max_input_size_ = kDefaultMaxInputSize;
   int64_t max_image_pixels_ = kDefaultMaxImagePixels;
 };
@@ -128,6 +136,9 @@ class Detector {
   /// The device it runs on ("cpu", "cuda:0") and the precision.
   std::string device() const;
   Precision precision() const;
+  /// A reduced precision's speed over fp32 as the probe at load measured it (fp32 time / reduced time, >= 1 when
+  /// kept); 0 when no probe ran (fp32, or measure_precision(false)).
+  double precision_speedup() const;
   /// An anomaly map normalised like the scores (0.5 at the pixel threshold, clamped to [0, 1]), for display:
   /// blend_heatmap (detect/heatmap.hpp) colours it as every validflow heatmap is coloured.
   std::vector<float> normalized_map(const std::vector<float>& anomaly_map,

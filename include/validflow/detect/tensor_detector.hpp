@@ -14,7 +14,9 @@
 //
 // Thread safety: predict() is const and may be called from several threads at once on one Detector; results
 // are identical to a single thread (tested). Devices: CPU and CUDA. Precision: fp32, or bf16 where the device
-// runs it natively (checked at construction: a CPU without AVX512_BF16 is refused, never silently slower).
+// runs it natively and faster: a CPU without AVX512_BF16 is refused at construction, and elsewhere a timed probe at
+// load (precision_probe()) must show the reduced precision at least as fast as fp32, else it is refused too: some
+// AVX512_BF16 hosts run bf16 at half the fp32 speed (docs/benchmarks.md). Never silently slower.
 // Results (maps, masks) are CPU tensors.
 #include <validflow/detect/heatmap.hpp>
 #include <validflow/detect/model_file.hpp>
@@ -27,7 +29,11 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -49,6 +55,22 @@ struct TensorDetectorOptions {
   TORCH_ARG(int64_t, max_input_size) = kDefaultMaxInputSize;
   /// The most pixels an image given to predict() may have (its maps are as large; kDefaultMaxImagePixels).
   TORCH_ARG(int64_t, max_image_pixels) = kDefaultMaxImagePixels;
+  /// A reduced precision is kept only where a timed probe at load shows it at least as fast as fp32 on this
+  /// device (a few seconds for a full-size model; only when bf16/fp16 is asked for). false: run it as asked,
+  /// unmeasured (still refused where the device lacks native support).
+  TORCH_ARG(bool, measure_precision) = true;
+};
+
+/// What the load-time precision probe measured: the best of 2 timed runs of the networks (extractor and flow) on
+/// a probe image at the model's input size, at fp32 and at the precision asked for, alternating.
+struct PrecisionProbe {
+  Precision precision = Precision::Float32;  ///< the reduced precision measured (fp32: no probe ran)
+  double fp32_seconds = 0;
+  double reduced_seconds = 0;
+  /// fp32 time / reduced time: above 1, the reduced precision is faster.
+  double speedup() const { return reduced_seconds > 0 ? fp32_seconds / reduced_seconds : 0; }
+  /// Whether the reduced precision is kept: at least as fast as fp32.
+  bool pays() const { return reduced_seconds > 0 && reduced_seconds <= fp32_seconds; }
 };
 
 /// What the detector says about one image.
@@ -79,6 +101,17 @@ class TensorDetector {
     model_.flow.module().to(options_.device());
     model_.extractor->eval();
     model_.flow.module().eval();
+    if (options_.precision() != Precision::Float32 && options_.measure_precision()) {
+      probe_ = measure_precision(options_.precision());
+      if (!probe_.pays()) {
+        char ratio[64];
+        std::snprintf(ratio, sizeof ratio, "%.2fx (%.3f s against %.3f s", probe_.speedup(), probe_.reduced_seconds,
+                      probe_.fp32_seconds);
+        throw UnsupportedPrecision("precision " + to_string(probe_.precision) + " measured " + ratio +
+                                   " for fp32 on a probe image at " + std::to_string(image_size()) + " px) on " +
+                                   options_.device().str() + ": slower than fp32 here, so it is refused; use fp32");
+      }
+    }
   }
 
   /// Predicts on decoded images of any sizes (see the top of this file), in one batch. Throws FeatureError
@@ -143,20 +176,36 @@ class TensorDetector {
   }
 
   /// Image batch [N, 3, S, S] -> multi-scale features (fp32).
-  TensorList features(const torch::Tensor& batch) const {
-    torch::NoGradGuard no_grad;
-    if (options_.precision() == Precision::Float32) return model_.extractor.ptr()->forward(batch);
-    detail::AutocastRegion autocast(options_.device(), precision_dtype(options_.precision()));
-    auto out = model_.extractor.ptr()->forward(batch);
-    for (auto& f : out) f = f.to(torch::kFloat32);
-    return out;
-  }
+  TensorList features(const torch::Tensor& batch) const { return features_at(batch, options_.precision()); }
 
   /// Features -> image scores [N] and finest-scale maps [N, h0, w0] (fp32).
-  FeatureScores score(const TensorList& features) const {
-    const auto z = forward_at_precision(*model_.flow, features, options_.precision()).tensors;
-    return {image_scores(z), anomaly_maps(z)};
+  FeatureScores score(const TensorList& features) const { return score_at(features, options_.precision()); }
+
+  /// Times both networks on a probe image at fp32 and at `reduced` on this detector's device (2 untimed runs,
+  /// then 2 timed runs each, alternating; the best of each). The constructor runs it for a reduced precision.
+  PrecisionProbe measure_precision(Precision reduced) const {
+    check_precision_supported(reduced, options_.device());
+    torch::NoGradGuard no_grad;
+    const auto batch = detail::probe_image(image_size()).to(options_.device());
+    PrecisionProbe probe;
+    probe.precision = reduced;
+    probe.fp32_seconds = probe.reduced_seconds = std::numeric_limits<double>::infinity();
+    for (int round = 0; round < 3; ++round) {
+      for (const auto precision : {Precision::Float32, reduced}) {
+        const auto start = std::chrono::steady_clock::now();
+        // Copying the scores to the CPU waits for the device (CUDA runs asynchronously).
+        score_at(features_at(batch, precision), precision).scores.to(torch::kCPU);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (round == 0) continue;  // warm-up: first-call allocations and kernel selection
+        double& best = precision == Precision::Float32 ? probe.fp32_seconds : probe.reduced_seconds;
+        best = std::min(best, seconds);
+      }
+    }
+    return probe;
   }
+
+  /// What the load-time probe measured (precision Float32 and no times when none ran).
+  const PrecisionProbe& precision_probe() const { return probe_; }
 
   // What the model is -------------------------------------------------------------------------------------
 
@@ -185,6 +234,20 @@ class TensorDetector {
     return *override;
   }
 
+  TensorList features_at(const torch::Tensor& batch, Precision precision) const {
+    torch::NoGradGuard no_grad;
+    if (precision == Precision::Float32) return model_.extractor.ptr()->forward(batch);
+    detail::AutocastRegion autocast(options_.device(), precision_dtype(precision));
+    auto out = model_.extractor.ptr()->forward(batch);
+    for (auto& f : out) f = f.to(torch::kFloat32);
+    return out;
+  }
+
+  FeatureScores score_at(const TensorList& features, Precision precision) const {
+    const auto z = forward_at_precision(*model_.flow, features, precision).tensors;
+    return {image_scores(z), anomaly_maps(z)};
+  }
+
   /// Height and width of a decoded image (uint8 [H, W, C] / [H, W], float [C, H, W]; rank >= 2).
   static std::pair<int64_t, int64_t> image_height_width(const torch::Tensor& image) {
     if (image.scalar_type() == torch::kByte || image.dim() == 2) return {image.size(0), image.size(1)};
@@ -203,6 +266,7 @@ class TensorDetector {
 
   LoadedModel model_;
   TensorDetectorOptions options_;
+  PrecisionProbe probe_;
 };
 
 }  // namespace validflow
