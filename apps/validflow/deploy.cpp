@@ -375,9 +375,7 @@ int run_predict(const PredictArgs& p) {
   std::cerr << "model     " << p.model << ": " << detector.info().flow.model << " on " << detector.info().backbone.name
             << " at " << detector.image_size() << " px, threshold " << threshold << (p.threshold ? " (given)" : "")
             << ", " << p.device << " " << p.precision;
-  if (const auto& probe = detector.precision_probe(); probe.speedup() > 0)
-    std::cerr << " (measured " << std::setprecision(2) << probe.speedup() << "x the speed of fp32 at load)"
-              << std::setprecision(6);
+  if (const auto& probe = detector.precision_probe(); probe.speedup() > 0) std::cerr << " (" << probe.describe() << ")";
   std::cerr << "\n";
   std::string staging;  // --out is written here, then put in place as a whole (a failure leaves the old or none)
   if (!p.out.empty()) {

@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -815,13 +816,13 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
             .max_image_pixels(state->model->settings.max_image_side * state->model->settings.max_image_side);
     static_assert(vt::kDefaultMaxInputSize == validflow::kDefaultMaxInputSize);
     state->detector = std::make_unique<validflow::Detector>(state->model->model_file.string(), options);
-    const double speedup = state->detector->precision_speedup();
+    char measured[96] = "";
+    if (const double speedup = state->detector->precision_speedup(); speedup > 0)
+      std::snprintf(measured, sizeof measured, ", %s measured %.2fx the speed of fp32 at load",
+                    validflow::to_string(state->detector->precision()).c_str(), speedup);
     VF_LOG(INFO, context + ": " + state->detector->device() + ", image size " +
                      std::to_string(state->detector->image_size()) + ", file threshold " +
-                     std::to_string(state->detector->threshold()) +
-                     (speedup > 0 ? ", " + validflow::to_string(state->detector->precision()) + " measured " +
-                                        std::to_string(speedup) + "x the speed of fp32 at load"
-                                  : std::string()));
+                     std::to_string(state->detector->threshold()) + measured);
     check(TRITONBACKEND_ModelInstanceSetState(instance, state.get()), "TRITONBACKEND_ModelInstanceSetState");
     state.release();
   });

@@ -71,9 +71,10 @@ def write_input_data(path, images, form):
     """perf_analyzer's --input-data JSON: one entry per image, sent in turn. A BYTES tensor's "b64" content is its
     serialized form (each element a 4-byte little-endian length, then the bytes), as Triton's binary protocol has
     it; raw pixels are the UINT8 tensor's bytes with their shape."""
-    entries = []
+    entries, sizes = [], []
     for pixels in images:
         data = encode(pixels, form)
+        sizes.append(len(data))
         if form == "raw":
             entries.append({"IMAGE": {"b64": base64.b64encode(data).decode(), "shape": list(pixels.shape)}})
         else:
@@ -81,7 +82,7 @@ def write_input_data(path, images, form):
             entries.append({"IMAGE_BYTES": {"b64": base64.b64encode(serialized).decode(), "shape": [1]}})
     with open(path, "w") as f:
         json.dump({"data": entries}, f)
-    return [len(encode(p, form)) for p in images]
+    return sizes
 
 
 def run_perf_analyzer(args, server, model, data_file, concurrency, csv_path, log_path):

@@ -72,9 +72,6 @@ inline std::vector<int64_t> backbone_map_sizes(const features::BackboneSpec& spe
   return sizes;
 }
 
-/// A probe image (a smooth deterministic pattern in [0, 1]) through both networks; "" when every feature and every
-/// output of the flow is finite, else which one is not. Catches a file whose finite weights overflow (one extreme
-/// weight made every score NaN) before any part is judged by it.
 /// A smooth deterministic RGB pattern in [0, 1], as a batch [1, 3, size, size] (what the load-time probes run).
 inline torch::Tensor probe_image(int64_t size) {
   const auto ramp = torch::linspace(0, 6.283185307179586, size, torch::kFloat32);
@@ -82,6 +79,9 @@ inline torch::Tensor probe_image(int64_t size) {
   return torch::stack({pattern, pattern.flip(0), pattern.flip(1)}).unsqueeze(0);
 }
 
+/// A probe image through both networks; "" when every feature and every output of the flow is finite, else which
+/// one is not. Catches a file whose finite weights overflow (one extreme weight made every score NaN) before any
+/// part is judged by it.
 inline std::string non_finite_on_probe(LoadedModel& model) {
   torch::NoGradGuard no_grad;
   const auto features = model.extractor->forward(probe_image(model.info.backbone.image_size));
