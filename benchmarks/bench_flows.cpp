@@ -3,15 +3,17 @@
 // Names: <kind>/<what>/c<channels>_h<hidden>_b<batch>/<mode>/<variant>
 //   kind     conv (the large-conv peak), layer (one flow layer), model (CS-Flow with 6 blocks, ValidFlow n = 3)
 //   mode     infer (eval, NoGradGuard, forward only) or train (forward + NLL + backward)
-//   variant  fp32 | fp32_cl (channels_last) | bf16_autocast | bf16_cast | bf16_cast_cl | fp32_checks
+//   variant  fp32 (pre-packed convolution weights, the default inference path) | fp32_eager (LibTorch's own
+//            convolutions, which reorder each weight on every call) | fp32_cl (channels_last, eager) |
+//            bf16_autocast | bf16_cast | bf16_cast_cl | fp32_checks
 // Maps are 24x24, 12x12, 6x6 (768-px images, EfficientNet-B5 block 35); every scale has `channels` channels.
 // Counters: items_per_second = images/s; GFLOP/s from the analytic MAC count (2 FLOP per MAC; for train the
-// backward is counted as 2x the forward, i.e. 3x in total); params_M; for channels_last / bf16 variants the
-// error of the latents against the fp32 NCHW run of the same weights (rel_err_z = max|dz| / max|z|,
-// rel_err_logdet = max over samples of |d log_det| / |log_det|).
-// All timings are wall clock (UseRealTime: LibTorch runs intra-op worker threads). One warm-up forward
-// (oneDNN primitive creation) runs before the timed loop. Finite checks are off except in `fp32_checks`.
-// After the runs a summary prints the fractions of the conv peak measured in the same run and the ratios.
+// backward is counted as 2x the forward, i.e. 3x in total); params_M; for every inference variant but fp32_eager and
+// fp32_checks the error of the latents against the eager fp32 NCHW run of the same weights (rel_err_z = max|dz| /
+// max|z|, rel_err_logdet = max over samples of |d log_det| / |log_det|). All timings are wall clock (UseRealTime:
+// LibTorch runs intra-op worker threads). One warm-up forward (oneDNN primitive creation) runs before the timed loop.
+// Finite checks are off except in `fp32_checks`. After the runs a summary prints the fractions of the conv peak
+// measured in the same run and the ratios.
 //
 //   bench_flows --benchmark_filter=c304 --benchmark_repetitions=3 --benchmark_out=flows.json
 #include <validflow/models/precision.hpp>
@@ -44,6 +46,7 @@ struct Size {
 
 const Size kFull{304, 1024, 16};
 const Size kReduced{64, 256, 16};
+const Size kFullBatch1{304, 1024, 1};  // one image: where the per-call weight reorders weigh most
 
 TensorList make_inputs(const Size& size) {
   torch::manual_seed(1);
@@ -142,6 +145,7 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
   const double macs = model->forward_macs(kMaps);
   const int64_t params = trainable_parameter_count(model.module());
   set_finite_checks(variant == "fp32_checks");
+  set_packed_convolutions(variant != "fp32_eager" && variant != "fp32_cl");
 
   if (train) {
     model.module().train();
@@ -163,7 +167,7 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
     std::function<FlowResult()> run;
     std::shared_ptr<ReducedPrecisionFlow> cast;
     TensorList xin = x;
-    if (variant == "fp32" || variant == "fp32_checks") {
+    if (variant == "fp32" || variant == "fp32_checks" || variant == "fp32_eager") {
       run = [&] { return model->forward(xin); };
     } else if (variant == "fp32_cl") {
       set_memory_format(model.module(), torch::MemoryFormat::ChannelsLast);
@@ -180,13 +184,15 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
       state.SkipWithError(("unknown variant " + variant).c_str());
       return;
     }
-    if (variant != "fp32" && variant != "fp32_checks") {
-      // The reference uses the same weights in fp32 NCHW (set_memory_format keeps values; compute it first).
+    if (variant != "fp32_eager" && variant != "fp32_checks") {
+      set_packed_convolutions(false);  // the reference is the eager fp32 NCHW path
+      // The reference uses the same weights (set_memory_format keeps values; compute it first).
       torch::manual_seed(0);
       auto fresh = factories().at(what)(size);
       make_nontrivial(fresh.module());
       fresh.module().eval();
       const auto& ref = reference(what, size, *fresh, x);
+      set_packed_convolutions(variant != "fp32_eager" && variant != "fp32_cl");
       auto out = run();  // also the warm-up
       set_errors(state, out, ref);
     } else {
@@ -199,11 +205,12 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
     }
   }
   set_finite_checks(true);
+  set_packed_convolutions(true);
   set_throughput(state, macs, size.batch, train, params);
 }
 
 /// The machine's practical fp32 conv peak: one large 3x3 conv at 24x24, batch 16, as in the flows.
-void BM_Conv(benchmark::State& state, int64_t in, int64_t out, bool channels_last, bool bf16) {
+void BM_Conv(benchmark::State& state, int64_t in, int64_t out, bool channels_last, bool bf16, bool packed) {
   torch::manual_seed(0);
   torch::nn::Conv2d conv(torch::nn::Conv2dOptions(in, out, 3).padding(1));
   conv->eval();
@@ -217,12 +224,14 @@ void BM_Conv(benchmark::State& state, int64_t in, int64_t out, bool channels_las
     x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   }
   torch::NoGradGuard no_grad;
+  PackedConvolutions packs;
+  auto run = [&] { return packed ? packs(*conv, x) : conv(x); };
   {
-    auto warm = conv(x);
+    auto warm = run();
     benchmark::DoNotOptimize(warm);
   }
   for (auto _ : state) {
-    auto y = conv(x);
+    auto y = run();
     benchmark::DoNotOptimize(y);
   }
   set_throughput(state, conv_macs(*conv, 24, 24), 16, false, trainable_parameter_count(*conv));
@@ -277,7 +286,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       if (ia == results_.end() || ib == results_.end() || ib->second.images_per_s <= 0) return;
       std::printf("%-70s %.3f\n", what, ia->second.images_per_s / ib->second.images_per_s);
     };
-    for (const auto& size : {kFull.tag(), kReduced.tag()}) {
+    for (const auto& size : {kFull.tag(), kReduced.tag(), kFullBatch1.tag()}) {
       std::printf("--- ratios at %s ---\n", size.c_str());
       const auto vf = "model/validflow3/" + size, cs = "model/csflow6/" + size;
       const auto pv = results_.find(vf + "/infer/fp32"), pc = results_.find(cs + "/infer/fp32");
@@ -287,6 +296,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       ratio(vf + "/infer/fp32", cs + "/infer/fp32", "images/s ValidFlow / CS-Flow (infer fp32)");
       ratio(vf + "/train/fp32", cs + "/train/fp32", "images/s ValidFlow / CS-Flow (train fp32)");
       for (const auto& m : {cs, vf}) {
+        ratio(m + "/infer/fp32", m + "/infer/fp32_eager", (m + " pre-packed / eager").c_str());
         ratio(m + "/infer/fp32_cl", m + "/infer/fp32", (m + " channels_last / NCHW").c_str());
         ratio(m + "/infer/bf16_autocast", m + "/infer/fp32", (m + " bf16 autocast / fp32").c_str());
         ratio(m + "/infer/bf16_cast", m + "/infer/fp32", (m + " bf16 cast / fp32").c_str());
@@ -305,10 +315,10 @@ class SummaryReporter : public benchmark::ConsoleReporter {
 };
 
 void register_all() {
-  auto conv = [](int64_t in, int64_t out, bool cl, bool bf16) {
+  auto conv = [](int64_t in, int64_t out, bool cl, bool bf16, bool packed = false) {
     const auto name = "conv/" + std::to_string(in) + "to" + std::to_string(out) + "_k3_24x24_b16/" +
-                      (bf16 ? "bf16" : "fp32") + (cl ? "_cl" : "");
-    benchmark::RegisterBenchmark(name.c_str(), BM_Conv, in, out, cl, bf16)
+                      (bf16 ? "bf16" : "fp32") + (cl ? "_cl" : "") + (packed ? "_packed" : "");
+    benchmark::RegisterBenchmark(name.c_str(), BM_Conv, in, out, cl, bf16, packed)
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond)
         ->MinTime(1.0);
@@ -319,6 +329,8 @@ void register_all() {
       conv(1024, 304, cl, bf16);
     }
   }
+  conv(152, 1024, false, false, true);
+  conv(1024, 304, false, false, true);
   auto flow = [](const std::string& kind, const std::string& what, const Size& size, bool train,
                  const std::string& variant) {
     const auto name = kind + "/" + what + "/" + size.tag() + "/" + (train ? "train" : "infer") + "/" + variant;
@@ -326,7 +338,7 @@ void register_all() {
                   ->UseRealTime()
                   ->Unit(benchmark::kMillisecond);
     // Full-size models take seconds per batch: one timed iteration per repetition.
-    if (size.channels >= 304 && kind == "model") b->Iterations(1);
+    if (size.channels >= 304 && kind == "model") b->Iterations(size.batch == 1 ? 3 : 1);
   };
   for (const auto& size : {kReduced, kFull}) {
     for (const auto* layer : {"actnorm", "shuffle", "coupling_crossconv", "coupling_r1", "coupling_r2"}) {
@@ -341,7 +353,12 @@ void register_all() {
         flow("model", model, size, false, variant);
       }
       flow("model", model, size, true, "fp32");
+      flow("model", model, size, false, "fp32_eager");
     }
+  }
+  for (const auto* model : {"csflow6", "validflow3"}) {
+    flow("model", model, kFullBatch1, false, "fp32");
+    flow("model", model, kFullBatch1, false, "fp32_eager");
   }
 }
 

@@ -162,3 +162,140 @@ TEST_CASE("channels_last gives the NCHW results", "[precision][memory_format]") 
       ReducedPrecisionFlow(model, Precision::Float32, torch::nullopt, torch::MemoryFormat::ChannelsLast).forward(x);
   CHECK(rel_error(copy.tensors, ref.tensors) < 1e-5);
 }
+
+namespace {
+
+/// Runs `f` with pre-packed convolutions switched to `enabled`, restoring the switch after.
+template <typename F>
+auto with_packed_convolutions(bool enabled, F&& f) {
+  const bool before = packed_convolutions_enabled();
+  set_packed_convolutions(enabled);
+  struct Restore {
+    bool value;
+    ~Restore() { set_packed_convolutions(value); }
+  } restore{before};
+  return f();
+}
+
+}  // namespace
+
+TEST_CASE("pre-packed convolutions give the eager result for every geometry the flows use", "[precision][packed]") {
+  if (!at::hasMKLDNN()) {
+    WARN("skipped: this LibTorch has no oneDNN, convolutions always run eager");
+    return;
+  }
+  struct Geometry {
+    int64_t in, out, kernel, stride, groups;
+    bool bias;
+  };
+  // 3x3 and 5x5 "same" convolutions, the strided ones of the cross-scale links (2 and 4), depthwise, 1x1, no bias.
+  const std::vector<Geometry> geometries{{8, 16, 3, 1, 1, true},  {16, 8, 5, 1, 1, true}, {16, 8, 3, 2, 1, true},
+                                         {16, 8, 3, 4, 1, true},  {8, 8, 3, 1, 8, true},  {8, 12, 1, 1, 1, true},
+                                         {8, 16, 3, 1, 1, false}, {2, 1, 7, 1, 1, true}};
+  torch::manual_seed(11);
+  for (const auto& g : geometries) {
+    CAPTURE(g.in, g.out, g.kernel, g.stride, g.groups, g.bias);
+    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(g.in, g.out, g.kernel)
+                               .stride(g.stride)
+                               .padding(g.kernel / 2)
+                               .groups(g.groups)
+                               .bias(g.bias));
+    PackedConvolutions packed;
+    for (const int64_t batch : {1, 3}) {
+      const auto x = torch::randn({batch, g.in, 8, 8});
+      torch::NoGradGuard no_grad;
+      REQUIRE(PackedConvolutions::applies(*conv, x));
+      const auto eager = conv(x);
+      const auto out = packed(*conv, x);
+      CHECK(packed.size() == 1);
+      CHECK(out.sizes() == eager.sizes());
+      CHECK(!out.is_mkldnn());
+      CHECK((out - eager).abs().max().item<double>() <= 1e-5 * std::max(1.0, eager.abs().max().item<double>()));
+      // A channels_last input gives the same values.
+      const auto cl = packed(*conv, x.contiguous(torch::MemoryFormat::ChannelsLast));
+      CHECK((cl - eager).abs().max().item<double>() <= 1e-5 * std::max(1.0, eager.abs().max().item<double>()));
+    }
+  }
+}
+
+TEST_CASE("a pre-packed weight follows every change of the convolution", "[precision][packed]") {
+  if (!at::hasMKLDNN()) {
+    WARN("skipped: this LibTorch has no oneDNN, convolutions always run eager");
+    return;
+  }
+  torch::manual_seed(12);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, 3).padding(1));
+  PackedConvolutions packed;
+  const auto x = torch::randn({2, 8, 6, 6});
+  auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return (a - b).abs().max().item<double>() <= 1e-5 * std::max(1.0, b.abs().max().item<double>());
+  };
+  {
+    torch::NoGradGuard no_grad;
+    const auto first = packed(*conv, x);
+    REQUIRE(close(first, conv(x)));
+    conv->weight.mul_(-2.0);  // in place: the version counter moves
+    const auto after_update = packed(*conv, x);
+    CHECK(close(after_update, conv(x)));
+    CHECK(!close(after_update, first));
+    conv->weight.copy_(torch::randn_like(conv->weight));  // what load_state_dict does
+    CHECK(close(packed(*conv, x), conv(x)));
+    conv->weight.set_data(torch::randn_like(conv->weight));  // another tensor
+    CHECK(close(packed(*conv, x), conv(x)));
+    // A clone packs its own weights; its owner's cache is not shared.
+    auto copy = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(conv->clone());
+    copy->weight.add_(1.0);
+    PackedConvolutions copied = packed;
+    CHECK(copied.size() == 0);
+    CHECK(close(copied(*copy, x), copy->forward(x)));
+    CHECK(close(packed(*conv, x), conv(x)));
+  }
+  // Where it does not apply, the module's own forward runs: autograd, other dtypes, autocast, padding modes.
+  {
+    const auto xg = x.clone().requires_grad_(true);
+    CHECK_FALSE(PackedConvolutions::applies(*conv, xg));
+    packed(*conv, xg).sum().backward();
+    CHECK(xg.grad().defined());
+    CHECK(conv->weight.grad().defined());
+  }
+  torch::NoGradGuard no_grad;
+  CHECK_FALSE(PackedConvolutions::applies(*conv, x.to(torch::kDouble)));
+  {
+    validflow::detail::AutocastRegion autocast(torch::Device(torch::kCPU), torch::kBFloat16);
+    CHECK_FALSE(PackedConvolutions::applies(*conv, x));
+  }
+  torch::nn::Conv2d reflect(torch::nn::Conv2dOptions(8, 8, 3).padding(1).padding_mode(torch::kReflect));
+  CHECK_FALSE(PackedConvolutions::applies(*reflect, x));
+  torch::nn::Conv2d same(torch::nn::Conv2dOptions(8, 8, 3).padding(torch::kSame));
+  CHECK_FALSE(PackedConvolutions::applies(*same, x));
+  with_packed_convolutions(false, [&] {
+    CHECK_FALSE(PackedConvolutions::applies(*conv, x));
+    return 0;
+  });
+}
+
+TEST_CASE("pre-packed convolutions give the eager flows' latents and log-dets", "[precision][packed]") {
+  auto validflow_model = tiny_validflow();
+  torch::manual_seed(4);
+  CSFlow csflow(CSFlowOptions().channels(8).blocks(2).hidden_channels(16));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : csflow->parameters()) p.normal_(0.0, 0.2);
+  }
+  csflow->eval();
+  const auto x = tiny_inputs(3);
+  torch::NoGradGuard no_grad;
+  for (FlowModule* model : std::vector<FlowModule*>{validflow_model.get(), csflow.get()}) {
+    const auto eager = with_packed_convolutions(false, [&] { return model->forward(x); });
+    const auto packs_before = PackedConvolutions::packs_made();
+    const auto packed = with_packed_convolutions(true, [&] { return model->forward(x); });
+    const auto packs_first = PackedConvolutions::packs_made();
+    CHECK(packs_first > packs_before);  // every subnet convolution packed once ...
+    with_packed_convolutions(true, [&] { return model->forward(x); });
+    CHECK(PackedConvolutions::packs_made() == packs_first);  // ... and reused
+    CHECK(rel_error(packed.tensors, eager.tensors) < 1e-5);
+    CHECK(((packed.log_det - eager.log_det).abs() / eager.log_det.abs()).max().item<double>() < 1e-5);
+    const auto back = with_packed_convolutions(true, [&] { return model->inverse(packed.tensors); });
+    CHECK(rel_error(back.tensors, x) < 1e-4);
+  }
+}

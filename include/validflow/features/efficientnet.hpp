@@ -27,6 +27,7 @@
 //   net->eval();
 //   auto f = net->features(images);  // [N, 304, H/32, W/32]
 #include <validflow/features/backbone.hpp>
+#include <validflow/util/tensor_stamp.hpp>
 #include <validflow/util/text.hpp>
 
 #include <torch/torch.h>
@@ -178,13 +179,13 @@ class FoldCache {
 
   FoldedConv get(const torch::Tensor& conv_weight, const torch::Tensor& conv_bias, const torch::nn::BatchNorm2dImpl& bn,
                  at::MemoryFormat format) {
-    std::array<Stamp, 7> now{stamp(conv_weight),
-                             stamp(conv_bias),
-                             stamp(bn.weight),
-                             stamp(bn.bias),
-                             stamp(bn.running_mean),
-                             stamp(bn.running_var),
-                             stamp(bn.num_batches_tracked)};
+    std::array<TensorStamp, 7> now{stamp(conv_weight),
+                                   stamp(conv_bias),
+                                   stamp(bn.weight),
+                                   stamp(bn.bias),
+                                   stamp(bn.running_mean),
+                                   stamp(bn.running_var),
+                                   stamp(bn.num_batches_tracked)};
     const bool channels_last = format == at::MemoryFormat::ChannelsLast;
     std::lock_guard<std::mutex> lock(mutex_);
     if (now != stamps_ || bn.options.eps() != eps_) {
@@ -204,20 +205,10 @@ class FoldCache {
   }
 
  private:
-  struct Stamp {
-    const void* impl = nullptr;
-    const void* data = nullptr;
-    int64_t version = -1;
-    bool operator==(const Stamp& o) const { return impl == o.impl && data == o.data && version == o.version; }
-    bool operator!=(const Stamp& o) const { return !(*this == o); }
-  };
-  static Stamp stamp(const torch::Tensor& t) {
-    if (!t.defined()) return {};
-    return {t.unsafeGetTensorImpl(), t.data_ptr(), t.is_inference() ? -1 : t._version()};
-  }
+  static TensorStamp stamp(const torch::Tensor& t) { return TensorStamp::of(t); }
 
   std::mutex mutex_;
-  std::array<Stamp, 7> stamps_{};
+  std::array<TensorStamp, 7> stamps_{};
   double eps_ = -1.0;
   std::array<FoldedConv, 2> folded_{};
 };

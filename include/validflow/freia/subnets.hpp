@@ -11,6 +11,7 @@
 // The two subnets the field's detectors use are here, named as nn.Sequential names them ("0", "2", ...), so a
 // FrEIA state dict loads without renaming: FcSubnet (CFlow-AD's `subnet_fc`: Linear, ReLU, Linear) and
 // Conv2dSubnet (FastFlow's `subnet_conv`: Conv2d, ReLU, Conv2d, padding "same").
+#include <validflow/core/packed_conv.hpp>
 #include <validflow/util/modules.hpp>
 
 #include <torch/torch.h>
@@ -136,6 +137,7 @@ class Conv2dSubnetImpl : public torch::nn::Cloneable<Conv2dSubnetImpl> {
       return torch::nn::Conv2d(
           torch::nn::Conv2dOptions(in, out, options.kernel_size()).padding(options.kernel_size() / 2));
     };
+    packed_.clear();
     first = register_module("0", conv(options.in_channels(), hidden));
     second = register_module("2", conv(hidden, options.out_channels()));
   }
@@ -147,7 +149,7 @@ class Conv2dSubnetImpl : public torch::nn::Cloneable<Conv2dSubnetImpl> {
 
   torch::Tensor forward(const torch::Tensor& x) {
     TORCH_CHECK(x.dim() == 4, "Conv2dSubnet: expected [batch, C, H, W], got ", detail::shape_string(x));
-    return second(torch::relu(first(x)));
+    return packed_(*second, torch::relu(packed_(*first, x)));
   }
 
   double macs(int64_t positions) const {
@@ -157,6 +159,9 @@ class Conv2dSubnetImpl : public torch::nn::Cloneable<Conv2dSubnetImpl> {
   Conv2dSubnetOptions options;
   torch::nn::Conv2d first{nullptr};
   torch::nn::Conv2d second{nullptr};
+
+ private:
+  PackedConvolutions packed_;
 };
 
 TORCH_MODULE(Conv2dSubnet);

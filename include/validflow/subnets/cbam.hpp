@@ -4,6 +4,7 @@
 //   spatial attention  Ms = sigmoid(conv7x7([mean_c(x'), max_c(x')]))     with x' = Mc * x
 //   output             Ms * x'
 #include <validflow/core/flow.hpp>
+#include <validflow/core/packed_conv.hpp>
 
 #include <algorithm>
 
@@ -28,6 +29,7 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl> {
     TORCH_CHECK(options.channels() > 0 && options.reduction() > 0, "CBAM: channels and reduction must be positive");
     TORCH_CHECK(options.spatial_kernel_size() % 2 == 1, "CBAM: spatial_kernel_size must be odd");
     const int64_t hidden = std::max<int64_t>(1, options.channels() / options.reduction());
+    packed_.clear();
     mlp_reduce =
         register_module("mlp_reduce", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels(), hidden, 1)));
     mlp_expand =
@@ -44,12 +46,14 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl> {
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
-    auto mlp = [&](const torch::Tensor& pooled) { return mlp_expand(torch::relu(mlp_reduce(pooled))); };
+    auto mlp = [&](const torch::Tensor& pooled) {
+      return packed_(*mlp_expand, torch::relu(packed_(*mlp_reduce, pooled)));
+    };
     const auto channel_attention =
         torch::sigmoid(mlp(x.mean({2, 3}, /*keepdim=*/true)) + mlp(x.amax({2, 3}, /*keepdim=*/true)));
     const auto refined = x * channel_attention;
     const auto pooled = torch::cat({refined.mean(1, /*keepdim=*/true), refined.amax(1, /*keepdim=*/true)}, 1);
-    return refined * torch::sigmoid(spatial(pooled));
+    return refined * torch::sigmoid(packed_(*spatial, pooled));
   }
 
   /// Multiply-accumulates of one sample at an h x w map.
@@ -61,6 +65,9 @@ class CBAMImpl : public torch::nn::Cloneable<CBAMImpl> {
   torch::nn::Conv2d mlp_reduce{nullptr};
   torch::nn::Conv2d mlp_expand{nullptr};
   torch::nn::Conv2d spatial{nullptr};
+
+ private:
+  PackedConvolutions packed_;
 };
 
 TORCH_MODULE(CBAM);

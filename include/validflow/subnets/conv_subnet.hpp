@@ -2,6 +2,7 @@
 // ConvSubnet: the simplest coupling subnet. Each scale independently: conv k x k (in -> hidden),
 // LeakyReLU, conv k x k (hidden -> out). No cross-scale links. Useful for tests, examples and
 // single-scale flows. The output conv starts at zero, so a coupling built on it starts as the identity.
+#include <validflow/core/packed_conv.hpp>
 #include <validflow/core/subnet.hpp>
 
 #include <string>
@@ -31,6 +32,7 @@ class ConvSubnetImpl : public torch::nn::Cloneable<ConvSubnetImpl> {
     TORCH_CHECK(options.kernel_size() % 2 == 1, "ConvSubnet: kernel_size must be odd, got ", options.kernel_size());
     hidden.clear();
     output.clear();
+    packed_.clear();
     const auto pad = options.kernel_size() / 2;
     for (size_t s = 0; s < options.in_channels().size(); ++s) {
       hidden.push_back(
@@ -61,7 +63,7 @@ class ConvSubnetImpl : public torch::nn::Cloneable<ConvSubnetImpl> {
     check_flow_input(x, options.in_channels(), "ConvSubnet", hidden[0]->weight);
     TensorList out;
     for (size_t s = 0; s < x.size(); ++s) {
-      out.push_back(output[s](torch::leaky_relu(hidden[s](x[s]), options.leaky_slope())));
+      out.push_back(packed_(*output[s], torch::leaky_relu(packed_(*hidden[s], x[s]), options.leaky_slope())));
     }
     return out;
   }
@@ -77,6 +79,9 @@ class ConvSubnetImpl : public torch::nn::Cloneable<ConvSubnetImpl> {
   ConvSubnetOptions options;
   std::vector<torch::nn::Conv2d> hidden;
   std::vector<torch::nn::Conv2d> output;
+
+ private:
+  PackedConvolutions packed_;
 };
 
 TORCH_MODULE(ConvSubnet);

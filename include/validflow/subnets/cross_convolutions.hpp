@@ -12,6 +12,7 @@
 //   o_s *= gamma_s                                                     learnable scalar, 0 at init
 // Every conv has a bias and zero padding k // 2. Scales must halve: H_s = 2 * H_{s+1} (and W).
 // Parameter names equal the official state-dict names (conv_scale0_0, up_conv10, down_conv01, gamma0, ...).
+#include <validflow/core/packed_conv.hpp>
 #include <validflow/core/subnet.hpp>
 #include <validflow/subnets/cbam.hpp>
 #include <validflow/subnets/subnet_options.hpp>
@@ -52,6 +53,7 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
     auto conv = [&](int64_t from, int64_t to, int64_t stride) {
       return torch::nn::Conv2d(torch::nn::Conv2dOptions(from, to, k).stride(stride).padding(k / 2));
     };
+    packed_.clear();
     gammas.clear();
     input_convs.clear();
     output_convs.clear();
@@ -100,16 +102,17 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
     check_halving_sizes(x);
     const auto n = x.size();
     TensorList hidden, out;
-    for (size_t s = 0; s < n; ++s) hidden.push_back(torch::leaky_relu(input_convs[s](x[s]), options.leaky_slope()));
-    for (size_t s = 0; s < n; ++s) out.push_back(output_convs[s](hidden[s]));
+    for (size_t s = 0; s < n; ++s)
+      hidden.push_back(torch::leaky_relu(packed_(*input_convs[s], x[s]), options.leaky_slope()));
+    for (size_t s = 0; s < n; ++s) out.push_back(packed_(*output_convs[s], hidden[s]));
     // Same summation order as the official code: o1 = o1 + down01 + up21.
     for (size_t s = 0; s < n; ++s) {
-      if (s > 0) out[s] = out[s] + down_convs[s - 1](hidden[s - 1]);
-      if (s + 1 < n) out[s] = out[s] + up_convs[s](upsample(hidden[s + 1], 2));
+      if (s > 0) out[s] = out[s] + packed_(*down_convs[s - 1], hidden[s - 1]);
+      if (s + 1 < n) out[s] = out[s] + packed_(*up_convs[s], upsample(hidden[s + 1], 2));
     }
     if (options.long_branches()) {
-      out[0] = out[0] + up_conv20(upsample(hidden[2], 4));
-      out[2] = out[2] + down_conv02(hidden[0]);
+      out[0] = out[0] + packed_(*up_conv20, upsample(hidden[2], 4));
+      out[2] = out[2] + packed_(*down_conv02, hidden[0]);
     }
     for (size_t s = 0; s < n; ++s) {
       if (options.cbam()) out[s] = cbams[s](out[s]);
@@ -141,6 +144,8 @@ class CrossConvolutionsImpl : public torch::nn::Cloneable<CrossConvolutionsImpl>
   std::vector<CBAM> cbams;
 
  private:
+  PackedConvolutions packed_;
+
   static torch::Tensor upsample(const torch::Tensor& x, double factor) {
     namespace F = torch::nn::functional;
     return F::interpolate(x, F::InterpolateFuncOptions()

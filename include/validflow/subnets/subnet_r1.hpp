@@ -29,6 +29,7 @@ class DepthwiseSeparableConvImpl : public torch::nn::Cloneable<DepthwiseSeparabl
 
   void reset() override {
     const auto c = options.in_channels(), k = options.kernel_size();
+    packed_.clear();
     depthwise =
         register_module("depthwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, c, k).padding(k / 2).groups(c)));
     pointwise = register_module("pointwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(c, options.out_channels(), 1)));
@@ -39,13 +40,16 @@ class DepthwiseSeparableConvImpl : public torch::nn::Cloneable<DepthwiseSeparabl
            << ", kernel_size=" << options.kernel_size() << ")";
   }
 
-  torch::Tensor forward(const torch::Tensor& x) { return pointwise(depthwise(x)); }
+  torch::Tensor forward(const torch::Tensor& x) { return packed_(*pointwise, packed_(*depthwise, x)); }
 
   double macs(int64_t h, int64_t w) const { return conv_macs(*depthwise, h, w) + conv_macs(*pointwise, h, w); }
 
   DepthwiseSeparableConvOptions options;
   torch::nn::Conv2d depthwise{nullptr};
   torch::nn::Conv2d pointwise{nullptr};
+
+ private:
+  PackedConvolutions packed_;
 };
 
 TORCH_MODULE(DepthwiseSeparableConv);
