@@ -16,6 +16,10 @@ Models (the stages of the detector; sizes as in the paper at 768 px):
   b5          CS-Flow's extractor: EfficientNet-B5 cut after block 35 on the image at 768, 384 and 192 px
               (efficientnet_pytorch, as tools/bench_python_extractor.py builds it);
               validflow: bench_features BM_Extractor/b5/batch:<B>
+  detector    b5 then csflow, one graph from the 768-px image to latents and log-det;
+              validflow: bench_features BM_Detector/b5/csflow6/end_to_end/batch:<B> (the TensorDetector: it also
+              normalises the image and computes the score, the decision and the anomaly map, which the OpenVINO
+              and ONNX Runtime graphs leave out)
 
 Needs a virtual environment with torch, onnx, openvino and onnxruntime (pip), plus efficientnet_pytorch 0.7.1 on
 PYTHONPATH for b5 (see tools/bench_python_extractor.py), and the built benchmarks:
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from host_info import cpu_description  # noqa: E402
@@ -138,7 +143,24 @@ def b5_inputs(torch, batch):
     return (torch.rand(batch, 3, 768, 768),)
 
 
-MODELS = {"csflow": (csflow_flow, csflow_inputs), "b5": (b5_extractor, b5_inputs)}
+def b5_csflow_detector(torch):
+    """Image to latents and log-det: the b5 extractor, then the csflow flow (OpenVINO gets the whole network as
+    one graph; validflow's side also decodes nothing but does preprocess, score and map)."""
+    extractor, flow = b5_extractor(torch), csflow_flow(torch)
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.extractor, self.flow = extractor, flow
+
+        def forward(self, images):
+            return self.flow(*self.extractor(images))
+
+    return Detector().eval()
+
+
+MODELS = {"csflow": (csflow_flow, csflow_inputs), "b5": (b5_extractor, b5_inputs),
+          "detector": (b5_csflow_detector, b5_inputs)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,6 +169,7 @@ MODELS = {"csflow": (csflow_flow, csflow_inputs), "b5": (b5_extractor, b5_inputs
 def export_onnx(torch, model, inputs, path):
     names = ["x%d" % i for i in range(len(inputs))]
     kwargs = {"input_names": names, "opset_version": 17}
+    warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: still the one for these graphs
     try:
         torch.onnx.export(model, inputs, path, dynamo=False, **kwargs)
     except TypeError:  # torch < 2.5 has no `dynamo`
@@ -192,14 +215,23 @@ def run_validflow(args, model, batch, variant):
     """validflow's images/s for one stage from its Google Benchmark binary (a subprocess)."""
     if model == "csflow":
         binary = args.bench_flows
-        flt = "^model/csflow6/c304_h1024_b%d/infer/%s$" % (batch, variant)
+        flt = "^model/csflow6/c304_h1024_b%d/infer/%s(/|$)" % (batch, variant)
+    elif model == "b5":
+        binary = args.bench_features
+        flt = "^BM_Extractor/b5/batch:%d(/|$)" % batch
     else:
         binary = args.bench_features
-        flt = "^BM_Extractor/b5/batch:%d$" % batch
+        flt = "^BM_Detector/b5/csflow6/end_to_end/batch:%d(/|$)" % batch
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    res = subprocess.run([binary, "--benchmark_filter=" + flt, "--benchmark_format=json"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
-    runs = [b for b in json.loads(res.stdout)["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:  # bench_flows prints its own summary on stdout
+        res = subprocess.run([binary, "--benchmark_filter=" + flt, "--benchmark_out=" + out.name,
+                              "--benchmark_out_format=json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        if res.returncode != 0:
+            raise RuntimeError("%s failed (exit %d):\n%s" % (binary, res.returncode, res.stderr[-2000:]))
+        with open(out.name) as f:
+            data = json.load(f)
+    runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
     if not runs:
         raise RuntimeError("%s ran nothing for %s:\n%s" % (binary, flt, res.stderr))
     return runs[0]["items_per_second"], runs[0].get("rel_err_z", float("nan"))
@@ -222,8 +254,8 @@ def main(argv=None):
         ap.error("--threads in [1, 256], --repetitions in [1, 20], --min-time in [0, 600]")
     if "csflow" in args.models and not (args.bench_flows and os.access(args.bench_flows, os.X_OK)):
         ap.error("csflow needs --bench-flows BINARY (an executable benchmarks/bench_flows)")
-    if "b5" in args.models and not (args.bench_features and os.access(args.bench_features, os.X_OK)):
-        ap.error("b5 needs --bench-features BINARY (an executable benchmarks/bench_features)")
+    if {"b5", "detector"} & set(args.models) and not (args.bench_features and os.access(args.bench_features, os.X_OK)):
+        ap.error("b5 and detector need --bench-features BINARY (an executable benchmarks/bench_features)")
     try:
         import torch
     except ImportError:
@@ -246,18 +278,23 @@ def main(argv=None):
                 for kind in CONTENDERS:
                     runners[kind] = make_runner(kind, path, args.threads)
                     print("%s b%d: %s" % (name, batch, runners[kind][1]), flush=True)
-                variants = ["fp32", "fp32_eager"] if name == "csflow" else ["fused"]
+                variants = {"csflow": ["fp32", "fp32_eager"], "b5": ["fused"], "detector": ["end_to_end"]}[name]
+                # Each repetition starts with another contender, so that none always runs first (or right after
+                # validflow's subprocess) under a changing load.
+                order = list(CONTENDERS) + ["validflow_" + v for v in variants]
                 for rep in range(args.repetitions):
                     row = {"model": name, "batch": batch, "repetition": rep}
-                    for kind in CONTENDERS:
-                        row[kind] = time_runner(runners[kind][0], arrays, args.min_time)
-                    for v in variants:
-                        row["validflow_" + v], _ = run_validflow(args, name, batch, v)
+                    shift = rep % len(order)
+                    for key in order[shift:] + order[:shift]:
+                        if key in CONTENDERS:
+                            row[key] = time_runner(runners[key][0], arrays, args.min_time)
+                        else:
+                            row[key], _ = run_validflow(args, name, batch, key[len("validflow_"):])
                     results.append(row)
                     print("%s b%d rep %d: %s" % (name, batch, rep, ", ".join(
                         "%s %.3f img/s" % (k, v) for k, v in row.items() if isinstance(v, float))), flush=True)
     print("\n| model | batch | validflow img/s | %s |" % " | ".join("÷ " + k for k in CONTENDERS))
-    print("|---|---|---|%s|" % "---|" * len(CONTENDERS))
+    print("|---|---|---|" + "---|" * len(CONTENDERS))
     summary = []
     for name in args.models:
         for batch in args.batch:
