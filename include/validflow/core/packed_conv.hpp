@@ -11,6 +11,11 @@
 // requires grad), no autocast, zero padding given as numbers; anything else runs the module's own forward, so
 // training stays eager. The activations are NCHW (oneDNN's blocked weight is what it wants for either format).
 // set_packed_convolutions(false) turns it off process-wide (benchmarks and tests compare the two).
+//
+// LibTorch 1.13 only (`available()`). On 2.x (measured with 2.15, oneDNN 3.x) `mkldnn_reorder_conv2d_weight` packs
+// for another kernel (Acdb24a) than the one `mkldnn_convolution` then runs (ABcd8b8a), which reorders the packed
+// weight again on every call: no gain, and bench_flows measured 0.88-1.15x of eager. Its match there is
+// `mkldnn::_convolution_pointwise`, not used yet, so on 2.x every convolution runs eager.
 #include <validflow/compat.hpp>
 #include <validflow/util/tensor_stamp.hpp>
 
@@ -91,9 +96,18 @@ class PackedConvolutions {
     entries_.clear();
   }
 
+  /// Whether this LibTorch runs pre-packed weights faster than eager (see the top of this file).
+  static bool available() {
+#if VALIDFLOW_TORCH_VERSION_AT_LEAST(2, 0)
+    return false;
+#else
+    return at::hasMKLDNN();
+#endif
+  }
+
   /// Whether conv(x) takes the packed path.
   static bool applies(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
-    if (!packed_convolutions_enabled() || !at::hasMKLDNN()) return false;
+    if (!packed_convolutions_enabled() || !available()) return false;
     const auto& w = conv.weight;
     if (!x.defined() || x.dim() != 4 || !x.device().is_cpu() || x.layout() != torch::kStrided ||
         x.scalar_type() != torch::kFloat || !w.defined() || w.layout() != torch::kStrided ||
