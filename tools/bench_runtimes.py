@@ -199,8 +199,9 @@ def make_runner(kind, onnx_path, threads):
     return (lambda arrays: session.run(None, dict(zip(names, arrays)))), "onnxruntime %s" % ort.__version__
 
 
-def time_runner(run, arrays, min_time):
-    """Images/s of `run` over at least one call and `min_time` seconds, after one warm-up call."""
+def time_runner(run, arrays, batch, min_time):
+    """Images/s of `run` on a batch of `batch` images, over at least one call and `min_time` seconds, after one
+    warm-up call."""
     run(arrays)
     calls, start = 0, time.perf_counter()
     while True:
@@ -208,7 +209,7 @@ def time_runner(run, arrays, min_time):
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
-            return calls / elapsed
+            return calls * batch / elapsed
 
 
 def run_validflow(args, model, batch, variant):
@@ -287,7 +288,7 @@ def main(argv=None):
                     shift = rep % len(order)
                     for key in order[shift:] + order[:shift]:
                         if key in CONTENDERS:
-                            row[key] = time_runner(runners[key][0], arrays, args.min_time)
+                            row[key] = time_runner(runners[key][0], arrays, batch, args.min_time)
                         else:
                             row[key], _ = run_validflow(args, name, batch, key[len("validflow_"):])
                     results.append(row)

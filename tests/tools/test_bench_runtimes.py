@@ -33,6 +33,23 @@ class Options(unittest.TestCase):
         self.assertIn("invalid choice", self.refused("--models", "resnet"))
 
 
+class Timing(unittest.TestCase):
+    def test_images_per_second_count_every_image_of_a_batch(self):
+        clock = [0.0]
+
+        def run(arrays):  # each call takes 0.5 s of a fake clock
+            clock[0] += 0.5
+
+        real = br.time.perf_counter
+        br.time.perf_counter = lambda: clock[0]
+        try:
+            # one warm-up call, then calls until 1 s has passed: 2 calls of 4 images in 1 s.
+            self.assertAlmostEqual(br.time_runner(run, [], 4, 1.0), 8.0)
+            self.assertAlmostEqual(br.time_runner(run, [], 1, 0.0), 2.0)  # at least one call
+        finally:
+            br.time.perf_counter = real
+
+
 @unittest.skipIf(torch is None, "skipped: no torch in this Python")
 class Graphs(unittest.TestCase):
     def test_csflow_is_the_official_flow(self):

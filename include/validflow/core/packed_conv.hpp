@@ -5,7 +5,8 @@
 // (one reorder per convolution per forward: 17 of 85 ms of a 304 -> 1024 3x3 convolution at batch 1 on a 24² map,
 // DNNL_VERBOSE; docs/benchmarks.md). PackedConvolutions keeps the blocked weight of each convolution it runs,
 // packed on first use and packed again only when the weight changes (TensorStamp), and runs the convolution on it
-// with the same oneDNN kernel: the result is the eager one.
+// with the same oneDNN kernel: the eager result (bit-identical at batch 16; at batch 1 oneDNN blocks the activations
+// differently and the last bits may differ).
 //
 // It applies where that holds: the CPU, fp32, oneDNN built in, no autograd wanted (grad mode off, or nothing
 // requires grad), no autocast, zero padding given as numbers; anything else runs the module's own forward, so
