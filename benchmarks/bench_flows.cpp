@@ -145,7 +145,9 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
   const double macs = model->forward_macs(kMaps);
   const int64_t params = trainable_parameter_count(model.module());
   set_finite_checks(variant == "fp32_checks");
-  set_packed_convolutions(variant != "fp32_eager" && variant != "fp32_cl");
+  // fp32_eager is LibTorch's own path; channels_last too (the pre-packed path runs NCHW activations).
+  const bool packed = variant != "fp32_eager" && variant != "fp32_cl";
+  set_packed_convolutions(packed);
 
   if (train) {
     model.module().train();
@@ -192,7 +194,7 @@ void BM_Flow(benchmark::State& state, const std::string& what, Size size, bool t
       make_nontrivial(fresh.module());
       fresh.module().eval();
       const auto& ref = reference(what, size, *fresh, x);
-      set_packed_convolutions(variant != "fp32_eager" && variant != "fp32_cl");
+      set_packed_convolutions(packed);
       auto out = run();  // also the warm-up
       set_errors(state, out, ref);
     } else {

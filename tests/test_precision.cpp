@@ -177,17 +177,19 @@ auto with_packed_convolutions(bool enabled, F&& f) {
   return f();
 }
 
+/// Where this LibTorch has no pre-packed path: checks that a convolution runs eager, says so, and returns true.
+bool packing_off_here() {
+  if (PackedConvolutions::available()) return false;
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(4, 4, 3).padding(1));
+  CHECK_FALSE(PackedConvolutions::applies(*conv, torch::randn({1, 4, 6, 6})));
+  WARN("skipped: pre-packed convolutions are off with this LibTorch (" TORCH_VERSION "), every convolution runs eager");
+  return true;
+}
+
 }  // namespace
 
 TEST_CASE("pre-packed convolutions give the eager result for every geometry the flows use", "[precision][packed]") {
-  if (!PackedConvolutions::available()) {
-    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(4, 4, 3).padding(1));
-    CHECK_FALSE(PackedConvolutions::applies(*conv, torch::randn({1, 4, 6, 6})));
-    WARN("skipped: pre-packed convolutions are off with this LibTorch (" TORCH_VERSION
-         "), every convolution runs "
-         "eager");
-    return;
-  }
+  if (packing_off_here()) return;
   struct Geometry {
     int64_t in, out, kernel, stride, groups;
     bool bias;
@@ -223,14 +225,7 @@ TEST_CASE("pre-packed convolutions give the eager result for every geometry the 
 }
 
 TEST_CASE("a pre-packed weight follows every change of the convolution", "[precision][packed]") {
-  if (!PackedConvolutions::available()) {
-    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(4, 4, 3).padding(1));
-    CHECK_FALSE(PackedConvolutions::applies(*conv, torch::randn({1, 4, 6, 6})));
-    WARN("skipped: pre-packed convolutions are off with this LibTorch (" TORCH_VERSION
-         "), every convolution runs "
-         "eager");
-    return;
-  }
+  if (packing_off_here()) return;
   torch::manual_seed(12);
   torch::nn::Conv2d conv(torch::nn::Conv2dOptions(8, 8, 3).padding(1));
   PackedConvolutions packed;

@@ -3,6 +3,7 @@
 // shortcuts. Each scale: depthwise-separable conv in -> hidden (depthwise k x k + pointwise 1 x 1, biases),
 // LeakyReLU, depthwise-separable conv hidden -> out, CBAM on the output, times a learnable scalar gamma
 // (zero at init, so the enclosing coupling starts as the identity, like CS-Flow's gammas).
+#include <validflow/core/packed_conv.hpp>
 #include <validflow/core/subnet.hpp>
 #include <validflow/subnets/cbam.hpp>
 #include <validflow/subnets/subnet_options.hpp>
